@@ -1,0 +1,234 @@
+"""Typed, frozen configuration for data, model and training.
+
+One tree of dataclasses: ``TrainConfig`` holds a ``DataConfig`` and a
+``ModelConfig``. It round-trips to JSON, rejects unknown keys and validates
+every value with a message that names it. Field names are unique across the
+tree, so the command line can say ``--lr 0.1`` or ``--dropout 0.2`` without a
+prefix (``--model.dropout 0.2`` works too).
+
+Usage:
+    cfg = TrainConfig.from_dict(json.load(open("baseline.json")))
+    cfg = apply_overrides(cfg, {"lr": "0.1", "widths": "32,64,128"})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+BLOCKS = ("plain", "residual")
+PIPELINES = ("tensor", "torchvision")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str = ""            # data location; "" means $CIFAR10_DIR, else ./data
+    cache_dir: str = ""           # decoded-tensor cache; "" means <data_dir>/.cache or ./data/cache
+    val_size: int = 5000          # training images held out for validation (stratified)
+    split_seed: int = 0           # seed of the train/validation split
+    train_fraction: float = 1.0   # share of the train split used (the study's cheap trials)
+    crop_padding: int = 4         # reflect padding of the random crop, pixels (0 = no crop)
+    flip: bool = True             # random horizontal flip
+    cutout: int = 0               # side of the cutout square, pixels (0 = off)
+    pipeline: str = "tensor"      # "tensor": batched on-device; "torchvision": per-image PIL
+    num_workers: int = 2          # DataLoader workers of the torchvision pipeline
+
+    def __post_init__(self) -> None:
+        _check(self.val_size >= 0, f"val_size must be >= 0, got {self.val_size}")
+        _check(0.0 < self.train_fraction <= 1.0,
+               f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        _check(self.crop_padding >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
+        _check(0 <= self.cutout <= 32, f"cutout must be in [0, 32], got {self.cutout}")
+        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check_choice("pipeline", self.pipeline, PIPELINES)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    widths: tuple[int, ...] = (64, 128, 256)  # channels of each stage; each stage halves the size
+    depth: int = 2                # blocks per stage; the first one pools and changes width
+    block: str = "plain"          # "plain": conv-BN-ReLU; "residual": ResNet basic block
+    stem_width: int = 32          # channels of the full-resolution stem conv (0 = no stem)
+    dropout: float = 0.1          # dropout after each stage and before the head
+    num_classes: int = 10         # outputs of the classification head
+
+    def __post_init__(self) -> None:
+        _check(len(self.widths) >= 1 and all(w > 0 for w in self.widths),
+               f"widths must be positive channel counts, got {list(self.widths)}")
+        _check(len(self.widths) <= 5, f"at most 5 stages fit a 32x32 image, got {len(self.widths)}")
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _check_choice("block", self.block, BLOCKS)
+        _check(self.stem_width >= 0, f"stem_width must be >= 0, got {self.stem_width}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 15              # passes over the train split
+    batch_size: int = 256         # images per optimizer step
+    optimizer: str = "sgd"        # sgd | adam | adamw | rmsprop
+    lr: float = 0.2               # peak learning rate of the schedule
+    momentum: float = 0.9         # SGD/RMSprop momentum
+    nesterov: bool = True         # Nesterov momentum (SGD only)
+    weight_decay: float = 5e-4    # L2 penalty (decoupled for AdamW)
+    schedule: str = "onecycle"    # onecycle | cosine | step | constant
+    warmup_epochs: float = 2.0    # linear warmup length (onecycle and cosine)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing
+    grad_clip: float = 0.0        # max global gradient norm (0 = off)
+    early_stop_patience: int = 0  # epochs without a new best val_acc before stopping (0 = off)
+    seed: int = 0                 # seeds model init, shuffling, augmentation, dropout
+    deterministic: bool = False   # torch.use_deterministic_algorithms
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    amp: str = "auto"             # mixed precision: auto | off | bf16 | fp16
+    channels_last: bool = True    # NHWC memory format (faster convolutions on CPU and GPU)
+    eval_batch_size: int = 1000   # images per step when evaluating
+    tensorboard: bool = False     # also write TensorBoard event files
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _check(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0.0 <= self.label_smoothing < 1.0,
+               f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.early_stop_patience >= 0,
+               f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
+        _check(self.eval_batch_size > 0, f"eval_batch_size must be > 0, got {self.eval_batch_size}")
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
+               f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, d)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"config {path} must hold a JSON object")
+        if set(d) == {"config", "provenance"}:  # a run directory's config.json
+            d = d["config"]
+        return cls.from_dict(d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in d:
+        if key not in names:
+            raise ValueError(f"unknown config key: {key!r}")
+    kwargs = {}
+    for key, value in d.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {key!r} must be an object, got {value!r}")
+            kwargs[key] = _from_dict(hint, value)
+        else:
+            kwargs[key] = _coerce(key, value, hint)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert a JSON or command-line value to the field's type, or raise naming it."""
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if typing.get_origin(hint) is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", "").split(",") if v]
+            return tuple(_coerce(key, v, typing.get_args(hint)[0]) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {_type_name(hint)}") from None
+    raise TypeError(f"unsupported config type {hint!r}")  # internal: a new field type
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _flat_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Map every leaf field name (and its dotted form) to its path in the tree."""
+    paths: dict[str, tuple[str, ...]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            paths.update(_flat_paths(hint, prefix + (f.name,)))
+        else:
+            path = prefix + (f.name,)
+            assert f.name not in paths, f"config field {f.name} is not unique"
+            paths[f.name] = path
+            paths[".".join(path)] = path
+    return paths
+
+
+FIELD_PATHS = _flat_paths(TrainConfig)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Return cfg with leaf fields replaced; keys are field names or dotted paths."""
+    d = cfg.to_dict()
+    for key, value in overrides.items():
+        path = FIELD_PATHS.get(key.replace("-", "_"))
+        if path is None:
+            raise ValueError(f"unknown config key: {key!r}")
+        node = d
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    return TrainConfig.from_dict(d)

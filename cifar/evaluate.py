@@ -1,0 +1,160 @@
+"""Test-set evaluation of a run's best checkpoint, with figures.
+
+Writes ``test_metrics.json`` (test loss and accuracy, per-class accuracy,
+confusion matrix) and ``plots/curves.png``, ``plots/misclassified.png`` and
+``plots/confusion.png`` into the run directory. This is the only place, with
+the report, that reads the test set; model selection never does.
+
+Usage:
+    python -m cifar.evaluate runs/baseline [--data-dir DIR] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from cifar.callbacks import load_checkpoint, model_from_checkpoint  # noqa: E402
+from cifar.config import apply_overrides  # noqa: E402
+from cifar.data import Pipeline, prepare_data  # noqa: E402
+from cifar.train import predict, resolve_device  # noqa: E402
+
+
+def compute_test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    preds = logits.argmax(1)
+    k = len(classes)
+    confusion = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1)
+    return {
+        "test_loss": F.cross_entropy(logits, labels).item(),
+        "test_acc": (preds == labels).double().mean().item(),
+        "n_test": len(labels),
+        "per_class_acc": dict(zip(classes, per_class.tolist())),
+        "confusion": confusion.tolist(),
+    }
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(history: list[dict[str, float]]) -> plt.Figure:
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [r["epoch"] for r in history]
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        for split, style in (("train", "-"), ("val", "--")):
+            ax.plot(epochs, [r[f"{split}_{metric}"] for r in history], style, marker="o",
+                    markersize=3, label=f"{split}_{metric}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Training curves (train metrics use augmented images)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+                       classes: list[str], n: int = 32) -> plt.Figure:
+    """A grid of ``n`` misclassified uint8 images (a fixed random sample) with true/predicted class."""
+    conf, preds = probs.max(1)
+    wrong = torch.nonzero(preds != labels).flatten()
+    # The test set is ordered by class: sample across it, the same images every time.
+    pick = torch.randperm(len(wrong), generator=torch.Generator().manual_seed(0))[:n]
+    wrong = wrong[pick.sort().values]
+    cols = 8
+    rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong.tolist()):
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        ax.set_title(f"{classes[labels[i]]}\n→ {classes[preds[i]]} {conf[i]:.0%}", fontsize=8)
+    fig.suptitle("Misclassified test images: true → predicted (confidence)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str]) -> plt.Figure:
+    cm = torch.tensor(confusion, dtype=torch.float64)
+    share = cm / cm.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, label="share of true class")
+    fig.suptitle("Test confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate best.pt of a run on the test set and write metrics and figures into the run."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    model, cfg = model_from_checkpoint(ckpt)
+    if data_dir is not None:
+        cfg = apply_overrides(cfg, {"data_dir": data_dir})
+    dev = resolve_device(device)
+    model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    data = prepare_data(cfg.data)
+    stats = ckpt["data_stats"]  # normalise as in training, whatever the data looks like now
+    logits, labels = predict(model, Pipeline(data.test, cfg, stats["mean"], stats["std"], dev, train=False))
+    metrics = compute_test_metrics(logits, labels, ckpt["classes"])
+    metrics.update(checkpoint_epoch=ckpt["epoch"], val_acc=ckpt["metrics"][-1]["val_acc"])
+    (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    figures = {
+        "curves.png": plot_curves(read_metrics(run_dir / "metrics.csv")),
+        "misclassified.png": plot_misclassified(data.test.x, labels, logits.softmax(1), ckpt["classes"]),
+        "confusion.png": plot_confusion(metrics["confusion"], ckpt["classes"]),
+    }
+    for name, fig in figures.items():
+        fig.savefig(plots / name, dpi=110)
+        plt.close(fig)
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Test-set evaluation of a run's best.pt.")
+    parser.add_argument("run_dir", help="run directory holding best.pt and metrics.csv")
+    parser.add_argument("--data-dir", default=None, help="data location (default: the run's)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = parser.parse_args(argv)
+    try:
+        m = evaluate_run(args.run_dir, args.data_dir, args.device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    worst = min(m["per_class_acc"], key=m["per_class_acc"].get)
+    print(f"test_acc {m['test_acc']:.4f}  test_loss {m['test_loss']:.4f}  "
+          f"(n={m['n_test']}, checkpoint epoch {m['checkpoint_epoch']}, worst class {worst} "
+          f"{m['per_class_acc'][worst]:.3f}); wrote {args.run_dir}/test_metrics.json and plots/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

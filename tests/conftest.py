@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny synthetic CIFAR-like data and tiny configs (fast, offline, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar.config import DataConfig, ModelConfig, TrainConfig, apply_overrides
+from cifar.data import CifarData, Split, channel_stats
+
+CLASSES = ["ant", "bee", "cow"]
+
+
+def synthetic_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images whose class sets the dominant colour channel, plus noise: learnable, not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % len(CLASSES)
+    x = torch.randint(0, 120, (n, 3, 32, 32), generator=g)
+    x[torch.arange(n), y] += 120
+    return x.to(torch.uint8), y
+
+
+def make_image_folder(root: Path, n_train: int = 30, n_test: int = 9, suffix: str = ".png") -> Path:
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = synthetic_images(n, seed)
+        for i in range(n):
+            folder = root / split / CLASSES[int(y[i])]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "imgs")
+
+
+@pytest.fixture
+def tiny_data() -> CifarData:
+    train_x, train_y = synthetic_images(96, 0)
+    val_x, val_y = synthetic_images(24, 1)
+    test_x, test_y = synthetic_images(24, 2)
+    mean, std = channel_stats(train_x)
+    return CifarData(Split(train_x, train_y), Split(val_x, val_y), Split(test_x, test_y),
+                     CLASSES, mean, std, source="synthetic")
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """A tiny config; ``data=``/``model=`` replace a sub-config, other keys are any leaf field."""
+    data = overrides.pop("data", DataConfig(val_size=6))
+    model = overrides.pop("model", ModelConfig(widths=(8, 16), depth=1, stem_width=0, dropout=0.0,
+                                               num_classes=len(CLASSES)))
+    cfg = TrainConfig(data=data, model=model, epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5,
+                      eval_batch_size=32, device="cpu")
+    return apply_overrides(cfg, overrides)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    # Tests run tiny models: one thread is faster and makes timing noise irrelevant.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    np.random.seed(0)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,55 @@
+"""Evaluation: exact metrics on fixtures, figures build, the CLI writes its files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cifar.evaluate import compute_test_metrics, main, plot_confusion, plot_curves, plot_misclassified
+from cifar.train import train
+from tests.conftest import tiny_config
+
+
+def test_compute_test_metrics_exact():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    preds = torch.tensor([0, 1, 1, 1, 2, 0])
+    logits = torch.nn.functional.one_hot(preds, 3).float() * 10
+    m = compute_test_metrics(logits, labels, ["a", "b", "c"])
+    assert m["test_acc"] == pytest.approx(4 / 6)
+    assert m["per_class_acc"] == {"a": 0.5, "b": 1.0, "c": 0.5}
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["n_test"] == 6
+
+
+def test_figures_build():
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.5, "val_acc": 0.4}
+               for e in (1, 2, 3)]
+    assert len(plot_curves(history).axes) == 2
+    images = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
+    probs = torch.softmax(torch.randn(5, 3), 1)
+    labels = (probs.argmax(1) + 1) % 3  # all wrong
+    fig = plot_misclassified(images, labels, probs, ["a", "b", "c"], n=4)
+    assert sum(1 for ax in fig.axes if ax.images) == 4
+    assert plot_confusion([[1, 0], [2, 3]], ["a", "b"]).axes
+
+
+def test_cli_writes_metrics_and_plots(image_folder, tmp_path, capsys):
+    from cifar.data import prepare_data
+
+    cfg = tiny_config(data_dir=str(image_folder), cache_dir=str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    train(cfg, prepare_data(cfg.data), run)
+    assert main([str(run)]) == 0
+    m = json.loads((run / "test_metrics.json").read_text())
+    assert m["n_test"] == 9 and 0 <= m["test_acc"] <= 1
+    assert sum(map(sum, m["confusion"])) == 9
+    for name in ("curves.png", "misclassified.png", "confusion.png"):
+        assert (run / "plots" / name).stat().st_size > 1000
+    assert "test_acc" in capsys.readouterr().out
+
+
+def test_cli_without_checkpoint_exits_2(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""End to end: the real command lines, as a user runs them, on a tiny image folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_train_resume_evaluate_cli(image_folder, tmp_path):
+    out = tmp_path / "run"
+    common = ["--widths", "8,16", "--depth", "1", "--stem_width", "0", "--num_classes", "3",
+              "--val_size", "6", "--batch_size", "8", "--cache_dir", str(tmp_path / "cache")]
+    env = {"CIFAR10_DIR": str(image_folder)}
+    first = run("cifar.train", "--epochs", "2", "--out", str(out), *common, env_extra=env)
+    assert first.returncode == 0, first.stderr
+    assert "epoch   2/2" in first.stdout and "completed" in first.stdout
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3
+
+    # Resuming a finished run trains nothing more and keeps its metrics.
+    again = run("cifar.train", "--resume", str(out), env_extra=env)
+    assert again.returncode == 0, again.stderr
+    assert (out / "metrics.csv").read_text().splitlines() == rows
+
+    evaluated = run("cifar.evaluate", str(out), env_extra=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((out / "test_metrics.json").read_text())["n_test"] == 9
+    assert (out / "plots" / "confusion.png").is_file()
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    bad = run("cifar.train", "--lr", "-1")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: lr must be > 0, got -1.0"

@@ -1,0 +1,184 @@
+"""Training: schedules, optimizers, the loop, checkpoints, resume, determinism, divergence, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from cifar.callbacks import StopTraining, load_checkpoint, model_from_checkpoint
+from cifar.config import OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig
+from cifar.data import Pipeline
+from cifar.model import SmallCNN
+from cifar.train import LrSchedule, build_optimizer, main, predict, resolve_amp, train
+from tests.conftest import tiny_config
+
+TIMING = {"epoch_seconds", "elapsed_seconds", "images_per_s"}
+
+
+def read_rows(path):
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("kind, step, expected", [
+    ("constant", 57, 1.0),     # flat
+    ("step", 49, 1.0),         # before the first drop
+    ("step", 50, 0.1),         # half way
+    ("step", 75, 0.01),        # three quarters
+    ("onecycle", 0, 0.1),      # first of 10 warmup steps
+    ("onecycle", 9, 1.0),      # peak at the end of warmup
+    ("onecycle", 55, 0.5),     # half way down the linear decay
+    ("cosine", 55, 0.5),       # half way down the cosine
+    ("cosine", 100, 0.0),      # the end
+])
+def test_lr_schedule(kind, step, expected):
+    assert LrSchedule(kind, total_steps=100, warmup_steps=10)(step) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizers_decay_weights_only(name):
+    model = SmallCNN(tiny_config().model)
+    opt = build_optimizer(tiny_config(optimizer=name, weight_decay=0.01), model)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] for p in g["params"]}
+    assert decayed == {id(p) for p in model.parameters() if p.ndim > 1}
+
+
+def test_loop_overfits_one_tiny_batch(tiny_data, tmp_path):
+    from cifar.data import Split
+    one = Split(tiny_data.train.x[:16], tiny_data.train.y[:16])
+    data = type(tiny_data)(one, one, one, tiny_data.classes, tiny_data.mean, tiny_data.std, "one batch")
+    cfg = tiny_config(epochs=60, lr=0.01, optimizer="adam", schedule="constant", label_smoothing=0.0,
+                      data=DataConfig(crop_padding=0, flip=False))
+    result = train(cfg, data, tmp_path / "run")
+    rows = read_rows(tmp_path / "run" / "metrics.csv")
+    assert float(rows[-1]["train_acc"]) == 1.0 and float(rows[-1]["train_loss"]) < 0.05
+    assert result.best_val_acc == 1.0
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_training_learns_the_synthetic_task(tiny_data, tmp_path, schedule):
+    result = train(tiny_config(epochs=4, schedule=schedule), tiny_data, tmp_path / "run")
+    assert result.status == "completed" and result.epochs_run == 4
+    assert result.best_val_acc > 0.6  # chance is 1/3
+
+
+def test_run_directory_contents(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_config(tensorboard=True), tiny_data, run)
+    for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["config"]["lr"] == 0.05 and meta["provenance"]["torch"] == torch.__version__
+    assert json.loads((run / "results.json").read_text())["best_val_acc"] == result.best_val_acc
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), tiny_data, run)
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["format_version"] == 1 and ckpt["epoch"] == 1
+    model, cfg = model_from_checkpoint(ckpt)
+    again, _ = model_from_checkpoint(load_checkpoint(run / "last.pt"))
+    batches = Pipeline(tiny_data.test, cfg, tiny_data.mean, tiny_data.std, torch.device("cpu"), train=False)
+    assert torch.equal(predict(model, batches)[0], predict(again, batches)[0])
+    # Nothing but plain tensors and containers: weights_only loading works.
+    torch.load(run / "best.pt", weights_only=True)
+
+
+def test_same_seed_same_metrics_other_seed_differs(tiny_data, tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train(tiny_config(seed=seed, dropout=0.2), tiny_data, tmp_path / name)
+    a, b, c = (read_rows(tmp_path / n / "metrics.csv") for n in "abc")
+    assert a == b and a != c
+
+
+class _Interrupt:
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_resume_matches_uninterrupted_run(tiny_data, tmp_path):
+    cfg = tiny_config(epochs=4, model=ModelConfig(
+        widths=(8, 16), depth=1, stem_width=0, dropout=0.3, num_classes=3))
+    train(cfg, tiny_data, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data, tmp_path / "cut", callbacks=[_Interrupt()])
+    assert len(read_rows(tmp_path / "cut" / "metrics.csv")) == 2
+    result = train(cfg, tiny_data, tmp_path / "cut", resume=True)
+    assert result.epochs_run == 4
+    assert read_rows(tmp_path / "cut" / "metrics.csv") == read_rows(tmp_path / "full" / "metrics.csv")
+
+
+def test_resume_refuses_a_different_config(tiny_data, tmp_path):
+    train(tiny_config(epochs=1), tiny_data, tmp_path / "run")
+    with pytest.raises(ValueError, match="config differs"):
+        train(tiny_config(epochs=1, lr=0.5), tiny_data, tmp_path / "run", resume=True)
+
+
+def test_divergence_stops_cleanly_and_keeps_checkpoints(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), tiny_data, run)  # creates best.pt we must not lose
+    cfg = tiny_config(epochs=3, lr=1e6, optimizer="sgd", momentum=0.0, schedule="constant")
+    result = train(cfg, tiny_data, tmp_path / "huge")
+    assert result.status == "diverged" and "loss became" in result.message
+    saved = json.loads((tmp_path / "huge" / "results.json").read_text())
+    assert saved["status"] == "diverged"
+    assert (run / "best.pt").is_file()
+
+
+def test_early_stopping_stops(tiny_data, tmp_path):
+    class Flat:
+        def on_epoch_end(self, epoch, metrics):
+            metrics["val_acc"] = 0.5  # seen by early stopping, which runs after user callbacks
+
+    cfg = tiny_config(epochs=10, early_stop_patience=2)
+    result = train(cfg, tiny_data, tmp_path / "run", callbacks=[Flat()])
+    assert result.status == "early_stopped" and result.epochs_run == 3
+
+
+def test_callback_stop_training_is_honoured(tiny_data, tmp_path):
+    class StopAtOne:
+        def on_epoch_end(self, epoch, metrics):
+            raise StopTraining("enough")
+
+    result = train(tiny_config(epochs=5), tiny_data, tmp_path / "run", callbacks=[StopAtOne()])
+    assert (result.status, result.message, result.epochs_run) == ("early_stopped", "enough", 1)
+
+
+def test_amp_resolution_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu) is None and resolve_amp("auto", cpu) is None
+    with pytest.raises(ValueError, match="needs CUDA"):
+        resolve_amp("fp16", cpu)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-1"], "lr must be > 0, got -1.0"),                     # negative lr
+    (["--batch_size", "0"], "batch_size must be > 0, got 0"),         # zero batch
+    (["--epochs", "0"], "epochs must be > 0, got 0"),                 # zero epochs
+    (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),     # dropout out of range
+    (["--optimizer", "lion"], "unknown optimizer 'lion'"),            # unknown optimizer
+    (["--schedule", "poly"], "unknown schedule 'poly'"),              # unknown schedule
+    (["--colour", "red"], "unknown config key: 'colour'"),            # unknown key
+    (["--config", "/nonexistent.json"], "cannot read config"),        # missing config file
+    (["stray"], "unexpected argument 'stray'"),                       # positional junk
+    (["--resume", "/nonexistent"], "has no last.pt"),                 # nothing to resume
+])
+def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_missing_data_exits_2(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    assert main(["--data_dir", str(tmp_path / "junk"), "--out", str(tmp_path / "run")]) == 2
+    assert "holds no CIFAR-10 data" in capsys.readouterr().err
