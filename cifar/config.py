@@ -100,7 +100,7 @@ class TrainConfig:
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     amp: str = "auto"             # mixed precision: auto | off | bf16 | fp16
     channels_last: bool = True    # NHWC memory format (faster convolutions on CPU and GPU)
-    eval_batch_size: int = 1000   # images per step when evaluating
+    eval_batch_size: int = 500    # images per step when evaluating (memory, not results)
     tensorboard: bool = False     # also write TensorBoard event files
 
     def __post_init__(self) -> None:

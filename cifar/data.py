@@ -219,9 +219,18 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units of a uint8 (N, 3, H, W) tensor."""
-    flat = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255
-    return tuple(flat.mean(1).tolist()), tuple(flat.std(1).tolist())
+    """Per-channel mean and std (unbiased) in [0, 1] units of a uint8 (N, 3, H, W) tensor."""
+    # In chunks: a float64 copy of the whole train split would take over 1 GB.
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in x.split(2048):
+        c = chunk.double()
+        total += c.sum((0, 2, 3))
+        squares += c.square().sum((0, 2, 3))
+    n = x.numel() // x.shape[1]
+    mean = total / n
+    var = (squares - n * mean.square()) / (n - 1)
+    return tuple((mean / 255).tolist()), tuple((var.sqrt() / 255).tolist())
 
 
 def prepare_data(cfg: DataConfig, seed: int = 0, download: bool = True) -> CifarData:

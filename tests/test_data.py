@@ -13,6 +13,7 @@ from cifar.data import (
     Normalize,
     Pipeline,
     augment_batch,
+    channel_stats,
     load_cifar10,
     prepare_data,
     stratified_split,
@@ -156,3 +157,11 @@ def test_tensor_pipeline_is_seeded_and_resumable(tiny_data):
     b = Pipeline(tiny_data.train, cfg, tiny_data.mean, tiny_data.std, dev, train=True, seed=5)
     b.load_state_dict(state)
     assert torch.equal(torch.cat([x for x, _ in b]), second)
+
+
+def test_channel_stats_match_direct_computation():
+    x, _ = synthetic_images(50, 3)
+    mean, std = channel_stats(x)
+    flat = x.transpose(0, 1).reshape(3, -1).double() / 255
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), flat.mean(1))
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), flat.std(1))

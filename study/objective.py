@@ -1,0 +1,96 @@
+"""The objective: an Optuna trial becomes a config, trained by ``cifar.train`` with pruning.
+
+Each trial trains in its own run directory, reports ``val_acc`` every epoch
+(pruning on it), records what it cost as user attributes, and uploads its
+learning curve and config as artifacts that optuna-dashboard shows. It returns
+the best validation accuracy; the test set is never read here.
+
+Usage:
+    objective = Objective(base_cfg, data, runs_root, artifact_store, space="default")
+    study.optimize(objective, n_trials=30)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from optuna.artifacts import upload_artifact  # noqa: E402
+
+from cifar.config import TrainConfig  # noqa: E402
+from cifar.data import CifarData  # noqa: E402
+from cifar.evaluate import plot_curves, read_metrics  # noqa: E402
+from cifar.model import SmallCNN, count_parameters, forward_flops  # noqa: E402
+from cifar.train import train  # noqa: E402
+from study.search_space import suggest_config  # noqa: E402
+
+
+class PruningCallback:
+    """Reports val_acc to the trial after every epoch and prunes when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+        self.seconds = 0.0  # spent in Optuna (storage writes, pruner), for the overhead benchmark
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        start = time.perf_counter()
+        try:
+            self.trial.report(metrics["val_acc"], epoch)
+            prune = self.trial.should_prune()
+        finally:
+            self.seconds += time.perf_counter() - start
+        if prune:
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {metrics['val_acc']:.4f}")
+
+
+class Objective:
+    def __init__(self, base: TrainConfig, data: CifarData, runs_root: Path,
+                 artifact_store=None, space: str = "default"):
+        self.base, self.data, self.runs_root = base, data, Path(runs_root)
+        self.artifact_store, self.space = artifact_store, space
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = suggest_config(trial, self.base, self.space)
+        run_dir = self.runs_root / f"trial-{trial.number:04d}"
+        model = SmallCNN(cfg.model)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("params", count_parameters(model))
+        trial.set_user_attr("flops", forward_flops(model))
+        pruning = PruningCallback(trial)
+        start = time.perf_counter()
+        try:
+            result = train(cfg, self.data, run_dir, callbacks=[pruning])
+        except optuna.TrialPruned as e:
+            trial.set_user_attr("end", str(e))
+            raise
+        finally:
+            # Time in train() minus time in Optuna's calls = training proper.
+            trial.set_user_attr("train_call_seconds", round(time.perf_counter() - start, 3))
+            trial.set_user_attr("pruning_seconds", round(pruning.seconds, 3))
+            self._record(trial, run_dir)
+        trial.set_user_attr("end", f"{result.status}: {result.message}")
+        if result.status == "diverged":
+            # A diverged trial says something about its region of the space: keep it, pruned.
+            raise optuna.TrialPruned(result.message)
+        return result.best_val_acc
+
+    def _record(self, trial: optuna.Trial, run_dir: Path) -> None:
+        """What the trial cost, and its curve and config as dashboard artifacts."""
+        metrics_csv = run_dir / "metrics.csv"
+        history = read_metrics(metrics_csv) if metrics_csv.is_file() else []
+        trial.set_user_attr("epochs_run", len(history))
+        trial.set_user_attr("train_seconds", round(history[-1]["elapsed_seconds"], 2) if history else 0.0)
+        if self.artifact_store is None or not history:
+            return
+        fig = plot_curves(history)
+        fig.savefig(run_dir / "curves.png", dpi=80)
+        plt.close(fig)
+        files = ((run_dir / "curves.png", "image/png"), (run_dir / "config.json", "application/json"))
+        for path, mime in files:
+            upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
+                            study_or_trial=trial, mimetype=mime)

@@ -1,0 +1,57 @@
+"""Print the trials table of any study, optionally exporting it as CSV.
+
+Usage:
+    python -m study show --study-name cifar-cpu [--storage URL] [--csv trials.csv]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import optuna
+import pandas as pd
+
+from study.run import DEFAULT_STORAGE, UsageError, _Parser, make_storage
+
+COLUMNS = ["number", "state", "value", "duration", "user_attrs_epochs_run"]
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    df = study.trials_dataframe(attrs=("number", "value", "duration", "params", "user_attrs", "state"))
+    if df.empty:
+        return df
+    params = [c for c in df.columns if c.startswith("params_")]
+    keep = [c for c in COLUMNS if c in df.columns] + params
+    table = df[keep].rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
+    table["duration"] = table["duration"].dt.total_seconds().round(1)
+    return table.rename(columns={"duration": "seconds"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _Parser(prog="python -m study show", description="Show the trials of a study.")
+    p.add_argument("--study-name", required=True)
+    p.add_argument("--storage", default=DEFAULT_STORAGE)
+    p.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    try:
+        args = p.parse_args(argv)
+        storage = make_storage(args.storage, heartbeat_interval=None, grace_period=None, create=False)
+        names = optuna.get_all_study_names(storage)
+        if args.study_name not in names:
+            raise UsageError(f"no study {args.study_name!r} in {args.storage}; it has: "
+                             f"{', '.join(names) or 'none'}")
+        study = optuna.load_study(study_name=args.study_name, storage=storage)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = trials_table(study)
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_columns", None):
+        print(table.to_string(index=False) if not table.empty else "(no trials)")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

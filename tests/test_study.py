@@ -1,0 +1,241 @@
+"""Study: search space, pruning callback, end-to-end studies, resume, workers, faults, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cifar.config import TrainConfig
+from study.objective import PruningCallback
+from study.run import main
+from study.search_space import LR_RANGES, params_of, suggest_config
+from study.show import main as show_main
+from tests.conftest import make_image_folder, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ENV = "CIFAR_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def study_env(tmp_path):
+    """A tiny base config on a tiny image folder, and the paths a study writes to."""
+    folder = make_image_folder(tmp_path / "imgs", n_train=60, n_test=9)
+    cfg = tiny_config(data_dir=str(folder), cache_dir=str(tmp_path / "cache"), val_size=12, batch_size=64)
+    config = tmp_path / "base.json"
+    cfg.to_json(config)
+    db = tmp_path / "study.db"
+    return {
+        "db": db, "url": f"sqlite:///{db}", "tmp": tmp_path,
+        "args": ["--storage", f"sqlite:///{db}", "--config", str(config), "--preset", "smoke",
+                 "--set", "train_fraction=1.0", "--runs-dir", str(tmp_path / "runs"),
+                 "--results-dir", str(tmp_path / "results")],
+    }
+
+
+def load(env, name="s"):
+    return optuna.load_study(study_name=name, storage=env["url"])
+
+
+# ---------------------------------------------------------------- search space
+
+
+@pytest.mark.parametrize("params", [
+    {"optimizer": "sgd", "lr": 0.3, "batch_size": 128, "dropout": 0.2, "nesterov": False},   # SGD
+    {"optimizer": "adamw", "lr": 1e-3, "batch_size": 512, "dropout": 0.0},                  # adaptive
+])
+def test_suggest_config_default_space(params):
+    cfg = suggest_config(optuna.trial.FixedTrial(params), TrainConfig())
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.model.dropout) == \
+        (params["optimizer"], params["lr"], params["batch_size"], params["dropout"])
+    assert cfg.nesterov == params.get("nesterov", TrainConfig().nesterov)
+    assert cfg.model.widths == TrainConfig().model.widths  # not searched in the default space
+
+
+def test_suggest_config_extended_space():
+    params = {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "dropout": 0.1, "weight_decay": 1e-4,
+              "label_smoothing": 0.05, "block": "residual", "widths": "32,64,128", "schedule": "cosine"}
+    cfg = suggest_config(optuna.trial.FixedTrial(params), TrainConfig(), space="extended")
+    assert cfg.model.block == "residual" and cfg.model.widths == (32, 64, 128)
+    assert (cfg.weight_decay, cfg.label_smoothing, cfg.schedule) == (1e-4, 0.05, "cosine")
+
+
+@pytest.mark.parametrize("space", ["default", "extended"])
+def test_params_of_baseline_round_trips(space):
+    base = TrainConfig.from_json(ROOT / "configs" / "baseline.json")
+    assert suggest_config(optuna.trial.FixedTrial(params_of(base, space)), base, space) == base
+
+
+def test_lr_range_follows_optimizer():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        cfg = suggest_config(trial, TrainConfig())
+        lo, hi = LR_RANGES[cfg.optimizer]
+        assert lo <= cfg.lr <= hi
+        study.tell(trial, 0.0)
+
+
+# ---------------------------------------------------------------- pruning
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def test_pruning_callback_reports_and_raises():
+    study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="after epoch 3"):
+        PruningCallback(trial).on_epoch_end(3, {"val_acc": 0.5})
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {3: 0.5}
+
+
+def test_pruning_callback_lets_good_trials_go_on():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    PruningCallback(trial).on_epoch_end(1, {"val_acc": 0.5})  # no exception
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_study_end_to_end_then_resume(study_env, capsys):
+    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=4", "--pruner", "median",
+                                "--sampler", "random"]
+    assert main(args + ["--n-trials", "8"]) == 0
+    out = capsys.readouterr().out
+    study = load(study_env)
+    states = [t.state for t in study.trials]
+    assert len(states) == 8
+    assert TrialState.COMPLETE in states and TrialState.PRUNED in states
+    assert study.trials[0].user_attrs.get("baseline") is True
+    assert study.user_attrs["budget"] == {"max_epochs": 4, "train_fraction": 1.0}
+    first = study.trials[0]
+    for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir"):
+        assert key in first.user_attrs, key
+    assert Path(first.user_attrs["run_dir"], "metrics.csv").is_file()
+    artifacts = optuna.artifacts.get_all_artifact_meta(first, storage=study._storage)
+    assert {a.filename for a in artifacts} == {"curves.png", "config.json"}
+    assert "trial   7" in out and "ETA" in out and "best val_acc" in out
+    results = study_env["tmp"] / "results" / "s"
+    assert TrainConfig.from_json(results / "best_config.json").epochs == 4
+    assert (results / "trials.csv").read_text().count("\n") == 9
+
+    # The same command with a larger count resumes the same study; the baseline is not re-enqueued.
+    assert main(args + ["--n-trials", "10"]) == 0
+    study = load(study_env)
+    assert len(study.trials) == 10
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+
+
+def test_show_prints_and_exports(study_env, capsys):
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
+    csv_path = study_env["tmp"] / "t.csv"
+    assert show_main(["--study-name", "s", "--storage", study_env["url"], "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer" in out and "COMPLETE" in out
+    assert csv_path.read_text().splitlines()[0].startswith("number,state,value")
+    assert show_main(["--study-name", "nope", "--storage", study_env["url"]]) == 2
+
+
+def test_four_workers_on_sqlite(study_env):
+    assert main(study_env["args"] + ["--study-name", "s", "--workers", "4", "--n-trials", "8"]) == 0
+    study = load(study_env)
+    states = [t.state for t in study.trials]
+    assert TrialState.FAIL not in states and TrialState.RUNNING not in states
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) >= 8
+
+
+def test_killed_worker_trial_fails_and_is_retried(study_env):
+    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=200", "--pruner", "none",
+                                "--heartbeat-interval", "1", "--grace-period", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "study", "run", *args, "--n-trials", "1"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until trial 0 is running and has trained an epoch
+        time.sleep(0.5)
+        try:
+            trials = load(study_env).trials
+        except Exception:
+            continue
+        if trials and trials[0].state == TrialState.RUNNING and trials[0].intermediate_values:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    integrity = sqlite3.connect(study_env["db"]).execute("PRAGMA integrity_check").fetchone()[0]
+    assert integrity == "ok"
+    assert load(study_env).trials[0].state == TrialState.RUNNING  # nobody has noticed yet
+    time.sleep(4)  # past the grace period
+    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=2", "--heartbeat-interval", "1",
+                                     "--grace-period", "3", "--n-trials", "3"]) == 0
+    trials = load(study_env).trials
+    assert trials[0].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert retried and retried[0].params == trials[0].params
+    assert retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sampler", "grid"], "invalid choice: 'grid'"),                          # unknown sampler
+    (["--pruner", "wilcoxon"], "invalid choice: 'wilcoxon'"),                   # unknown pruner
+    (["--n-trials", "0"], "--n-trials must be > 0, got 0"),                     # nothing to do
+    (["--n-trials", "-3"], "--n-trials must be > 0, got -3"),                   # negative count
+    (["--storage", "not a url"], "malformed storage URL"),                      # malformed URL
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open storage"),  # unreachable server
+    (["--storage", "sqlite:////nonexistent-dir/x.db"], "does not exist"),       # impossible file
+    (["--set", "lr=-1"], "lr must be > 0"),                                     # bad base override
+    (["--set", "batch_size=16"], "outside the default search space in batch_size"),  # baseline off-grid
+])
+def test_bad_input_exits_2_database_untouched(study_env, extra, message, capsys):
+    argv = study_env["args"] + ["--study-name", "s"]
+    for i in range(0, len(extra), 2):  # later flags win in argparse; replace storage explicitly
+        if extra[i] == "--storage":
+            argv[argv.index("--storage") + 1] = extra[i + 1]
+            extra = extra[:i] + extra[i + 2:]
+            break
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not study_env["db"].exists()
+
+
+def test_existing_study_of_other_direction_is_refused(study_env, capsys):
+    optuna.create_study(study_name="s", storage=study_env["url"], direction="minimize")
+    before = study_env["db"].read_bytes()
+    assert main(study_env["args"] + ["--study-name", "s"]) == 2
+    assert "minimizes" in capsys.readouterr().err
+    assert study_env["db"].read_bytes() == before
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=f"{POSTGRES_ENV} is not set")
+def test_two_workers_on_postgresql(study_env):
+    url = os.environ[POSTGRES_ENV]
+    name = f"pg-{os.getpid()}-{int(time.time())}"
+    args = [a if a != study_env["url"] else url for a in study_env["args"]]
+    try:
+        assert main(args + ["--study-name", name, "--workers", "2", "--n-trials", "4"]) == 0
+        study = optuna.load_study(study_name=name, storage=url)
+        states = [t.state for t in study.trials]
+        assert TrialState.FAIL not in states
+        assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) >= 4
+        assert json.dumps(study.user_attrs["budget"])
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
