@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -158,20 +159,26 @@ def _load_torchvision(root: Path, cache_dir: Path, download: bool) -> dict:
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                             f"{HOW_TO_GET}") from None
     key = _fingerprint(sorted(batches.iterdir()), f"torchvision|{root.resolve()}")
+    # torchvision checked the files' checksums when it downloaded them; reading
+    # the pickled batches directly keeps any copy in the official layout usable.
+    return _cached(cache_dir, key, lambda: _read_batches(batches))
 
-    def build() -> dict:
-        out: dict = {}
-        for split, train in (("train", True), ("test", False)):
-            try:
-                ds = CIFAR10(str(root), train=train, download=False)
-            except Exception as e:
-                raise DataError(f"cannot read {batches}: {e}; {HOW_TO_GET}") from None
-            out[f"{split}_x"] = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-            out[f"{split}_y"] = torch.tensor(ds.targets, dtype=torch.int64)
-            out["classes"] = list(ds.classes)
-        return out
 
-    return _cached(cache_dir, key, build)
+def _read_batches(batches: Path) -> dict:
+    def unpickle(name: str) -> dict:
+        try:
+            with (batches / name).open("rb") as f:
+                return pickle.load(f, encoding="latin1")
+        except (OSError, pickle.UnpicklingError, EOFError) as e:
+            raise DataError(f"cannot read {batches / name}: {e}; {HOW_TO_GET}") from None
+
+    out: dict = {"classes": list(unpickle("batches.meta")["label_names"])}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        parts = [unpickle(n) for n in names]
+        data = np.concatenate([p["data"] for p in parts]).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        out[f"{split}_x"] = torch.from_numpy(data.astype(np.uint8))
+        out[f"{split}_y"] = torch.tensor([y for p in parts for y in p["labels"]], dtype=torch.int64)
+    return out
 
 
 def load_cifar10(data_dir: str = "", cache_dir: str = "", download: bool = True) -> dict:

@@ -165,3 +165,27 @@ def test_channel_stats_match_direct_computation():
     flat = x.transpose(0, 1).reshape(3, -1).double() / 255
     assert torch.allclose(torch.tensor(mean, dtype=torch.float64), flat.mean(1))
     assert torch.allclose(torch.tensor(std, dtype=torch.float64), flat.std(1))
+
+
+def test_official_batches_source(tmp_path):
+    """A cifar-10-batches-py folder in the official pickled layout (tiny, made here) is read."""
+    import pickle
+
+    import numpy as np
+
+    batches = tmp_path / "official" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    written = {}
+    for i, name in enumerate(names):
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        written[name] = data
+        with (batches / name).open("wb") as f:
+            pickle.dump({"data": data, "labels": [i % 10, 1, 2, 3]}, f)
+    with (batches / "batches.meta").open("wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    d = load_cifar10(str(tmp_path / "official"), str(tmp_path / "cache"), download=False)
+    assert d["classes"][0] == "c0" and d["train_x"].shape == (20, 3, 32, 32)
+    assert d["train_y"][:4].tolist() == [0, 1, 2, 3] and len(d["test_y"]) == 4
+    assert torch.equal(d["test_x"][0], torch.from_numpy(written["test_batch"][0].reshape(3, 32, 32)))
