@@ -10,7 +10,7 @@ STORAGE ?= sqlite:///results/study.db
 STUDY_ARGS ?=
 PORT ?= 8080
 
-.PHONY: setup test lint baseline train study dashboard bench clean
+.PHONY: setup test lint baseline train study report dashboard dashboard-screenshot bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check cifar study tests bench
+	$(VENV)/bin/ruff check cifar study reports tests bench
 
 # Train and evaluate the documented baseline; results land in results/baseline/.
 baseline: setup
@@ -34,14 +34,34 @@ baseline: setup
 	cp $(RUN)/config.json $(RUN)/metrics.csv $(RUN)/results.json $(RUN)/test_metrics.json \
 	   $(RUN)/plots/*.png results/baseline/
 
-# The tuning study (preset chosen for the hardware); resumes when run again.
+# The main job: the tuning study (preset chosen for the hardware; resumes when
+# run again), then the baseline-vs-tuned report.
 study: setup
 	$(PY) -m study run --storage $(STORAGE) $(STUDY_ARGS)
+	$(MAKE) report
+
+# The report of the storage's only study (or STUDY_NAME=...).
+report: setup
+	$(PY) -m reports build --storage $(STORAGE) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(REPORT_ARGS)
 
 # optuna-dashboard on the study's storage, bound to loopback only.
 dashboard: setup
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(PORT) \
 	    --artifact-dir results/study-artifacts
+
+# A PNG of optuna-dashboard showing study 1, taken with headless Chromium
+# (Debian's `chromium`: apt-get install chromium).
+SHOT ?= results/studies/dashboard.png
+dashboard-screenshot: setup
+	mkdir -p $(dir $(SHOT))
+	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port 8765 --quiet \
+	    --artifact-dir results/study-artifacts & pid=$$!; \
+	trap "kill $$pid" EXIT; \
+	for i in $$(seq 60); do curl -sf http://127.0.0.1:8765/api/studies >/dev/null && break; sleep 0.5; done; \
+	chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+	    --disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
+	    --window-size=1400,1000 --virtual-time-budget=20000 --hide-scrollbars \
+	    --screenshot=$(SHOT) http://127.0.0.1:8765/dashboard/studies/1
 
 train: setup
 	$(PY) -m cifar.train $(ARGS)

@@ -64,7 +64,7 @@ def plot_curves(history: list[dict[str, float]]) -> plt.Figure:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Training curves (train metrics use augmented images)")
+    fig.suptitle("Training curves (train metrics: augmented images, loss with label smoothing)")
     fig.tight_layout()
     return fig
 
@@ -124,12 +124,16 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])
     metrics.update(checkpoint_epoch=ckpt["epoch"], val_acc=ckpt["metrics"][-1]["val_acc"])
     (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    probs = logits.softmax(1)
+    # Per-image predictions, for comparisons between runs (which images a change fixed or broke).
+    torch.save({"pred": probs.argmax(1), "conf": probs.max(1).values, "label": labels},
+               run_dir / "test_predictions.pt")
 
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     figures = {
         "curves.png": plot_curves(read_metrics(run_dir / "metrics.csv")),
-        "misclassified.png": plot_misclassified(data.test.x, labels, logits.softmax(1), ckpt["classes"]),
+        "misclassified.png": plot_misclassified(data.test.x, labels, probs, ckpt["classes"]),
         "confusion.png": plot_confusion(metrics["confusion"], ckpt["classes"]),
     }
     for name, fig in figures.items():

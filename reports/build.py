@@ -1,0 +1,287 @@
+"""Build the baseline-vs-tuned report of a study: retrain, test, compare, write.
+
+The baseline config and the study's best config are retrained on the whole
+train split (not the study's subset) with one epoch budget and K seeds, each
+evaluated on the test set. Runs are cached by config and seed under
+``runs/reports/``, so a rebuild only redoes the figures. Steps: load -> data
+-> figures -> write; only ``write_report`` writes into the report folder.
+
+Usage:
+    python -m reports build --study-name cifar-cpu [--storage URL] [--seeds 3] [--epochs 10]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.offline
+
+from cifar.config import TrainConfig, apply_overrides
+from cifar.data import prepare_data
+from cifar.evaluate import evaluate_run
+from cifar.train import train
+from reports.figures import (
+    confusion_figure,
+    curves_figure,
+    image_grid_figure,
+    per_class_figure,
+    study_figures,
+)
+from reports.load import compute_spent, configs_of, load_run, open_study, trials_frame
+from reports.stats import compare
+from study.run import DEFAULT_STORAGE, UsageError, _Parser
+
+# Epochs of the retraining, by the study's preset: the CPU one keeps a 3-seed
+# report of both configs within about 90 minutes on a 2-core machine.
+REPORT_EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 30}
+
+
+def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
+    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return runs_root / f"{key}-seed{cfg.seed}"
+
+
+def ensure_runs(configs: dict[str, TrainConfig], seeds: int, runs_root: Path) -> dict[str, list[Path]]:
+    """Train and evaluate every (config, seed) not already in the cache; print progress and ETA."""
+    plan = [(name, apply_overrides(cfg, {"seed": s})) for name, cfg in configs.items() for s in range(seeds)]
+    todo = [(n, c) for n, c in plan if not (run_dir_for(c, runs_root) / "test_predictions.pt").is_file()]
+    data = prepare_data(next(iter(configs.values())).data) if todo else None
+    started = time.time()
+    for i, (name, cfg) in enumerate(todo):
+        eta = f", ETA {(time.time() - started) / i * (len(todo) - i) / 60:.0f} min" if i else ""
+        print(f"[{i + 1}/{len(todo)}] training {name} seed {cfg.seed} ({cfg.epochs} epochs{eta})", flush=True)
+        run_dir = run_dir_for(cfg, runs_root)
+        result = train(cfg, data, run_dir)
+        if result.status == "diverged":
+            raise UsageError(f"{name} seed {cfg.seed} diverged in {run_dir}: {result.message}")
+        evaluate_run(run_dir)
+    if not todo:
+        print(f"all {len(plan)} runs cached in {runs_root}", flush=True)
+    out: dict[str, list[Path]] = {name: [] for name in configs}
+    for name, cfg in plan:
+        out[name].append(run_dir_for(cfg, runs_root))
+    return out
+
+
+# ---------------------------------------------------------------- data
+
+
+def comparison_frame(runs: dict[str, list[dict]]) -> pd.DataFrame:
+    rows = []
+    for config, items in runs.items():
+        for seed, r in enumerate(items):
+            rows.append({"config": config, "seed": seed, "test_acc": r["test"]["test_acc"],
+                         "test_loss": r["test"]["test_loss"], "best_val_acc": r["results"]["best_val_acc"],
+                         "epochs": r["results"]["epochs_run"], "train_seconds": r["results"]["train_seconds"],
+                         "params": r["results"]["params"], "flops": r["results"]["flops"]})
+    return pd.DataFrame(rows)
+
+
+def histories_frame(runs: dict[str, list[dict]]) -> pd.DataFrame:
+    return pd.concat([r["history"].assign(config=config, seed=seed)
+                      for config, items in runs.items() for seed, r in enumerate(items)], ignore_index=True)
+
+
+def per_class_frame(runs: dict[str, list[dict]]) -> pd.DataFrame:
+    rows = [{"config": config, "class": cls, "acc": acc}
+            for config, items in runs.items() for r in items for cls, acc in r["test"]["per_class_acc"].items()]
+    df = pd.DataFrame(rows)
+    return df.groupby(["config", "class"], sort=False)["acc"].agg(["mean", "std"]).reset_index()
+
+
+def fixed_and_broken(runs: dict[str, list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test images right by majority over seeds: (fixed by tuning, broken by it, tuned's majority pred)."""
+    def correct(items):
+        return np.stack([(r["predictions"]["pred"] == r["predictions"]["label"]).numpy() for r in items])
+
+    base_ok = correct(runs["baseline"]).mean(0) > 0.5
+    tuned_ok = correct(runs["tuned"]).mean(0) > 0.5
+    return np.nonzero(~base_ok & tuned_ok)[0], np.nonzero(base_ok & ~tuned_ok)[0], tuned_ok
+
+
+def config_table(baseline: TrainConfig, tuned: TrainConfig) -> pd.DataFrame:
+    def flat(cfg: TrainConfig) -> dict:
+        d = cfg.to_dict()
+        return {**{k: v for k, v in d.items() if not isinstance(v, dict)}, **d["model"],
+                **{k: v for k, v in d["data"].items() if k not in ("data_dir", "cache_dir")}}
+
+    a, b = flat(baseline), flat(tuned)
+    return pd.DataFrame([{"field": k, "baseline": str(a[k]), "tuned": str(b[k]), "differs": a[k] != b[k]}
+                         for k in a if k not in ("seed",)])
+
+
+# ---------------------------------------------------------------- write
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def headline(cmp, table: pd.DataFrame) -> tuple[str, str]:
+    """Markdown table and verdict sentence of the comparison."""
+    g = table.groupby("config")
+    lines = ["| | baseline | tuned |", "|---|---|---|",
+             f"| test accuracy (mean ± std, {cmp.n_baseline} and {cmp.n_tuned} seeds) | "
+             f"{_fmt_pct(cmp.baseline_mean)} ± {_fmt_pct(cmp.baseline_std)} | "
+             f"{_fmt_pct(cmp.tuned_mean)} ± {_fmt_pct(cmp.tuned_std)} |",
+             f"| parameters | {int(g['params'].first()['baseline']):,} | {int(g['params'].first()['tuned']):,} |",
+             f"| forward MFLOPs / image | {g['flops'].first()['baseline'] / 1e6:.1f} | "
+             f"{g['flops'].first()['tuned'] / 1e6:.1f} |",
+             f"| training time per run (mean) | {g['train_seconds'].mean()['baseline'] / 60:.1f} min | "
+             f"{g['train_seconds'].mean()['tuned'] / 60:.1f} min |"]
+    diff = (f"Difference (tuned - baseline): {100 * cmp.difference:+.2f} points, 95% CI "
+            f"[{100 * cmp.ci_low:+.2f}, {100 * cmp.ci_high:+.2f}] (Welch), bootstrap "
+            f"[{100 * cmp.bootstrap_low:+.2f}, {100 * cmp.bootstrap_high:+.2f}]; Welch's t = "
+            f"{cmp.t_statistic:.2f}, p = {cmp.p_value:.3g}.")
+    if cmp.significant:
+        verdict = f"The {'tuned' if cmp.difference > 0 else 'baseline'} configuration is better; " \
+                  "the interval excludes zero."
+    else:
+        verdict = ("The two differ by less than the seed-to-seed noise: the interval includes zero, "
+                   "so this report cannot say that tuning helped.")
+    return "\n".join(lines), f"{diff} {verdict}"
+
+
+def write_report(out: Path, md_table: str, verdict: str, meta: dict, table: pd.DataFrame,
+                 configs: pd.DataFrame, figures: dict) -> None:
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    # kaleido renders the PNGs with a Chromium; point it at the system one (Debian's `chromium`).
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        os.environ.setdefault("BROWSER_PATH", chromium)
+    table.to_csv(out / "comparison.csv", index=False)
+    (out / "plotly.min.js").write_text(plotly.offline.get_plotlyjs())
+    for name, fig in figures.items():
+        fig.write_image(out / "figures" / f"{name}.png", width=fig.layout.width or 1000,
+                        height=fig.layout.height or 500)
+    budget = (f"Budget: {meta['epochs']} epochs per run on the whole train split "
+              f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}; study trials used "
+              f"{meta['study_budget']}.")
+    spent = meta["spent"]
+    compute = (f"The study: {spent['trials']} trials ({spent['complete']} complete, {spent['pruned']} pruned = "
+               f"{spent['pruned_share']:.0%} of finished, {spent['failed']} failed), {spent['trial_epochs']} "
+               f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training on {meta['device']}.")
+    md = [f"# Baseline vs tuned: study `{meta['study']}`", "", md_table, "", verdict, "", budget, "",
+          compute, "", f"Baseline = trial {meta['baseline_trial']}, tuned = trial {meta['best_trial']}.",
+          "", "## Configurations (differences in bold)", "", "| field | baseline | tuned |", "|---|---|---|"]
+    md += [f"| {'**' + r.field + '**' if r.differs else r.field} | {r.baseline} | {r.tuned} |"
+           for r in configs.itertuples()]
+    md += ["", "## Figures", ""] + [f"![{n}](figures/{n}.png)" for n in figures]
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+
+    rows = "".join(f"<tr class='{'diff' if r.differs else ''}'><td>{html.escape(r.field)}</td>"
+                   f"<td>{html.escape(r.baseline)}</td><td>{html.escape(r.tuned)}</td></tr>"
+                   for r in configs.itertuples())
+    head_html = _md_table_to_html(md_table)
+    divs = "".join(f"<section><div class='fig' id='fig-{n}'>"
+                   f"{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f'plot-{n}')}</div></section>"
+                   for n, fig in figures.items())
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8">
+<title>Baseline vs tuned: {html.escape(meta['study'])}</title><script src="plotly.min.js"></script>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}tr.diff{{background:#fff3c4;font-weight:bold}}</style></head>
+<body><h1>Baseline vs tuned: study <code>{html.escape(meta['study'])}</code></h1>{head_html}
+<p><b>{html.escape(verdict)}</b></p><p>{html.escape(budget)}</p><p>{html.escape(compute)}</p>
+<h2>Configurations</h2><table><tr><th>field</th><th>baseline (trial {meta['baseline_trial']})</th>
+<th>tuned (trial {meta['best_trial']})</th></tr>{rows}</table><h2>Figures</h2>{divs}</body></html>"""
+    (out / "report.html").write_text(page)
+
+
+def _md_table_to_html(md: str) -> str:
+    lines = [line.strip("|").split("|") for line in md.splitlines() if not line.startswith("|---")]
+    cells = ["<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>" for row in lines]
+    return "<table>" + "".join(cells) + "</table>"
+
+
+# ---------------------------------------------------------------- main
+
+
+def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, out_root: Path,
+          runs_root: Path) -> Path:
+    study = open_study(storage, study_name)
+    study_name = study.study_name
+    baseline, tuned, baseline_trial, best_trial = configs_of(study)
+    preset = study.user_attrs.get("preset", "cpu")
+    epochs = epochs or REPORT_EPOCHS.get(preset, 10)
+    configs = {name: apply_overrides(cfg, {"epochs": epochs, "train_fraction": 1.0})
+               for name, cfg in (("baseline", baseline), ("tuned", tuned))}
+    dirs = ensure_runs(configs, seeds, runs_root)
+    runs = {name: [load_run(d) for d in ds] for name, ds in dirs.items()}
+
+    table = comparison_frame(runs)
+    cmp = compare(table[table.config == "baseline"]["test_acc"].tolist(),
+                  table[table.config == "tuned"]["test_acc"].tolist())
+    md_table, verdict = headline(cmp, table)
+    trials = trials_frame(study)
+    fixed, broken, tuned_ok = fixed_and_broken(runs)
+    data = prepare_data(configs["tuned"].data)
+    classes = runs["tuned"][0]["test"]["per_class_acc"].keys()
+    classes = list(classes)
+    preds = runs["tuned"][0]["predictions"]
+
+    def captions(idx):
+        return [f"{classes[preds['label'][i]]}→{classes[preds['pred'][i]]}" for i in idx]
+
+    wrong = np.nonzero(~tuned_ok)[0][:: max(1, int((~tuned_ok).sum()) // 16)][:16]
+    figures = {
+        "curves": curves_figure(histories_frame(runs)),
+        "per_class": per_class_figure(per_class_frame(runs)),
+        "confusion_baseline": confusion_figure(np.array(runs["baseline"][0]["test"]["confusion"]), classes,
+                                               "Confusion matrix, baseline (seed 0)"),
+        "confusion_tuned": confusion_figure(np.array(runs["tuned"][0]["test"]["confusion"]), classes,
+                                            "Confusion matrix, tuned (seed 0)"),
+        "misclassified_tuned": image_grid_figure(data.test.x[wrong].numpy(), captions(wrong),
+                                                 "Misclassified by the tuned model (true→predicted, seed 0)"),
+        "fixed_by_tuning": image_grid_figure(data.test.x[fixed[:16]].numpy(), captions(fixed[:16]),
+                                             f"{len(fixed)} test images tuning fixed (majority over seeds)"),
+        "broken_by_tuning": image_grid_figure(data.test.x[broken[:16]].numpy(), captions(broken[:16]),
+                                              f"{len(broken)} test images tuning broke (majority over seeds)"),
+        **study_figures(study),
+    }
+    meta = {"study": study_name, "epochs": epochs, "seeds": seeds, "train_images": len(data.train),
+            "study_budget": study.user_attrs.get("budget"), "spent": compute_spent(trials),
+            "baseline_trial": baseline_trial, "best_trial": best_trial,
+            "device": json.loads((runs["tuned"][0]["dir"] / "config.json").read_text())["provenance"]["device"]}
+    out = out_root / study_name
+    write_report(out, md_table, verdict, meta, table, config_table(configs["baseline"], configs["tuned"]),
+                 figures)
+    (out / "comparison.json").write_text(json.dumps({**cmp.to_dict(), **meta}, indent=2, default=str) + "\n")
+    print(md_table + "\n\n" + verdict)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _Parser(prog="python -m reports build", description="Build the baseline-vs-tuned report.")
+    p.add_argument("--study-name", default=None, help="default: the storage's only study")
+    p.add_argument("--storage", default=DEFAULT_STORAGE)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="default: by the study's preset")
+    p.add_argument("--out", default="results/reports")
+    p.add_argument("--runs-dir", default="runs/reports", help="cache of retrained runs")
+    try:
+        args = p.parse_args(argv)
+        if args.seeds < 2:
+            raise UsageError(f"--seeds must be >= 2 for a test, got {args.seeds}")
+        if args.epochs is not None and args.epochs <= 0:
+            raise UsageError(f"--epochs must be > 0, got {args.epochs}")
+        out = build(args.study_name, args.storage, args.seeds, args.epochs, Path(args.out),
+                    Path(args.runs_dir))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/report.html, summary.md, comparison.csv, figures/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
