@@ -150,7 +150,9 @@ class Progress:
         if self.n_trials and durations:
             left = max(0, self.n_trials - len(done)) * (sum(durations) / len(durations)) / self.workers
             eta = f"  ETA {left / 60:.1f} min"
-        if trial.value is not None:
+        if trial.state == TrialState.FAIL:
+            value = f"({trial.system_attrs.get('fail_reason', 'failed').splitlines()[0][:120]})"
+        elif trial.value is not None:
             value = f"val_acc {trial.value:.4f}"
         elif trial.intermediate_values:
             value = f"last val_acc {max(trial.intermediate_values.items())[1]:.4f}"
@@ -211,7 +213,9 @@ def worker(job: Job, index: int) -> None:
         # Counted over every worker: the study stops at n_trials finished trials in total.
         callbacks.append(optuna.study.MaxTrialsCallback(
             job.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Progress prints every trial, failures with their reason; Optuna's own log would add
+    # a traceback for a Ctrl-C.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study.optimize(objective, timeout=job.timeout, callbacks=callbacks, catch=(RuntimeError,),
                    gc_after_trial=True)
 

@@ -239,3 +239,42 @@ def test_two_workers_on_postgresql(study_env):
         assert json.dumps(study.user_attrs["budget"])
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+def test_diverged_trial_ends_pruned_with_reason(study_env, monkeypatch):
+    from cifar.train import TrainResult
+    from study import objective as objective_module
+
+    def diverging_train(cfg, data, run_dir, callbacks=(), resume=False):
+        return TrainResult("diverged", "training loss became nan", float("nan"), 0, 1, 0.1, 1, 1, str(run_dir))
+
+    monkeypatch.setattr(objective_module, "train", diverging_train)
+    base = TrainConfig.from_json(study_env["tmp"] / "base.json")
+    obj = objective_module.Objective(base, data=None, runs_root=study_env["tmp"] / "runs")
+    study = optuna.create_study(direction="maximize")
+    study.optimize(obj, n_trials=1)  # the study goes on: the trial is pruned, not raised
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["end"] == "diverged: training loss became nan"
+
+
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
+    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=200", "--pruner", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "study", "run", *args, "--n-trials", "1"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = load(study_env).trials
+        except Exception:
+            continue
+        if trials and trials[0].intermediate_values:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run the same command again" in err and "Traceback" not in err
+    assert load(study_env).trials[0].state == TrialState.FAIL  # not left RUNNING
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
+    assert load(study_env).trials[1].state == TrialState.COMPLETE
