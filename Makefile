@@ -45,9 +45,9 @@ report: setup
 	$(PY) -m reports build --storage $(STORAGE) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(REPORT_ARGS)
 
 # optuna-dashboard on the study's storage, bound to loopback only.
+ARTIFACTS = $(shell $(PY) -c "from study.run import artifact_dir_for; print(artifact_dir_for('$(STORAGE)'))")
 dashboard: setup
-	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(PORT) \
-	    --artifact-dir results/study-artifacts
+	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(PORT) --artifact-dir $(ARTIFACTS)
 
 # A PNG of optuna-dashboard showing study 1, taken with headless Chromium
 # (Debian's `chromium`: apt-get install chromium).
@@ -55,7 +55,7 @@ SHOT ?= results/studies/dashboard.png
 dashboard-screenshot: setup
 	mkdir -p $(dir $(SHOT))
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port 8765 --quiet \
-	    --artifact-dir results/study-artifacts & pid=$$!; \
+	    --artifact-dir $(ARTIFACTS) & pid=$$!; \
 	trap "kill $$pid" EXIT; \
 	for i in $$(seq 60); do curl -sf http://127.0.0.1:8765/api/studies >/dev/null && break; sleep 0.5; done; \
 	chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -249,11 +250,26 @@ def run_workers(job: Job) -> None:
 # ---------------------------------------------------------------- summary
 
 
+COLUMNS = ["number", "state", "value", "duration", "user_attrs_epochs_run"]
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    df = study.trials_dataframe(attrs=("number", "value", "duration", "params", "user_attrs", "state"))
+    if df.empty:
+        return df
+    params = [c for c in df.columns if c.startswith("params_")]
+    keep = [c for c in COLUMNS if c in df.columns] + params
+    table = df[keep].rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
+    table["duration"] = table["duration"].dt.total_seconds().round(1)
+    return table.rename(columns={"duration": "seconds"})
+
+
+
 def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     out_dir.mkdir(parents=True, exist_ok=True)
-    study.trials_dataframe().to_csv(out_dir / "trials.csv", index=False)
+    trials_table(study).to_csv(out_dir / "trials.csv", index=False)
     summary: dict[str, Any] = {"study_name": study.study_name, "trials": len(trials), **counts,
                                "user_attrs": study.user_attrs}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -12,20 +12,7 @@ from collections.abc import Sequence
 import optuna
 import pandas as pd
 
-from study.run import DEFAULT_STORAGE, UsageError, _Parser, make_storage
-
-COLUMNS = ["number", "state", "value", "duration", "user_attrs_epochs_run"]
-
-
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    df = study.trials_dataframe(attrs=("number", "value", "duration", "params", "user_attrs", "state"))
-    if df.empty:
-        return df
-    params = [c for c in df.columns if c.startswith("params_")]
-    keep = [c for c in COLUMNS if c in df.columns] + params
-    table = df[keep].rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
-    table["duration"] = table["duration"].dt.total_seconds().round(1)
-    return table.rename(columns={"duration": "seconds"})
+from study.run import DEFAULT_STORAGE, UsageError, _Parser, make_storage, trials_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
