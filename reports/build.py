@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.io
 import plotly.offline
 
 from cifar.config import TrainConfig, apply_overrides
@@ -161,9 +162,10 @@ def write_report(out: Path, md_table: str, verdict: str, meta: dict, table: pd.D
         os.environ.setdefault("BROWSER_PATH", chromium)
     table.to_csv(out / "comparison.csv", index=False)
     (out / "plotly.min.js").write_text(plotly.offline.get_plotlyjs())
-    for name, fig in figures.items():
-        fig.write_image(out / "figures" / f"{name}.png", width=fig.layout.width or 1000,
-                        height=fig.layout.height or 500)
+    # One call renders every PNG with one browser (a browser per figure takes ~2 s each).
+    plotly.io.write_images(list(figures.values()), [out / "figures" / f"{n}.png" for n in figures],
+                           width=[f.layout.width or 1000 for f in figures.values()],
+                           height=[f.layout.height or 500 for f in figures.values()])
     budget = (f"Budget: {meta['epochs']} epochs per run on the whole train split "
               f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}; study trials used "
               f"{meta['study_budget']}.")
