@@ -227,8 +227,7 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
     trials = trials_frame(study)
     fixed, broken, tuned_ok = fixed_and_broken(runs)
     data = prepare_data(configs["tuned"].data)
-    classes = runs["tuned"][0]["test"]["per_class_acc"].keys()
-    classes = list(classes)
+    classes = list(runs["tuned"][0]["test"]["per_class_acc"])
     preds = runs["tuned"][0]["predictions"]
 
     def captions(idx):
