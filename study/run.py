@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
     p.add_argument("--heartbeat-interval", type=int, default=30, help="seconds")
     p.add_argument("--grace-period", type=int, default=120, help="seconds without heartbeat -> FAIL")
+    p.add_argument("--artifact-dir", default=None,
+                   help="dashboard artifacts (default: beside a SQLite file, else results/artifacts)")
     p.add_argument("--runs-dir", default="runs/studies", help="trial run directories go here")
     p.add_argument("--results-dir", default="results/studies", help="summary, trials.csv, best_config.json")
     return p
@@ -366,7 +368,7 @@ def prepare(argv: Sequence[str]) -> tuple[Job, optuna.Study, TrainConfig, str]:
               timeout=preset.timeout if args.timeout is None else args.timeout, threads=threads,
               heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
               runs_root=str(Path(args.runs_dir) / study_name),
-              artifact_dir=str(artifact_dir_for(args.storage)), workers=args.workers)
+              artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=args.workers)
     return job, study, base, args.results_dir
 
 

@@ -230,6 +230,7 @@ def test_two_workers_on_postgresql(study_env):
     url = os.environ[POSTGRES_ENV]
     name = f"pg-{os.getpid()}-{int(time.time())}"
     args = [a if a != study_env["url"] else url for a in study_env["args"]]
+    args += ["--artifact-dir", str(study_env["tmp"] / "artifacts")]  # not the repository's results/
     try:
         assert main(args + ["--study-name", name, "--workers", "2", "--n-trials", "4"]) == 0
         study = optuna.load_study(study_name=name, storage=url)
