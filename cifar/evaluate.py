@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from cifar.callbacks import load_checkpoint, model_from_checkpoint  # noqa: E402
 from cifar.config import apply_overrides  # noqa: E402
-from cifar.data import Pipeline, prepare_data  # noqa: E402
+from cifar.data import CifarData, Pipeline, prepare_data  # noqa: E402
 from cifar.train import predict, resolve_device  # noqa: E402
 
 
@@ -109,8 +109,12 @@ def plot_confusion(confusion: list[list[int]], classes: list[str]) -> plt.Figure
     return fig
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Evaluate best.pt of a run on the test set and write metrics and figures into the run."""
+def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
+                 data: CifarData | None = None) -> dict[str, Any]:
+    """Evaluate best.pt of a run on the test set and write metrics and figures into the run.
+
+    ``data`` saves reloading when the caller already holds the data set.
+    """
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / "best.pt")
     model, cfg = model_from_checkpoint(ckpt)
@@ -118,7 +122,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         cfg = apply_overrides(cfg, {"data_dir": data_dir})
     dev = resolve_device(device)
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    data = prepare_data(cfg.data)
+    data = data or prepare_data(cfg.data)
     stats = ckpt["data_stats"]  # normalise as in training, whatever the data looks like now
     logits, labels = predict(model, Pipeline(data.test, cfg, stats["mean"], stats["std"], dev, train=False))
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])

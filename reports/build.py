@@ -65,7 +65,7 @@ def ensure_runs(configs: dict[str, TrainConfig], seeds: int, runs_root: Path) ->
         result = train(cfg, data, run_dir)
         if result.status == "diverged":
             raise UsageError(f"{name} seed {cfg.seed} diverged in {run_dir}: {result.message}")
-        evaluate_run(run_dir)
+        evaluate_run(run_dir, data=data)
     if not todo:
         print(f"all {len(plan)} runs cached in {runs_root}", flush=True)
     out: dict[str, list[Path]] = {name: [] for name in configs}
@@ -100,14 +100,14 @@ def per_class_frame(runs: dict[str, list[dict]]) -> pd.DataFrame:
     return df.groupby(["config", "class"], sort=False)["acc"].agg(["mean", "std"]).reset_index()
 
 
-def fixed_and_broken(runs: dict[str, list[dict]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Test images right by majority over seeds: (fixed by tuning, broken by it, tuned's majority pred)."""
+def fixed_and_broken(runs: dict[str, list[dict]]) -> tuple[np.ndarray, np.ndarray]:
+    """Test images right by majority over seeds: (fixed by tuning, broken by it)."""
     def correct(items):
         return np.stack([(r["predictions"]["pred"] == r["predictions"]["label"]).numpy() for r in items])
 
     base_ok = correct(runs["baseline"]).mean(0) > 0.5
     tuned_ok = correct(runs["tuned"]).mean(0) > 0.5
-    return np.nonzero(~base_ok & tuned_ok)[0], np.nonzero(base_ok & ~tuned_ok)[0], tuned_ok
+    return np.nonzero(~base_ok & tuned_ok)[0], np.nonzero(base_ok & ~tuned_ok)[0]
 
 
 def config_table(baseline: TrainConfig, tuned: TrainConfig) -> pd.DataFrame:
@@ -225,15 +225,18 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
                   table[table.config == "tuned"]["test_acc"].tolist())
     md_table, verdict = headline(cmp, table)
     trials = trials_frame(study)
-    fixed, broken, tuned_ok = fixed_and_broken(runs)
+    fixed, broken = fixed_and_broken(runs)
     data = prepare_data(configs["tuned"].data)
     classes = list(runs["tuned"][0]["test"]["per_class_acc"])
     preds = runs["tuned"][0]["predictions"]
 
-    def captions(idx):
-        return [f"{classes[preds['label'][i]]}→{classes[preds['pred'][i]]}" for i in idx]
+    def captions(idx, predicted=True):
+        return [f"{classes[preds['label'][i]]}→{classes[preds['pred'][i]]}" if predicted
+                else classes[preds["label"][i]] for i in idx]
 
-    wrong = np.nonzero(~tuned_ok)[0][:: max(1, int((~tuned_ok).sum()) // 16)][:16]
+    # Misclassified by seed 0 (whose predictions the captions show), spread over the ordered test set.
+    wrong = np.nonzero((preds["pred"] != preds["label"]).numpy())[0]
+    wrong = wrong[:: max(1, len(wrong) // 16)][:16]
     figures = {
         "curves": curves_figure(histories_frame(runs)),
         "per_class": per_class_figure(per_class_frame(runs)),
@@ -243,9 +246,9 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
                                             "Confusion matrix, tuned (seed 0)"),
         "misclassified_tuned": image_grid_figure(data.test.x[wrong].numpy(), captions(wrong),
                                                  "Misclassified by the tuned model (true→predicted, seed 0)"),
-        "fixed_by_tuning": image_grid_figure(data.test.x[fixed[:16]].numpy(), captions(fixed[:16]),
+        "fixed_by_tuning": image_grid_figure(data.test.x[fixed[:16]].numpy(), captions(fixed[:16], predicted=False),
                                              f"{len(fixed)} test images tuning fixed (majority over seeds)"),
-        "broken_by_tuning": image_grid_figure(data.test.x[broken[:16]].numpy(), captions(broken[:16]),
+        "broken_by_tuning": image_grid_figure(data.test.x[broken[:16]].numpy(), captions(broken[:16], predicted=False),
                                               f"{len(broken)} test images tuning broke (majority over seeds)"),
         **study_figures(study),
     }

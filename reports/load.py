@@ -69,13 +69,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def intermediate_frame(study: optuna.Study) -> pd.DataFrame:
-    """Long format: one row per (trial, epoch) reported val_acc, with the trial's final state."""
-    rows = [{"number": t.number, "state": t.state.name, "epoch": step, "val_acc": value}
-            for t in study.get_trials(deepcopy=False) for step, value in sorted(t.intermediate_values.items())]
-    return pd.DataFrame(rows, columns=["number", "state", "epoch", "val_acc"])
-
-
 def compute_spent(trials: pd.DataFrame) -> dict[str, float]:
     finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
     return {

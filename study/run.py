@@ -140,8 +140,8 @@ def pick_preset(name: str) -> str:
 class Progress:
     """Study callback: one line per finished trial, with the study's ETA."""
 
-    def __init__(self, n_trials: int | None, workers: int, started: float):
-        self.n_trials, self.workers, self.started = n_trials, workers, started
+    def __init__(self, n_trials: int | None, workers: int):
+        self.n_trials, self.workers = n_trials, workers
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -209,7 +209,7 @@ def worker(job: Job, index: int) -> None:
     Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(job.artifact_dir)
     objective = Objective(base, data, Path(job.runs_root), store, job.space)
-    callbacks: list = [Progress(job.n_trials, job.workers, time.time())]
+    callbacks: list = [Progress(job.n_trials, job.workers)]
     if job.n_trials:
         # Counted over every worker: the study stops at n_trials finished trials in total.
         callbacks.append(optuna.study.MaxTrialsCallback(

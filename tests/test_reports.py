@@ -18,7 +18,7 @@ from scipy import stats as scipy_stats
 
 from reports.build import main as build_main
 from reports.figures import confusion_figure, curves_figure, image_grid_figure, per_class_figure
-from reports.load import compute_spent, intermediate_frame, trials_frame
+from reports.load import compute_spent, trials_frame
 from reports.stats import bootstrap_interval, compare, mean_std, welch_interval
 from study.run import main as study_main
 from tests.test_study import study_env  # noqa: F401  (fixture)
@@ -86,12 +86,10 @@ def small_study():
     return study
 
 
-def test_trials_and_intermediate_frames(small_study):
+def test_trials_frame_and_spent(small_study):
     trials = trials_frame(small_study)
     assert trials["state"].tolist() == ["COMPLETE", "PRUNED", "COMPLETE"]
     assert trials["epochs_run"].tolist() == [3, 1, 3]
-    inter = intermediate_frame(small_study)
-    assert len(inter) == 7 and inter[inter.number == 1]["epoch"].tolist() == [1]
     spent = compute_spent(trials)
     assert spent == {"trials": 3, "complete": 2, "pruned": 1, "failed": 0, "pruned_share": pytest.approx(1 / 3),
                      "trial_epochs": 7, "train_seconds": 70.0}
