@@ -7,72 +7,28 @@ evaluated on the test set. Runs are cached by config and seed under
 -> figures -> write; only ``write_report`` writes into the report folder.
 
 Usage:
-    python -m reports build --study-name cifar-cpu [--storage URL] [--seeds 3] [--epochs 10]
+    python -m reports build --study-name cifar-cpu [--storage URL] [--seeds 3] [--epochs 10] [--runs-only]
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.io
-import plotly.offline
 
-from cifar.config import TrainConfig, apply_overrides
+from cifar.config import TrainConfig
 from cifar.data import prepare_data
-from cifar.evaluate import evaluate_run
-from cifar.train import train
-from reports.figures import (
-    confusion_figure,
-    curves_figure,
-    image_grid_figure,
-    per_class_figure,
-    study_figures,
-)
-from reports.load import compute_spent, configs_of, load_run, open_study, trials_frame
+from reports.load import compute_spent, load_run, open_study, trials_frame
+from reports.runs import ensure_runs, report_configs
 from reports.stats import compare
 from study.run import DEFAULT_STORAGE, UsageError, _Parser
-
-# Epochs of the retraining, by the study's preset: the CPU one keeps a 3-seed
-# report of both configs within about 90 minutes on a 2-core machine.
-REPORT_EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 30}
-
-
-def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
-    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    return runs_root / f"{key}-seed{cfg.seed}"
-
-
-def ensure_runs(configs: dict[str, TrainConfig], seeds: int, runs_root: Path) -> dict[str, list[Path]]:
-    """Train and evaluate every (config, seed) not already in the cache; print progress and ETA."""
-    plan = [(name, apply_overrides(cfg, {"seed": s})) for name, cfg in configs.items() for s in range(seeds)]
-    todo = [(n, c) for n, c in plan if not (run_dir_for(c, runs_root) / "test_predictions.pt").is_file()]
-    data = prepare_data(next(iter(configs.values())).data) if todo else None
-    started = time.time()
-    for i, (name, cfg) in enumerate(todo):
-        eta = f", ETA {(time.time() - started) / i * (len(todo) - i) / 60:.0f} min" if i else ""
-        print(f"[{i + 1}/{len(todo)}] training {name} seed {cfg.seed} ({cfg.epochs} epochs{eta})", flush=True)
-        run_dir = run_dir_for(cfg, runs_root)
-        result = train(cfg, data, run_dir)
-        if result.status == "diverged":
-            raise UsageError(f"{name} seed {cfg.seed} diverged in {run_dir}: {result.message}")
-        evaluate_run(run_dir, data=data)
-    if not todo:
-        print(f"all {len(plan)} runs cached in {runs_root}", flush=True)
-    out: dict[str, list[Path]] = {name: [] for name in configs}
-    for name, cfg in plan:
-        out[name].append(run_dir_for(cfg, runs_root))
-    return out
-
 
 # ---------------------------------------------------------------- data
 
@@ -155,6 +111,9 @@ def headline(cmp, table: pd.DataFrame) -> tuple[str, str]:
 
 def write_report(out: Path, md_table: str, verdict: str, meta: dict, table: pd.DataFrame,
                  configs: pd.DataFrame, figures: dict) -> None:
+    import plotly.io
+    import plotly.offline
+
     (out / "figures").mkdir(parents=True, exist_ok=True)
     # kaleido renders the PNGs with a Chromium; point it at the system one (Debian's `chromium`).
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -210,13 +169,17 @@ def _md_table_to_html(md: str) -> str:
 
 def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, out_root: Path,
           runs_root: Path) -> Path:
+    from reports.figures import (  # plotly: not needed by --runs-only
+        confusion_figure,
+        curves_figure,
+        image_grid_figure,
+        per_class_figure,
+        study_figures,
+    )
+
     study = open_study(storage, study_name)
     study_name = study.study_name
-    baseline, tuned, baseline_trial, best_trial = configs_of(study)
-    preset = study.user_attrs.get("preset", "cpu")
-    epochs = epochs or REPORT_EPOCHS.get(preset, 10)
-    configs = {name: apply_overrides(cfg, {"epochs": epochs, "train_fraction": 1.0})
-               for name, cfg in (("baseline", baseline), ("tuned", tuned))}
+    configs, plan = report_configs(study, epochs)
     dirs = ensure_runs(configs, seeds, runs_root)
     runs = {name: [load_run(d) for d in ds] for name, ds in dirs.items()}
 
@@ -252,9 +215,8 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
                                               f"{len(broken)} test images tuning broke (majority over seeds)"),
         **study_figures(study),
     }
-    meta = {"study": study_name, "epochs": epochs, "seeds": seeds, "train_images": len(data.train),
+    meta = {"study": study_name, **plan, "seeds": seeds, "train_images": len(data.train),
             "study_budget": study.user_attrs.get("budget"), "spent": compute_spent(trials),
-            "baseline_trial": baseline_trial, "best_trial": best_trial,
             "device": json.loads((runs["tuned"][0]["dir"] / "config.json").read_text())["provenance"]["device"]}
     out = out_root / study_name
     write_report(out, md_table, verdict, meta, table, config_table(configs["baseline"], configs["tuned"]),
@@ -272,12 +234,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: by the study's preset")
     p.add_argument("--out", default="results/reports")
     p.add_argument("--runs-dir", default="runs/reports", help="cache of retrained runs")
+    p.add_argument("--runs-only", action="store_true",
+                   help="retrain and test the runs into the cache, write no report (needs no plotly)")
     try:
         args = p.parse_args(argv)
         if args.seeds < 2:
             raise UsageError(f"--seeds must be >= 2 for a test, got {args.seeds}")
         if args.epochs is not None and args.epochs <= 0:
             raise UsageError(f"--epochs must be > 0, got {args.epochs}")
+        if args.runs_only:
+            configs, _ = report_configs(open_study(args.storage, args.study_name), args.epochs)
+            ensure_runs(configs, args.seeds, Path(args.runs_dir))
+            print(f"runs ready in {args.runs_dir}; build the report from them without --runs-only")
+            return 0
         out = build(args.study_name, args.storage, args.seeds, args.epochs, Path(args.out),
                     Path(args.runs_dir))
     except UsageError as e:

@@ -54,7 +54,7 @@ class Preset:
 
 PRESETS = {
     "smoke": Preset(n_trials=6, max_epochs=2, train_fraction=0.05, timeout=None),
-    "cpu": Preset(n_trials=30, max_epochs=5, train_fraction=0.25, timeout=3600),
+    "cpu": Preset(n_trials=30, max_epochs=9, train_fraction=0.15, timeout=3600),
     "gpu": Preset(n_trials=100, max_epochs=15, train_fraction=1.0, timeout=None),
 }
 

@@ -119,7 +119,14 @@ def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F81
     # No --study-name: the storage's only study is the one.
     argv = ["--storage", study_env["url"], "--seeds", "2", "--epochs", "2",
             "--out", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "report-runs")]
+    # --runs-only trains the runs (on a GPU machine, say) and writes no report ...
+    assert build_main(argv + ["--runs-only"]) == 0
+    assert not (tmp_path / "reports").exists()
+    assert list((tmp_path / "report-runs").glob("*/test_predictions.pt"))
+    # ... and the report is then built from them without retraining.
+    capsys.readouterr()
     assert build_main(argv) == 0
+    assert "all 4 runs cached" in capsys.readouterr().out
     out = tmp_path / "reports" / "r"
     for name in ("report.html", "summary.md", "comparison.csv", "comparison.json", "plotly.min.js"):
         assert (out / name).is_file(), name

@@ -1,0 +1,121 @@
+"""Benchmark: fp32 against mixed-precision training throughput on this machine's device.
+
+Trains the baseline model (configs/baseline.json) on synthetic uint8 batches fed
+through the project's pipeline, rounds interleaved so that noise hits every
+mode alike (the median round is kept). Modes: fp32 and bf16 autocast on any
+device, plus fp16 autocast with a gradient scaler on CUDA. On a CPU without
+native bf16 (no AVX512-BF16 or AMX), bf16 is emulated: the bench still times it
+to show what ``--amp auto`` avoids by staying fp32 there.
+
+Usage:
+    python bench/amp.py [--device auto] [--steps 30] [--rounds 3] [--batch-size 256]
+Writes results/bench/amp-<device kind>.json (amp-cpu.json, amp-cuda.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cifar.config import TrainConfig, apply_overrides  # noqa: E402
+from cifar.data import Pipeline, Split, channel_stats  # noqa: E402
+from cifar.model import SmallCNN, forward_flops  # noqa: E402
+from cifar.train import build_optimizer, cpu_has_native_bf16, resolve_device, train_one_epoch  # noqa: E402
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_mode(cfg: TrainConfig, batches: Pipeline, dtype: torch.dtype | None, steps: int) -> float:
+    """Training images/s of ``steps`` optimizer steps (after 5 warm-up steps) in one precision."""
+    device = batches.device
+    torch.manual_seed(0)
+    model = SmallCNN(cfg.model).to(device, memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+    def endless():
+        while True:
+            yield from batches
+
+    it = endless()
+    train_one_epoch(model, itertools.islice(it, 5), optimizer, scheduler, scaler, cfg, autocast)
+    synchronize(device)
+    start = time.perf_counter()
+    train_one_epoch(model, itertools.islice(it, steps), optimizer, scheduler, scaler, cfg, autocast)
+    synchronize(device)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "baseline.json"))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is kept")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default=None, help="default: results/bench/amp-<device kind>.json")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    cfg = apply_overrides(TrainConfig.from_json(args.config),
+                          {"device": str(device), "batch_size": args.batch_size})
+    g = torch.Generator().manual_seed(0)
+    n = args.batch_size * 8
+    split = Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (n,), generator=g))
+    mean, std = channel_stats(split.x)
+    batches = Pipeline(split, cfg, mean, std, device, train=True)
+    modes = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    native_bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"{name}, torch {torch.__version__}, batch {args.batch_size}, {args.rounds} rounds x "
+          f"{args.steps} steps, native bf16: {native_bf16}", flush=True)
+
+    runs: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(args.rounds):
+        for m in modes:
+            runs[m].append(time_mode(cfg, batches, DTYPES[m], args.steps))
+        print(f"round {r + 1}: " + ", ".join(f"{m} {v[-1]:.0f} img/s" for m, v in runs.items()), flush=True)
+    med = {m: statistics.median(v) for m, v in runs.items()}
+    flops = forward_flops(SmallCNN(cfg.model))
+    result = {
+        "command": f"python bench/amp.py --device {args.device} --steps {args.steps} --rounds {args.rounds} "
+                   f"--batch-size {args.batch_size}",
+        "machine": {"platform": platform.platform(), "device": str(device), "device_name": name,
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "native_bf16": native_bf16, "batch_size": args.batch_size, "model_forward_mflops": flops / 1e6,
+        "train_images_per_s": med,
+        "train_tflops": {m: v * 3 * flops / 1e12 for m, v in med.items()},
+        **{f"ratio_{m}_to_fp32": med[m] / med["fp32"] for m in modes if m != "fp32"},
+        "amp_auto_picks": ("bf16" if native_bf16 else "fp16") if device.type == "cuda" else "fp32",
+        "rounds": runs,
+    }
+    out = Path(args.out or ROOT / "results" / "bench" / f"amp-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
