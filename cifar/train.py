@@ -217,6 +217,7 @@ def provenance(data: CifarData, device: torch.device, params: int, flops: int) -
     return {
         "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "data_source": data.source,
         "data_sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "data_mean": data.mean, "data_std": data.std, "params": params, "flops": flops,

@@ -126,12 +126,12 @@ def write_report(out: Path, md_table: str, verdict: str, meta: dict, table: pd.D
                            width=[f.layout.width or 1000 for f in figures.values()],
                            height=[f.layout.height or 500 for f in figures.values()])
     budget = (f"Budget: {meta['epochs']} epochs per run on the whole train split "
-              f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}; study trials used "
-              f"{meta['study_budget']}.")
+              f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}, retrained on {meta['device']}; "
+              f"study trials used {meta['study_budget']}.")
     spent = meta["spent"]
     compute = (f"The study: {spent['trials']} trials ({spent['complete']} complete, {spent['pruned']} pruned = "
                f"{spent['pruned_share']:.0%} of finished, {spent['failed']} failed), {spent['trial_epochs']} "
-               f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training on {meta['device']}.")
+               f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training.")
     md = [f"# Baseline vs tuned: study `{meta['study']}`", "", md_table, "", verdict, "", budget, "",
           compute, "", f"Baseline = trial {meta['baseline_trial']}, tuned = trial {meta['best_trial']}.",
           "", "## Configurations (differences in bold)", "", "| field | baseline | tuned |", "|---|---|---|"]
