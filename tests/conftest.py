@@ -67,3 +67,20 @@ def _quiet_threads():
     np.random.seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory (best.pt, config.json, ...) of a tiny model trained for 2 epochs."""
+    from cifar.train import train
+
+    train_x, train_y = synthetic_images(96, 0)
+    val_x, val_y = synthetic_images(24, 1)
+    test_x, test_y = synthetic_images(24, 2)
+    mean, std = channel_stats(train_x)
+    data = CifarData(Split(train_x, train_y), Split(val_x, val_y), Split(test_x, test_y),
+                     CLASSES, mean, std, source="synthetic")
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    torch.set_num_threads(1)
+    train(tiny_config(), data, run_dir)
+    return run_dir

@@ -1,0 +1,161 @@
+"""ONNX export of a run's best checkpoint, verified against PyTorch with onnxruntime.
+
+The exported graph takes **uint8 images, NCHW, shape (N, 3, 32, 32), RGB, values
+0-255** (what decoding a PNG or JPEG gives) with a dynamic batch size N, and
+returns float32 logits (N, 10). The normalisation learned from the training
+split is inside the graph, so a caller needs no preprocessing beyond resizing
+to 32x32. Class names are stored in the model's metadata (``classes``, JSON).
+
+Verification: on the test set, the largest absolute logit difference between
+onnxruntime and PyTorch must stay under 1e-4, and the two test accuracies may
+differ only by predictions that flipped on a near-tie (top-2 logit gap under
+1e-3).
+
+Usage:
+    python -m cifar.export runs/baseline [--out runs/baseline/model.onnx] [--data-dir DIR] [--no-verify]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifar.callbacks import load_checkpoint, model_from_checkpoint
+from cifar.data import IMAGE_SIZE, DataError, load_cifar10
+
+OPSET = 18
+MAX_LOGIT_DIFF = 1e-4
+NEAR_TIE = 1e-3
+
+
+class ImageClassifier(nn.Module):
+    """SmallCNN with its input normalisation: uint8 (N, 3, 32, 32) images in, logits out."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("inv_std", 1 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images.float() - self.mean) * self.inv_std)
+
+
+def classifier_from_checkpoint(path: str | Path) -> tuple[ImageClassifier, list[str], dict[str, Any]]:
+    """The eval-mode classifier of a checkpoint, its class names and the checkpoint itself."""
+    ckpt = load_checkpoint(path)
+    net, _ = model_from_checkpoint(ckpt)
+    stats = ckpt["data_stats"]
+    return ImageClassifier(net, stats["mean"], stats["std"]).eval(), list(ckpt["classes"]), ckpt
+
+
+def export_onnx(model: ImageClassifier, classes: list[str], out: str | Path) -> Path:
+    """Write ``model`` as ONNX with a dynamic batch dimension and check it with onnx.checker."""
+    import onnx
+
+    out = Path(out)
+    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes={"images": {0: batch}}, verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {"classes": json.dumps(classes)})
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save_model(proto, tmp)
+    onnx.checker.check_model(str(tmp), full_check=True)
+    tmp.replace(out)
+    return out
+
+
+def onnx_session(path: str | Path):
+    """An onnxruntime CPU session and the class names stored in the model."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    return session, json.loads(meta.get("classes", "[]"))
+
+
+def run_session(session, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    return np.concatenate([session.run(["logits"], {"images": images[i:i + batch_size]})[0]
+                           for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def run_torch(model: nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    return np.concatenate([model(torch.from_numpy(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Logit agreement and test accuracy of two sets of logits over the same images."""
+    ref_pred, cand_pred = reference.argmax(1), candidate.argmax(1)
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    flipped = np.flatnonzero(ref_pred != cand_pred)
+    near_tie = (top2[:, 1] - top2[:, 0]) < NEAR_TIE
+    return {
+        "n": int(len(labels)),
+        "max_abs_logit_diff": float(np.abs(reference - candidate).max()) if len(labels) else 0.0,
+        "acc_reference": float((ref_pred == labels).mean()),
+        "acc_candidate": float((cand_pred == labels).mean()),
+        "flipped": int(len(flipped)),
+        "flipped_not_near_tie": int((~near_tie[flipped]).sum()),
+    }
+
+
+def verify(model: ImageClassifier, onnx_path: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    session, _ = onnx_session(onnx_path)
+    report = compare(run_torch(model, images), run_session(session, images), labels)
+    report["ok"] = report["max_abs_logit_diff"] < MAX_LOGIT_DIFF and report["flipped_not_near_tie"] == 0
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a run's best.pt to ONNX and verify it.")
+    parser.add_argument("run_dir", help="run directory holding best.pt")
+    parser.add_argument("--out", default=None, help="output file (default: RUN_DIR/model.onnx)")
+    parser.add_argument("--data-dir", default=None, help="CIFAR-10 location for the check (default: the run's)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the test-set comparison")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    try:
+        if not run_dir.is_dir():
+            raise ValueError(f"no run directory {run_dir}")
+        model, classes, ckpt = classifier_from_checkpoint(run_dir / "best.pt")
+        out = export_onnx(model, classes, args.out or run_dir / "model.onnx")
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {OPSET}, input uint8 (N,3,32,32))")
+        if args.no_verify:
+            return 0
+        data_cfg = ckpt["config"]["data"]
+        raw = load_cifar10(args.data_dir or data_cfg["data_dir"], data_cfg["cache_dir"], download=False)
+        report = verify(model, out, raw["test_x"].numpy(), raw["test_y"].numpy())
+    except (ValueError, FileNotFoundError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"test images {report['n']}: max |logit diff| {report['max_abs_logit_diff']:.2e} "
+          f"(limit {MAX_LOGIT_DIFF:.0e}); test_acc PyTorch {report['acc_reference']:.4f}, "
+          f"onnxruntime {report['acc_candidate']:.4f}; {report['flipped']} predictions flipped "
+          f"({report['flipped_not_near_tie']} not on a near-tie)")
+    (run_dir / "onnx_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not report["ok"]:
+        print("error: onnxruntime disagrees with PyTorch beyond the limits above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
