@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from cifar.config import DataConfig, TrainConfig
 
@@ -333,6 +333,30 @@ class _BatchDataset(Dataset):
         return self.split.x[idx_t], self.split.y[idx_t]
 
 
+class ShardSampler(Sampler[int]):
+    """Indices of one rank's shard of a split: ``rank, rank + world, ...`` of one order.
+
+    Shuffled, every rank draws the same permutation from its own copy of ``generator``
+    (same seed), keeps the same number of indices (the remainder is dropped for the
+    epoch) and so runs the same number of steps. In order (evaluation), the shards
+    partition the split exactly and may differ in size by one.
+    """
+
+    def __init__(self, n: int, rank: int, world: int, generator: torch.Generator | None):
+        self.n, self.rank, self.world, self.generator = n, rank, world, generator
+
+    def __len__(self) -> int:
+        if self.generator is not None:
+            return self.n // self.world
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.generator is None:
+            return iter(range(self.rank, self.n, self.world))
+        order = torch.randperm(self.n, generator=self.generator)
+        return iter(order[: self.n - self.n % self.world][self.rank::self.world].tolist())
+
+
 class _PILDataset(Dataset):
     """The conventional pipeline: one PIL image and one transform call per item."""
 
@@ -352,14 +376,18 @@ class Pipeline:
     """Yields (normalised float images, labels) on ``device``; its RNG state is checkpointable."""
 
     def __init__(self, split: Split, cfg: TrainConfig, mean, std, device: torch.device,
-                 train: bool, seed: int = 0):
+                 train: bool, seed: int = 0, rank: int = 0, world: int = 1):
         self.cfg, self.device, self.train = cfg, device, train
         self.shuffle_gen = torch.Generator().manual_seed(seed)
-        self.augment_gen = torch.Generator().manual_seed(seed + 1)
+        self.augment_gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)
         self.normalize = Normalize(mean, std, cfg.channels_last)
-        batch_size = cfg.batch_size if train else cfg.eval_batch_size
-        drop_last = train and len(split) > batch_size  # no 1-image batch for BatchNorm
-        sampler = RandomSampler(split, generator=self.shuffle_gen) if train else SequentialSampler(split)
+        # In a distributed job cfg.batch_size is the global batch: each rank takes its share.
+        batch_size = cfg.batch_size // world if train else cfg.eval_batch_size
+        drop_last = train and len(split) // world > batch_size  # no 1-image batch for BatchNorm
+        if world > 1:
+            sampler = ShardSampler(len(split), rank, world, self.shuffle_gen if train else None)
+        else:
+            sampler = RandomSampler(split, generator=self.shuffle_gen) if train else SequentialSampler(split)
         pin = device.type == "cuda"
         if cfg.data.pipeline == "torchvision" and train:
             self.loader = DataLoader(

@@ -9,6 +9,7 @@ Usage:
     python -m cifar.train --config configs/baseline.json --out runs/baseline
     python -m cifar.train --epochs 5 --lr 0.1 --optimizer adamw --dropout 0.2
     python -m cifar.train --resume runs/baseline
+    torchrun --standalone --nproc_per_node=2 -m cifar.train --config configs/baseline.json --out runs/ddp
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun process
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
@@ -110,6 +113,45 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
                          "this CPU emulates it, which is slower than fp32: use --amp off")
     # auto on CPU stays fp32: bench/amp.py measures whether bf16 pays on a given CPU.
     return torch.bfloat16 if mode == "bf16" else None
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the torchrun job described by the environment (WORLD_SIZE, RANK, ...), once per process.
+
+    gloo on CPU, nccl on CUDA; each rank uses the GPU numbered by LOCAL_RANK.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sums over ranks (values unchanged outside a distributed job)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -157,8 +199,11 @@ def train_one_epoch(model: nn.Module, batches: Pipeline, optimizer: torch.optim.
     model.train()
     # Sums stay on the device: reading a GPU value waits for the GPU, so it is read every
     # CHECK_EVERY steps there (every step on a CPU, where reading costs nothing).
+    # In a distributed job the check waits for the epoch's reduced loss, so that every rank
+    # stops at the same step (a rank that stopped alone would leave the others waiting).
     device = next(model.parameters()).device
-    check_every = 1 if device.type == "cpu" else CHECK_EVERY
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    check_every = math.inf if distributed else 1 if device.type == "cpu" else CHECK_EVERY
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
@@ -180,10 +225,11 @@ def train_one_epoch(model: nn.Module, batches: Pipeline, optimizer: torch.optim.
         scheduler.step()
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    train_loss = loss_sum.item() / max(seen, 1)
+    loss_total, correct_total, seen_total = all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
+    train_loss = loss_total / max(seen_total, 1)
     if not math.isfinite(train_loss):
         raise Diverged(f"training loss became {train_loss} in the epoch; lower lr (now {cfg.lr}) or set grad_clip")
-    return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1)}
+    return {"train_loss": train_loss, "train_acc": correct_total / max(seen_total, 1)}
 
 
 @torch.no_grad()
@@ -201,11 +247,14 @@ def predict(model: nn.Module, batches, autocast=nullcontext) -> tuple[torch.Tens
 
 
 def evaluate(model: nn.Module, batches, autocast=nullcontext) -> dict[str, float]:
+    """Loss and accuracy over the batches; in a distributed job, over every rank's shard."""
     logits, labels = predict(model, batches, autocast)
-    if len(labels) == 0:
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0
+    correct = (logits.argmax(1) == labels).sum().item() if len(labels) else 0
+    loss_sum, correct, n = all_reduce_sum([loss_sum, correct, len(labels)], next(model.parameters()).device)
+    if n == 0:
         return {"loss": math.nan, "acc": math.nan}
-    return {"loss": F.cross_entropy(logits, labels).item(),
-            "acc": (logits.argmax(1) == labels).float().mean().item()}
+    return {"loss": loss_sum / n, "acc": correct / n}
 
 
 def provenance(data: CifarData, device: torch.device, params: int, flops: int) -> dict[str, Any]:
@@ -226,19 +275,35 @@ def provenance(data: CifarData, device: torch.device, params: int, flops: int) -
 
 def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
           callbacks: Sequence[Callback] = (), resume: bool = False) -> TrainResult:
-    """Train one model; everything about the run goes to ``run_dir``."""
+    """Train one model; everything about the run goes to ``run_dir``.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this: the model is wrapped in
+    DistributedDataParallel, ``cfg.batch_size`` stays the global batch (each rank takes
+    its share of it and of the validation split), metrics are reduced over ranks, and
+    only rank 0 writes files and prints. ``callbacks`` run on every rank.
+    """
     run_dir = Path(run_dir)
+    rank = init_distributed(cfg.device)
+    if cfg.batch_size % rank.world:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over {rank.world} processes")
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     seed_everything(cfg.seed, cfg.deterministic)
 
-    model = SmallCNN(cfg.model)
-    params, flops = count_parameters(model), forward_flops(model)
+    net = SmallCNN(cfg.model)
+    params, flops = count_parameters(net), forward_flops(net)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt)
-    train_batches = Pipeline(data.train, cfg, data.mean, data.std, device, train=True, seed=cfg.seed)
-    val_batches = Pipeline(data.val, cfg, data.mean, data.std, device, train=False)
+    net = net.to(device, memory_format=fmt)
+    model = net
+    if rank.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    train_batches = Pipeline(data.train, cfg, data.mean, data.std, device, train=True, seed=cfg.seed,
+                             rank=rank.rank, world=rank.world)
+    val_batches = Pipeline(data.val, cfg, data.mean, data.std, device, train=False,
+                           rank=rank.rank, world=rank.world)
     optimizer = build_optimizer(cfg, model)
     steps = len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -253,7 +318,7 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
         ckpt = load_checkpoint(run_dir / "last.pt")
         if ckpt["config"] != cfg.to_dict():
             raise ValueError(f"config differs from the one {run_dir / 'last.pt'} was trained with")
-        model.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -263,29 +328,35 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         history = ckpt["metrics"]
 
-    (run_dir / "config.json").write_text(json.dumps(
-        {"config": cfg.to_dict(), "provenance": provenance(data, device, params, flops)}, indent=2) + "\n")
+    if rank.is_main:
+        info = provenance(data, device, params, flops) | {"processes": rank.world}
+        (run_dir / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "provenance": info},
+                                                        indent=2) + "\n")
 
     def state() -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        return {"config": cfg.to_dict(), "model": model.state_dict(),
+        return {"config": cfg.to_dict(), "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "pipeline": train_batches.state_dict(), "rng": rng,
                 "epoch": len(history), "metrics": list(history), "classes": data.classes,
                 "data_stats": {"mean": list(data.mean), "std": list(data.std)}}
 
-    all_callbacks: list[Callback] = [ConsoleLogger(cfg.epochs), CsvLogger(run_dir / "metrics.csv", history),
-                                     Checkpointer(run_dir, state, history)]
-    if cfg.tensorboard:
-        all_callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
+    all_callbacks: list[Callback] = []
+    if rank.is_main:
+        all_callbacks += [ConsoleLogger(cfg.epochs), CsvLogger(run_dir / "metrics.csv", history),
+                          Checkpointer(run_dir, state, history)]
+        if cfg.tensorboard:
+            all_callbacks.append(TensorBoardLogger(run_dir / "tensorboard"))
     all_callbacks += list(callbacks)
     if cfg.early_stop_patience:
         all_callbacks.append(EarlyStopping(cfg.early_stop_patience, history))
 
-    print(f"{params:,} parameters, {flops / 1e6:.1f} MFLOPs/image, {len(data.train):,} train / "
-          f"{len(data.val):,} val images, device {device}, amp {amp_dtype or 'off'}", flush=True)
+    if rank.is_main:
+        procs = f" x {rank.world} processes" if rank.world > 1 else ""
+        print(f"{params:,} parameters, {flops / 1e6:.1f} MFLOPs/image, {len(data.train):,} train / "
+              f"{len(data.val):,} val images, device {device}{procs}, amp {amp_dtype or 'off'}", flush=True)
     status, message = "completed", f"ran all {cfg.epochs} epochs"
     elapsed = history[-1]["elapsed_seconds"] if history else 0.0
     try:
@@ -294,7 +365,7 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
             metrics: dict[str, float] = {"epoch": epoch}
             metrics.update(train_one_epoch(model, train_batches, optimizer, scheduler, scaler, cfg, autocast))
             train_seconds = time.perf_counter() - start
-            val = evaluate(model, val_batches, autocast)
+            val = evaluate(net, val_batches, autocast)  # net: no DDP collectives on uneven shards
             metrics.update(val_loss=val["loss"], val_acc=val["acc"], lr=optimizer.param_groups[0]["lr"])
             epoch_seconds = time.perf_counter() - start
             elapsed += epoch_seconds
@@ -307,7 +378,7 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
         status, message = "early_stopped", str(e)
     except Diverged as e:
         status, message = "diverged", str(e)
-    if status != "completed":
+    if status != "completed" and rank.is_main:
         print(f"{status}: {message}", file=sys.stderr, flush=True)
 
     scored = [r for r in history if not math.isnan(r["val_acc"])]
@@ -316,7 +387,8 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
         status=status, message=message,
         best_val_acc=best["val_acc"] if best else math.nan, best_epoch=best["epoch"] if best else 0,
         epochs_run=len(history), train_seconds=elapsed, params=params, flops=flops, run_dir=str(run_dir))
-    (run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    if rank.is_main:
+        (run_dir / "results.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
 
@@ -359,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cfg = TrainConfig.from_json(own["config"]) if "config" in own else TrainConfig()
             cfg = apply_overrides(cfg, overrides)
+            if "out" not in own and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError("under torchrun, name the run directory with --out (every rank needs it)")
             run_dir = Path(own.get("out") or time.strftime("runs/%Y%m%d-%H%M%S"))
         data = prepare_data(cfg.data, download=True)
         result = train(cfg, data, run_dir, resume="resume" in own)
@@ -368,8 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; resume with: python -m cifar.train --resume RUN_DIR", file=sys.stderr)
         return 130
-    print(f"{result.status}: best val_acc {result.best_val_acc:.4f} at epoch {result.best_epoch}, "
-          f"{result.train_seconds:.0f} s; run in {result.run_dir}")
+    if init_distributed(cfg.device).is_main:
+        print(f"{result.status}: best val_acc {result.best_val_acc:.4f} at epoch {result.best_epoch}, "
+              f"{result.train_seconds:.0f} s; run in {result.run_dir}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 1 if result.status == "diverged" else 0
 
 

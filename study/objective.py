@@ -55,6 +55,11 @@ class Objective:
         self.artifact_store, self.space = artifact_store, space
 
     def __call__(self, trial: optuna.Trial) -> float:
+        return self.run(trial, trial)
+
+    def run(self, trial: optuna.trial.BaseTrial, uploads_to: optuna.Trial | None) -> float:
+        """One trial. ``trial`` may be a TorchDistributedTrial that every rank of a torchrun job
+        calls in step; ``uploads_to`` is the storage's trial for the artifacts (rank 0), else None."""
         cfg = suggest_config(trial, self.base, self.space)
         run_dir = self.runs_root / f"trial-{trial.number:04d}"
         model = SmallCNN(cfg.model)
@@ -72,20 +77,20 @@ class Objective:
             # Time in train() minus time in Optuna's calls = training proper.
             trial.set_user_attr("train_call_seconds", round(time.perf_counter() - start, 3))
             trial.set_user_attr("pruning_seconds", round(pruning.seconds, 3))
-            self._record(trial, run_dir)
+            self._record(trial, run_dir, uploads_to)
         trial.set_user_attr("end", f"{result.status}: {result.message}")
         if result.status == "diverged":
             # A diverged trial says something about its region of the space: keep it, pruned.
             raise optuna.TrialPruned(result.message)
         return result.best_val_acc
 
-    def _record(self, trial: optuna.Trial, run_dir: Path) -> None:
+    def _record(self, trial: optuna.trial.BaseTrial, run_dir: Path, uploads_to: optuna.Trial | None) -> None:
         """What the trial cost, and its curve and config as dashboard artifacts."""
         metrics_csv = run_dir / "metrics.csv"
         history = read_metrics(metrics_csv) if metrics_csv.is_file() else []
         trial.set_user_attr("epochs_run", len(history))
         trial.set_user_attr("train_seconds", round(history[-1]["elapsed_seconds"], 2) if history else 0.0)
-        if self.artifact_store is None or not history:
+        if self.artifact_store is None or uploads_to is None or not history:
             return
         fig = plot_curves(history)
         fig.savefig(run_dir / "curves.png", dpi=80)
@@ -93,4 +98,4 @@ class Objective:
         files = ((run_dir / "curves.png", "image/png"), (run_dir / "config.json", "application/json"))
         for path, mime in files:
             upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
-                            study_or_trial=trial, mimetype=mime)
+                            study_or_trial=uploads_to, mimetype=mime)

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import prepare_data
+from cifar.train import Dist, init_distributed
 from study.objective import Objective
 from study.search_space import SPACES, params_of, suggest_config
 
@@ -196,19 +197,31 @@ class Job:
     workers: int
 
 
+def load_study(job: Job, index: int) -> optuna.Study:
+    """The study with worker ``index``'s own sampler seed and the job's pruner."""
+    storage = make_storage(job.storage, job.heartbeat_interval, job.grace_period)
+    return optuna.load_study(study_name=job.study_name, storage=storage,
+                             sampler=make_sampler(job.sampler, job.seed + index),
+                             pruner=make_pruner(job.pruner, job.base["epochs"]))
+
+
+def make_objective(job: Job, uploads: bool = True) -> Objective:
+    """The objective over the job's data; ``uploads``: with the dashboard's artifact store."""
+    base = TrainConfig.from_dict(job.base)
+    store = None
+    if uploads:
+        Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
+        store = FileSystemArtifactStore(job.artifact_dir)
+    return Objective(base, prepare_data(base.data), Path(job.runs_root), store, job.space)
+
+
 def worker(job: Job, index: int) -> None:
     """One worker process: load the study and run trials until the shared count is reached."""
     torch.set_num_threads(job.threads)
-    base = TrainConfig.from_dict(job.base)
-    storage = make_storage(job.storage, job.heartbeat_interval, job.grace_period)
-    max_epochs = base.epochs
-    study = optuna.load_study(study_name=job.study_name, storage=storage,
-                              sampler=make_sampler(job.sampler, job.seed + index),
-                              pruner=make_pruner(job.pruner, max_epochs))
-    data = prepare_data(base.data)
-    Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
-    store = FileSystemArtifactStore(job.artifact_dir)
-    objective = Objective(base, data, Path(job.runs_root), store, job.space)
+    optimize(load_study(job, index), make_objective(job), job)
+
+
+def optimize(study: optuna.Study, objective, job: Job) -> None:
     callbacks: list = [Progress(job.n_trials, job.workers)]
     if job.n_trials:
         # Counted over every worker: the study stops at n_trials finished trials in total.
@@ -219,6 +232,45 @@ def worker(job: Job, index: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study.optimize(objective, timeout=job.timeout, callbacks=callbacks, catch=(RuntimeError,),
                    gc_after_trial=True)
+
+
+def distributed_worker(job: Job, rank: Dist) -> None:
+    """This rank's part of a study whose trials each train one model over a torchrun job.
+
+    Rank 0 runs the study; before each trial it tells the other ranks that one follows,
+    and every rank then runs the same objective through a TorchDistributedTrial, which
+    hands rank 0's suggestions and pruning decisions to all. So a pruned trial ends on
+    every rank at the same epoch, and no rank waits for one that stopped.
+    """
+    import torch.distributed as dist
+    from optuna_integration import TorchDistributedTrial
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank.world))
+
+    def another_trial(go: bool | None = None) -> bool:
+        box = [go]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    if not rank.is_main:
+        objective = make_objective(job, uploads=False)
+        while another_trial():
+            try:
+                objective.run(TorchDistributedTrial(None), None)
+            except optuna.TrialPruned:
+                pass
+        return
+    study, objective = load_study(job, 0), make_objective(job)
+
+    def each_trial(trial: optuna.Trial) -> float:
+        another_trial(True)
+        return objective.run(TorchDistributedTrial(trial), trial)
+
+    try:
+        optimize(study, each_trial, job)
+    finally:
+        another_trial(False)
 
 
 def _worker_entry(job: Job, index: int) -> None:
@@ -373,20 +425,67 @@ def prepare(argv: Sequence[str]) -> tuple[Job, optuna.Study, TrainConfig, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return main_distributed(argv)
     try:
-        job, study, base, results_dir = prepare(sys.argv[1:] if argv is None else argv)
+        job, study, base, results_dir = prepare(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     started = time.time()
-    print(f"study {job.study_name!r} in {job.storage}: {job.workers} worker(s) x {job.threads} thread(s), "
-          f"up to {job.n_trials} trials, {base.epochs} epochs max on {base.data.train_fraction:.0%} of the "
-          f"train split, sampler {job.sampler}, pruner {job.pruner}", flush=True)
+    announce(job, base)
     interrupted = False
     try:
         run_workers(job)
     except KeyboardInterrupt:
         interrupted = True
+    return finish(study, job, base, results_dir, started, interrupted)
+
+
+def main_distributed(argv: Sequence[str]) -> int:
+    """Under torchrun: rank 0 validates and prepares the study, then every rank trains each trial."""
+    import torch.distributed as dist
+
+    rank = init_distributed("auto")
+    prepared: tuple | None = None
+    error = None
+    if rank.is_main:
+        try:
+            prepared = prepare(argv)
+            if prepared[0].workers != 1:
+                raise UsageError("--workers must be 1 under torchrun: the job's processes train one trial together")
+        except UsageError as e:
+            error = str(e)
+    box = [prepared[0] if prepared else None, error]
+    dist.broadcast_object_list(box, src=0)
+    job, error = box
+    if error:
+        if rank.is_main:
+            print(f"error: {error}", file=sys.stderr)
+        dist.destroy_process_group()
+        return 2
+    started = time.time()
+    if rank.is_main:
+        announce(job, prepared[2], f" x {rank.world} processes (DDP)")
+    interrupted = False
+    try:
+        distributed_worker(job, rank)
+    except KeyboardInterrupt:
+        interrupted = True
+    code = finish(prepared[1], job, prepared[2], prepared[3], started, interrupted) if rank.is_main else 0
+    dist.destroy_process_group()
+    return code
+
+
+def announce(job: Job, base: TrainConfig, processes: str = "") -> None:
+    print(f"study {job.study_name!r} in {job.storage}: {job.workers} worker(s){processes} x {job.threads} "
+          f"thread(s), up to {job.n_trials} trials, {base.epochs} epochs max on {base.data.train_fraction:.0%} "
+          f"of the train split, sampler {job.sampler}, pruner {job.pruner}", flush=True)
+
+
+def finish(study: optuna.Study, job: Job, base: TrainConfig, results_dir: str, started: float,
+           interrupted: bool) -> int:
     summary = summarise(study, base, job.space, Path(results_dir) / job.study_name)
     minutes = (time.time() - started) / 60
     print(f"{'stopped' if interrupted else 'done'} after {minutes:.1f} min: {summary['trials']} trials, "
