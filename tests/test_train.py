@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -152,11 +153,27 @@ def test_callback_stop_training_is_honoured(tiny_data, tmp_path):
     assert (result.status, result.message, result.epochs_run) == ("early_stopped", "enough", 1)
 
 
-def test_amp_resolution_on_cpu():
+def test_amp_resolution_on_cpu(monkeypatch):
+    import cifar.train as train_module
+
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu) is None and resolve_amp("auto", cpu) is None
     with pytest.raises(ValueError, match="needs CUDA"):
         resolve_amp("fp16", cpu)
+    # bf16 on a CPU: only where the CPU has it natively; auto stays fp32 either way.
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="needs native bf16"):
+        resolve_amp("bf16", cpu)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_amp("bf16", cpu) is torch.bfloat16 and resolve_amp("auto", cpu) is None
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path, monkeypatch):
+    import cifar.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)  # emulated here if not native
+    result = train(tiny_config(epochs=1, amp="bf16"), tiny_data, tmp_path / "run")
+    assert result.status == "completed" and math.isfinite(result.best_val_acc)
 
 
 @pytest.mark.parametrize("argv, message", [
