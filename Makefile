@@ -1,6 +1,6 @@
-# Two commands do everything on a fresh machine: `make baseline` (the main job
-# for now) and `make test`. The virtual environment is rebuilt whenever
-# requirements.txt changes.
+# Two commands do everything on a fresh machine: `make study` (the main job:
+# the tuning study, then the baseline-vs-tuned report) and `make test`. The
+# virtual environment is rebuilt whenever requirements.txt changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ STORAGE ?= sqlite:///results/study.db
 STUDY_ARGS ?=
 PORT ?= 8080
 
-.PHONY: setup test lint baseline train study report dashboard dashboard-screenshot bench clean
+.PHONY: setup test lint baseline train study report dashboard dashboard-screenshot bench serve clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ train: setup
 
 bench: setup
 	$(PY) bench/pipeline.py
+
+# The HTTP prediction service on 127.0.0.1:8000 (MODEL: a model.onnx or a .pt checkpoint).
+MODEL ?= runs/baseline/model.onnx
+serve: setup
+	$(PY) -m cifar.serve --model $(MODEL)
 
 clean:
 	rm -rf runs .pytest_cache
