@@ -30,6 +30,7 @@ lint: setup
 baseline: setup
 	$(PY) -m cifar.train --config configs/baseline.json --out $(RUN)
 	$(PY) -m cifar.evaluate $(RUN)
+	$(PY) -m cifar.export $(RUN)
 	mkdir -p results/baseline
 	cp $(RUN)/config.json $(RUN)/metrics.csv $(RUN)/results.json $(RUN)/test_metrics.json \
 	   $(RUN)/plots/*.png results/baseline/
