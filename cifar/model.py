@@ -20,6 +20,9 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -107,3 +110,19 @@ def forward_flops(model: nn.Module) -> int:
         model(torch.zeros(1, 3, 32, 32, device=device))
     model.train(was_training)
     return counter.get_total_flops()
+
+
+@functools.lru_cache(maxsize=128)
+def _cost(cfg: ModelConfig) -> tuple[int, int]:
+    model = SmallCNN(cfg)
+    return count_parameters(model), forward_flops(model)
+
+
+def model_cost(cfg: ModelConfig) -> tuple[int, int]:
+    """(parameters, forward FLOPs per image) of the model a config builds, counted once per shape.
+
+    Counting FLOPs runs the model under PyTorch's counter (seconds on a slow CPU); a study
+    asks for every trial, and dropout, the one model field a default study varies, changes
+    neither number.
+    """
+    return _cost(dataclasses.replace(cfg, dropout=0.0))

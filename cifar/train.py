@@ -45,7 +45,7 @@ from cifar.callbacks import (
 )
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import CifarData, Pipeline, prepare_data
-from cifar.model import SmallCNN, count_parameters, forward_flops
+from cifar.model import SmallCNN, model_cost
 
 CHECK_EVERY = 25  # steps between divergence checks on a GPU
 
@@ -292,7 +292,7 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
     seed_everything(cfg.seed, cfg.deterministic)
 
     net = SmallCNN(cfg.model)
-    params, flops = count_parameters(net), forward_flops(net)
+    params, flops = model_cost(cfg.model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net = net.to(device, memory_format=fmt)
     model = net

@@ -25,7 +25,7 @@ from optuna.artifacts import upload_artifact  # noqa: E402
 from cifar.config import TrainConfig  # noqa: E402
 from cifar.data import CifarData  # noqa: E402
 from cifar.evaluate import plot_curves, read_metrics  # noqa: E402
-from cifar.model import SmallCNN, count_parameters, forward_flops  # noqa: E402
+from cifar.model import model_cost  # noqa: E402
 from cifar.train import train  # noqa: E402
 from study.search_space import suggest_config  # noqa: E402
 
@@ -62,10 +62,10 @@ class Objective:
         calls in step; ``uploads_to`` is the storage's trial for the artifacts (rank 0), else None."""
         cfg = suggest_config(trial, self.base, self.space)
         run_dir = self.runs_root / f"trial-{trial.number:04d}"
-        model = SmallCNN(cfg.model)
+        params, flops = model_cost(cfg.model)
         trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("params", count_parameters(model))
-        trial.set_user_attr("flops", forward_flops(model))
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("flops", flops)
         pruning = PruningCallback(trial)
         start = time.perf_counter()
         try:
