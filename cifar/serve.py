@@ -34,6 +34,7 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifar.data import IMAGE_SIZE
 
@@ -116,27 +117,66 @@ class Predictor:
                 for p, row in zip(probs, order)]
 
 
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over the endpoint's limit before they are spooled.
+
+    The limit is one file (plus multipart overhead), or ``max_files`` files on the batch
+    endpoint. A declared Content-Length over it is refused at once; a chunked body is
+    counted as it arrives and refused when it passes the limit.
+    """
+
+    OVERHEAD = 64 * 1024
+
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        files = self.limits.max_files if scope["path"].endswith("/batch") else 1
+        limit = self.limits.max_bytes * files + self.OVERHEAD
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            response = JSONResponse({"error": f"request body is {int(length):,} bytes; the limit is {limit:,}"},
+                                    status_code=413)
+            return await response(scope, receive, send)
+        received, too_large = 0, False
+
+        async def counted_receive():
+            nonlocal received, too_large
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                too_large = True  # stop reading; the answer below replaces the app's parse error
+                raise BadImage(413, f"request body passed the limit of {limit:,} bytes")
+            return message
+
+        async def guarded_send(message):
+            if not too_large:
+                return await send(message)
+            if message["type"] == "http.response.start":
+                await JSONResponse({"error": f"request body passed the limit of {limit:,} bytes"},
+                                   status_code=413)(scope, receive, send)
+
+        return await self.app(scope, counted_receive, guarded_send)
+
+
 def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="CIFAR-10 classifier", version="1")
-    max_body = limits.max_bytes * limits.max_files + 1024 * 1024  # multipart overhead
+    app.add_middleware(BodyLimit, limits=limits)
 
     @app.exception_handler(BadImage)
     async def bad_image(_: Request, e: BadImage):
         return JSONResponse({"error": str(e)}, status_code=e.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, e: RequestValidationError):
         where = ", ".join(".".join(str(p) for p in err["loc"]) + ": " + err["msg"] for err in e.errors())
         return JSONResponse({"error": f"bad request: {where}"}, status_code=400)
-
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        # Refuse before the multipart parser spools the upload to disk.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            return JSONResponse({"error": f"request body is {int(length):,} bytes; the limit is {max_body:,}"},
-                                status_code=413)
-        return await call_next(request)
 
     def read(upload: UploadFile, name: str) -> np.ndarray:
         data = upload.file.read(limits.max_bytes + 1)

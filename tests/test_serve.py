@@ -142,9 +142,24 @@ def test_bad_batch_and_parameters(server):
     r = server.post("/predict/batch", files=mixed)
     assert r.status_code == 415 and "b.png" in r.json()["error"]
     assert server.post("/predict/batch").status_code == 400
-    # A body larger than any allowed request is refused from its Content-Length.
+    r = server.get("/nowhere")
+    assert r.status_code == 404 and "error" in r.json()
+    # A body larger than the endpoint allows is refused from its Content-Length ...
     r = server.post("/predict", content=bytes(2_000_000), headers={"content-type": "application/octet-stream"})
-    assert r.status_code == 413
+    assert r.status_code == 413 and "request body" in r.json()["error"]
+    # ... or, sent in chunks without one, as it arrives.
+    boundary = b"xyz"
+    head = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+
+    def chunks():
+        yield head
+        for _ in range(40):
+            yield bytes(50_000)
+
+    r = server.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413 and "passed the limit" in r.json()["error"]
+    assert server.get("/health").status_code == 200
 
 
 def test_decode_image_units():
