@@ -85,7 +85,10 @@ def onnx_session(path: str | Path):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for unreadable or invalid models
+        raise ValueError(f"cannot load ONNX model {path}: {str(e).splitlines()[0]}") from None
     meta = session.get_modelmeta().custom_metadata_map
     return session, json.loads(meta.get("classes", "[]"))
 

@@ -37,6 +37,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifar.data import IMAGE_SIZE
+from cifar.export import classifier_from_checkpoint, onnx_session, run_session, run_torch
 
 FORMATS = ("PNG", "JPEG")
 
@@ -89,8 +90,6 @@ class Predictor:
     """Class probabilities of uint8 (N, 3, 32, 32) images, from an .onnx file or a .pt checkpoint."""
 
     def __init__(self, path: str | Path):
-        from cifar.export import classifier_from_checkpoint, onnx_session, run_session, run_torch
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"no model file {self.path}")

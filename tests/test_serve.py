@@ -172,7 +172,14 @@ def test_decode_image_units():
     assert e.value.status in (400, 415)
 
 
-def test_serve_rejects_a_missing_model(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "cifar.serve", "--model", str(tmp_path / "nope.onnx")],
+@pytest.mark.parametrize("name, content, message", [
+    ("nope.onnx", None, "error: no model file"),
+    ("bad.onnx", b"not a model", "error: cannot load ONNX model"),
+    ("bad.pt", b"not a checkpoint", "error: cannot read checkpoint"),
+])
+def test_serve_rejects_a_bad_model_in_one_line(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    r = subprocess.run([sys.executable, "-m", "cifar.serve", "--model", str(tmp_path / name)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().startswith("error: no model file")
+    assert r.returncode == 2 and r.stderr.startswith(message) and len(r.stderr.strip().splitlines()) == 1
