@@ -53,7 +53,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {first_line}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path} is not a version-{CHECKPOINT_VERSION} checkpoint of this project")
     return ckpt
