@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import platform
 import statistics
 import sys
@@ -29,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import Pipeline, Split, channel_stats  # noqa: E402
 from cifar.model import SmallCNN, forward_flops  # noqa: E402
@@ -111,10 +111,7 @@ def main() -> None:
         "amp_auto_picks": ("bf16" if native_bf16 else "fp16") if device.type == "cuda" else "fp32",
         "rounds": runs,
     }
-    out = Path(args.out or ROOT / "results" / "bench" / f"amp-{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    write_result(result, args.out or ROOT / "results" / "bench" / f"amp-{device.type}.json", detail="rounds")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes results/bench/inference.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -26,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_result  # noqa: E402
 from cifar.export import classifier_from_checkpoint, export_onnx, onnx_session  # noqa: E402
 
 
@@ -84,9 +84,7 @@ def main() -> None:
         **{f"latency_ms_batch1_{n}": 1000 / med[f"{n}_batch1"] for n in ("pytorch", "onnxruntime")},
         "rounds": runs,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    write_result(result, args.out, detail="rounds")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import resource
@@ -36,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import Pipeline, prepare_data  # noqa: E402
 from cifar.model import SmallCNN, forward_flops  # noqa: E402
@@ -146,9 +146,7 @@ def main() -> None:
         "peak_training_rss_mb": memory_mb,
         "rounds": runs,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    write_result(result, args.out, detail="rounds")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from study.objective import Objective  # noqa: E402
@@ -97,9 +98,7 @@ def main() -> None:
         "best_val_acc_difference": a["best_val_acc"] - b["best_val_acc"],
         "overhead_share_max_over_arms": max(a["overhead_share_max"], b["overhead_share_max"]),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "arms"}, indent=2))
+    write_result(result, args.out, detail="arms")
 
 
 if __name__ == "__main__":

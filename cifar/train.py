@@ -77,7 +77,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(deterministic)
     # cuDNN picks the fastest convolution algorithms for our fixed shapes (not bit-reproducible).
     torch.backends.cudnn.benchmark = not deterministic
@@ -143,14 +142,17 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
+def is_distributed() -> bool:
+    """Whether this process has joined a torchrun job (init_distributed ran with WORLD_SIZE > 1)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sums over ranks (values unchanged outside a distributed job)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    torch.distributed.all_reduce(t)
     return t.tolist()
 
 
@@ -202,8 +204,7 @@ def train_one_epoch(model: nn.Module, batches: Pipeline, optimizer: torch.optim.
     # In a distributed job the check waits for the epoch's reduced loss, so that every rank
     # stops at the same step (a rank that stopped alone would leave the others waiting).
     device = next(model.parameters()).device
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    check_every = math.inf if distributed else 1 if device.type == "cpu" else CHECK_EVERY
+    check_every = math.inf if is_distributed() else 1 if device.type == "cpu" else CHECK_EVERY
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
@@ -445,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if init_distributed(cfg.device).is_main:
         print(f"{result.status}: best val_acc {result.best_val_acc:.4f} at epoch {result.best_epoch}, "
               f"{result.train_seconds:.0f} s; run in {result.run_dir}")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.destroy_process_group()
     return 1 if result.status == "diverged" else 0
 

@@ -316,7 +316,6 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return table.rename(columns={"duration": "seconds"})
 
 
-
 def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
