@@ -26,7 +26,7 @@ import pandas as pd
 from cifar.config import TrainConfig
 from cifar.data import prepare_data
 from reports.load import compute_spent, load_run, open_study, trials_frame
-from reports.runs import ensure_runs, report_configs
+from reports.runs import REPORT_MINUTES, ensure_runs, report_configs
 from reports.stats import compare
 from study.run import DEFAULT_STORAGE, UsageError, _Parser
 
@@ -125,9 +125,15 @@ def write_report(out: Path, md_table: str, verdict: str, meta: dict, table: pd.D
     plotly.io.write_images(list(figures.values()), [out / "figures" / f"{n}.png" for n in figures],
                            width=[f.layout.width or 1000 for f in figures.values()],
                            height=[f.layout.height or 500 for f in figures.values()])
+    study_budget = meta["study_budget"] or {}
     budget = (f"Budget: {meta['epochs']} epochs per run on the whole train split "
               f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}, retrained on {meta['device']}; "
-              f"study trials used {meta['study_budget']}.")
+              f"study trials: up to {study_budget.get('max_epochs', '?')} epochs on "
+              f"{study_budget.get('train_fraction', 1.0):.1%} of the train split.")
+    if "throughput" in study_budget:
+        budget += (f" Both were sized to the {study_budget['throughput']['train']:.0f} training images/s measured "
+                   f"when the study was created (study target {study_budget['target_minutes']:.0f} min, "
+                   f"report target {REPORT_MINUTES.get(meta['preset'], '?')} min).")
     spent = meta["spent"]
     compute = (f"The study: {spent['trials']} trials ({spent['complete']} complete, {spent['pruned']} pruned = "
                f"{spent['pruned_share']:.0%} of finished, {spent['failed']} failed), {spent['trial_epochs']} "
@@ -179,7 +185,7 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
 
     study = open_study(storage, study_name)
     study_name = study.study_name
-    configs, plan = report_configs(study, epochs)
+    configs, plan = report_configs(study, epochs, seeds)
     dirs = ensure_runs(configs, seeds, runs_root)
     runs = {name: [load_run(d) for d in ds] for name, ds in dirs.items()}
 
@@ -215,7 +221,8 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
                                               f"{len(broken)} test images tuning broke (majority over seeds)"),
         **study_figures(study),
     }
-    meta = {"study": study_name, **plan, "seeds": seeds, "train_images": len(data.train),
+    meta = {"study": study_name, **plan, "preset": study.user_attrs.get("preset"), "seeds": seeds,
+            "train_images": len(data.train),
             "study_budget": study.user_attrs.get("budget"), "spent": compute_spent(trials),
             "device": json.loads((runs["tuned"][0]["dir"] / "config.json").read_text())["provenance"]["device"]}
     out = out_root / study_name
@@ -243,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.epochs is not None and args.epochs <= 0:
             raise UsageError(f"--epochs must be > 0, got {args.epochs}")
         if args.runs_only:
-            configs, _ = report_configs(open_study(args.storage, args.study_name), args.epochs)
+            configs, _ = report_configs(open_study(args.storage, args.study_name), args.epochs, args.seeds)
             ensure_runs(configs, args.seeds, Path(args.runs_dir))
             print(f"runs ready in {args.runs_dir}; build the report from them without --runs-only")
             return 0

@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import prepare_data
 from cifar.train import Dist, init_distributed
+from study import budget as budget_lib
 from study.objective import Objective
 from study.search_space import SPACES, params_of, suggest_config
 
@@ -51,11 +52,15 @@ class Preset:
     max_epochs: int         # epochs of a trial that is never pruned
     train_fraction: float   # share of the train split each trial trains on
     timeout: float | None   # seconds; a safety stop for the whole study
+    # Sized to the machine (study/budget.py): the study's target minutes, and the
+    # smallest train share before a trial drops an epoch rung instead.
+    minutes: float | None = None
+    min_fraction: float = 0.05
 
 
 PRESETS = {
     "smoke": Preset(n_trials=6, max_epochs=2, train_fraction=0.05, timeout=None),
-    "cpu": Preset(n_trials=30, max_epochs=9, train_fraction=0.15, timeout=3600),
+    "cpu": Preset(n_trials=30, max_epochs=9, train_fraction=0.15, timeout=3600, minutes=45),
     "gpu": Preset(n_trials=100, max_epochs=15, train_fraction=1.0, timeout=None),
 }
 
@@ -398,12 +403,22 @@ def prepare(argv: Sequence[str]) -> tuple[Job, optuna.Study, TrainConfig, str]:
     if study_name in existing and existing[study_name].direction != optuna.study.StudyDirection.MAXIMIZE:
         raise UsageError(f"study {study_name!r} in {args.storage} minimizes; this one maximizes val_acc: "
                          "choose another --study-name")
+    budget_set = BUDGET_FIELDS.keys() & {kv.partition("=")[0] for kv in args.set}
+    if study_name in existing:  # a resumed study keeps the budget it was created with
+        stored = existing[study_name].user_attrs.get("budget", {})
+        keep = {k: stored[a] for k, a in BUDGET_FIELDS.items() if a in stored and k not in budget_set}
+        base = apply_overrides(base, keep)
+        budget = stored
+    else:
+        budget = fit_budget(preset, base) if preset.minutes and not budget_set else {}
+        base = apply_overrides(base, {k: budget[a] for k, a in BUDGET_FIELDS.items() if a in budget})
+        budget |= {"max_epochs": base.epochs, "train_fraction": base.data.train_fraction,
+                   "warmup_epochs": base.warmup_epochs}
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                 load_if_exists=True)
     if study_name not in existing:
         study.set_user_attr("preset", preset_name)
-        study.set_user_attr("budget", {"max_epochs": base.epochs,
-                                       "train_fraction": base.data.train_fraction})
+        study.set_user_attr("budget", budget)
         study.set_user_attr("space", args.space)
         study.set_user_attr("base_config", base.to_dict())
         study.set_user_attr("sampler", args.sampler)
@@ -421,6 +436,27 @@ def prepare(argv: Sequence[str]) -> tuple[Job, optuna.Study, TrainConfig, str]:
               runs_root=str(Path(args.runs_dir) / study_name),
               artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=args.workers)
     return job, study, base, args.results_dir
+
+
+# --set keys that make up a trial's budget, and their names in the study's "budget" attribute
+BUDGET_FIELDS = {"epochs": "max_epochs", "train_fraction": "train_fraction", "warmup_epochs": "warmup_epochs"}
+
+
+def fit_budget(preset: Preset, base: TrainConfig) -> dict[str, Any]:
+    """Measure this machine and size the trials so that the preset's study fits its minutes.
+
+    The size is the preset's, whatever --n-trials says: a trial costs the same in a
+    short study as in a long one, so their trials compare."""
+    n_trials = preset.n_trials
+    print("measuring this machine's training speed to size the trials...", flush=True)
+    tp = budget_lib.measure_throughput(base)
+    fit = budget_lib.size_trials(tp, base, n_trials, preset.minutes, preset.min_fraction)
+    print(f"{tp.train:.0f} train / {tp.eval:.0f} eval images/s on {tp.device}: {fit.epochs} epochs max on "
+          f"{fit.train_fraction:.1%} of the train split, about {fit.minutes:.0f} min for {n_trials} trials "
+          f"(target {preset.minutes:.0f})", flush=True)
+    return {"max_epochs": fit.epochs, "train_fraction": fit.train_fraction, "warmup_epochs": fit.warmup_epochs,
+            "throughput": budget_lib.to_attr(tp), "target_minutes": preset.minutes,
+            "estimate_minutes": round(fit.minutes, 1)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
