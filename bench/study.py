@@ -1,7 +1,8 @@
 """Benchmark: TPE + Hyperband against random sampling without pruning, at equal wall-clock budget.
 
-Both arms run the same objective (the CPU preset's trial budget on the same
-data and base config) for the same number of minutes, one after the other, each
+Both arms run the same objective (the CPU preset's largest trial budget, 9
+epochs on 15%, not sized to the machine, so runs on different machines compare;
+same data and base config) for the same number of minutes, one after the other, each
 in its own SQLite study. Reported per arm: best validation accuracy, trials
 finished, epochs spent and mean epochs per trial; and for every trial the
 overhead of storage and framework (trial duration minus training proper, plus

@@ -31,17 +31,22 @@ from study.search_space import suggest_config  # noqa: E402
 
 
 class PruningCallback:
-    """Reports val_acc to the trial after every epoch and prunes when the pruner says so."""
+    """Reports val_acc to the trial after every epoch and prunes when the pruner says so.
 
-    def __init__(self, trial: optuna.Trial):
-        self.trial = trial
+    After the trial's last epoch it only reports: pruning then saves nothing (the
+    budget is spent), and a trial that ran its course counts as complete, with its
+    value, rather than as pruned. Hyperband's top rung is the last epoch, so
+    without this it "prunes" finished trials (7 of 30 in a study here)."""
+
+    def __init__(self, trial: optuna.Trial, last_epoch: int | None = None):
+        self.trial, self.last_epoch = trial, last_epoch
         self.seconds = 0.0  # spent in Optuna (storage writes, pruner), for the overhead benchmark
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         start = time.perf_counter()
         try:
             self.trial.report(metrics["val_acc"], epoch)
-            prune = self.trial.should_prune()
+            prune = epoch != self.last_epoch and self.trial.should_prune()
         finally:
             self.seconds += time.perf_counter() - start
         if prune:
@@ -66,7 +71,7 @@ class Objective:
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("params", params)
         trial.set_user_attr("flops", flops)
-        pruning = PruningCallback(trial)
+        pruning = PruningCallback(trial, last_epoch=cfg.epochs)
         start = time.perf_counter()
         try:
             result = train(cfg, self.data, run_dir, callbacks=[pruning])

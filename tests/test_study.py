@@ -101,6 +101,16 @@ def test_pruning_callback_reports_and_raises():
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {3: 0.5}
 
 
+def test_pruning_callback_never_prunes_after_the_last_epoch():
+    study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
+    trial = study.ask()
+    callback = PruningCallback(trial, last_epoch=3)
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
+        callback.on_epoch_end(2, {"val_acc": 0.4})
+    callback.on_epoch_end(3, {"val_acc": 0.5})  # reported, not pruned: the budget is spent
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {2: 0.4, 3: 0.5}
+
+
 def test_pruning_callback_lets_good_trials_go_on():
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     trial = study.ask()
@@ -120,7 +130,7 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert len(states) == 8
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states
     assert study.trials[0].user_attrs.get("baseline") is True
-    assert study.user_attrs["budget"] == {"max_epochs": 4, "train_fraction": 1.0}
+    assert study.user_attrs["budget"] == {"max_epochs": 4, "train_fraction": 1.0, "warmup_epochs": 0.5}
     first = study.trials[0]
     for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir"):
         assert key in first.user_attrs, key
