@@ -99,6 +99,7 @@ def size_trials(tp: Throughput, base: TrainConfig, n_trials: int, minutes: float
     n_val = base.data.val_size
     seconds = minutes * 60 - STARTUP_S - n_trials * TRIAL_OVERHEAD_S
     epochs = base.epochs
+    min_fraction = min(min_fraction, base.data.train_fraction)  # a base config's own small share is kept
     while True:
         per_epoch = seconds / (n_trials * epoch_share(epochs) * epochs)
         fraction = min(base.data.train_fraction, (per_epoch - n_val / tp.eval) * tp.train / n_split)

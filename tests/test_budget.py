@@ -59,6 +59,12 @@ def test_a_hopeless_machine_gets_one_epoch_and_the_floor():
     assert fit.minutes > CPU.minutes  # it says so: the estimate is over the target
 
 
+def test_a_small_share_of_the_base_config_is_not_a_reason_to_drop_epochs():
+    small = apply_overrides(BASE, {"train_fraction": 0.02})
+    fit = size_trials(Throughput(train=2000.0, eval=8000.0, device="cpu"), small, 30, CPU.minutes, CPU.min_fraction)
+    assert (fit.epochs, fit.train_fraction) == (9, 0.02)
+
+
 def test_report_epochs_fill_the_minutes():
     tp = Throughput(train=630.0, eval=2200.0, device="cpu")
     per_epoch = SPLIT / tp.train + BASE.data.val_size / tp.eval
