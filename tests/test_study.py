@@ -150,7 +150,8 @@ def test_study_end_to_end_then_resume(study_env, capsys):
 
 
 def test_show_prints_and_exports(study_env, capsys):
-    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
+    # The resumed study would keep its stored budget; --set gives the second trial a short one.
+    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=2", "--n-trials", "2"]) == 0
     csv_path = study_env["tmp"] / "t.csv"
     assert show_main(["--study-name", "s", "--storage", study_env["url"], "--csv", str(csv_path)]) == 0
     out = capsys.readouterr().out
@@ -270,7 +271,8 @@ def test_diverged_trial_ends_pruned_with_reason(study_env, monkeypatch):
 
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
-    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=200", "--pruner", "none"]
+    # More epochs than the trial can finish before the signal, however slow the polling below.
+    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=100000", "--pruner", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "study", "run", *args, "--n-trials", "1"], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -287,5 +289,6 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "run the same command again" in err and "Traceback" not in err
     assert load(study_env).trials[0].state == TrialState.FAIL  # not left RUNNING
-    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
+    # The resumed study would keep its stored budget; --set gives the second trial a short one.
+    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=2", "--n-trials", "2"]) == 0
     assert load(study_env).trials[1].state == TrialState.COMPLETE
