@@ -274,8 +274,11 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
     # More epochs than the trial can finish before the signal, however slow the polling below.
     args = study_env["args"] + ["--study-name", "s", "--set", "epochs=100000", "--pruner", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A shell that starts jobs in the background (nohup ... &) ignores SIGINT in them, and
+    # Python then never raises KeyboardInterrupt: give the study the default, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "study", "run", *args, "--n-trials", "1"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
@@ -286,7 +289,10 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
         if trials and trials[0].intermediate_values:
             break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never left running, whatever happened
     assert proc.returncode == 130 and "run the same command again" in err and "Traceback" not in err
     assert load(study_env).trials[0].state == TrialState.FAIL  # not left RUNNING
     # The resumed study would keep its stored budget; --set gives the second trial a short one.
