@@ -29,6 +29,7 @@ REPORT_EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 30}
 # of a CPU-preset report (both configs, every seed) fit in about this many minutes.
 REPORT_MINUTES = {"cpu": 85}
 
+
 def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
     key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     return runs_root / f"{key}-seed{cfg.seed}"

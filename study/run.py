@@ -79,9 +79,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs,
+                                              reduction_factor=budget_lib.REDUCTION_FACTOR)
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=budget_lib.REDUCTION_FACTOR)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return optuna.pruners.NopPruner()

@@ -150,8 +150,7 @@ def test_study_end_to_end_then_resume(study_env, capsys):
 
 
 def test_show_prints_and_exports(study_env, capsys):
-    # The resumed study would keep its stored budget; --set gives the second trial a short one.
-    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=2", "--n-trials", "2"]) == 0
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
     csv_path = study_env["tmp"] / "t.csv"
     assert show_main(["--study-name", "s", "--storage", study_env["url"], "--csv", str(csv_path)]) == 0
     out = capsys.readouterr().out
