@@ -46,7 +46,7 @@ report: setup
 	$(PY) -m reports build --storage $(STORAGE) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(REPORT_ARGS)
 
 # optuna-dashboard on the study's storage, bound to loopback only.
-ARTIFACTS = $(shell $(PY) -c "from study.run import artifact_dir_for; print(artifact_dir_for('$(STORAGE)'))")
+ARTIFACTS = $(shell $(PY) -c "from study.storage import artifact_dir_for; print(artifact_dir_for('$(STORAGE)'))")
 dashboard: setup
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(PORT) --artifact-dir $(ARTIFACTS)
 

@@ -20,7 +20,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,9 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
-from cifar.data import Pipeline, Split, channel_stats  # noqa: E402
+from cifar.data import Split, channel_stats  # noqa: E402
+from cifar.loop import train_one_epoch  # noqa: E402
 from cifar.model import SmallCNN, forward_flops  # noqa: E402
-from cifar.train import build_optimizer, cpu_has_native_bf16, resolve_device, train_one_epoch  # noqa: E402
+from cifar.optim import build_optimizer  # noqa: E402
+from cifar.pipeline import Pipeline  # noqa: E402
+from cifar.runtime import autocast_factory, cpu_has_native_bf16, resolve_device  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,8 +53,7 @@ def time_mode(cfg: TrainConfig, batches: Pipeline, dtype: torch.dtype | None, st
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    autocast = autocast_factory(device, dtype)
 
     def endless():
         while True:

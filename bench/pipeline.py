@@ -37,9 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
-from cifar.data import Pipeline, prepare_data  # noqa: E402
+from cifar.data import prepare_data  # noqa: E402
+from cifar.loop import train_one_epoch  # noqa: E402
 from cifar.model import SmallCNN, forward_flops  # noqa: E402
-from cifar.train import build_optimizer, train_one_epoch  # noqa: E402
+from cifar.optim import build_optimizer  # noqa: E402
+from cifar.pipeline import Pipeline  # noqa: E402
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:

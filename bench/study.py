@@ -33,8 +33,9 @@ from bench.common import write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from study.objective import Objective  # noqa: E402
-from study.run import PRESETS, make_pruner, make_sampler, make_storage  # noqa: E402
+from study.presets import PRESETS  # noqa: E402
 from study.search_space import params_of  # noqa: E402
+from study.storage import make_pruner, make_sampler, make_storage  # noqa: E402
 
 ARMS = {"tpe_hyperband": ("tpe", "hyperband"), "random_no_pruning": ("random", "none")}
 
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "study.json"))
     args = parser.parse_args()
 
-    preset = PRESETS[args.preset]
+    preset = PRESETS.get(args.preset)
     base = apply_overrides(TrainConfig.from_json(args.config),
                            {"epochs": preset.max_epochs, "train_fraction": preset.train_fraction})
     data = prepare_data(base.data)

@@ -1,32 +1,23 @@
-"""Epoch-end callbacks (logging, early stopping, checkpoints) and checkpoint files.
+"""Epoch-end callbacks: console and CSV logging, TensorBoard, early stopping, checkpoints.
 
 A callback is anything with ``on_epoch_end(epoch, metrics)``; it stops a run by
-raising ``StopTraining``. Checkpoints are plain versioned dicts, written to a
-temporary file and renamed (a crash never leaves a torn file), and read with
-``torch.load(weights_only=True)``.
+raising ``StopTraining``. The files they write are the run directory's
+(``cifar.rundir``).
 
 Usage:
-    callbacks = [CsvLogger(run_dir / "metrics.csv"), EarlyStopping(patience=5)]
-    model, cfg = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
+    callbacks = [CsvLogger(RunDir(path).history), EarlyStopping(patience=5)]
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
-from cifar.config import TrainConfig
-from cifar.model import SmallCNN
-
-CHECKPOINT_VERSION = 1
-TIMING_COLUMNS = ("epoch_seconds", "elapsed_seconds", "images_per_s")
+from cifar.rundir import RunDir, save_checkpoint
 
 
 class Callback(Protocol):
@@ -35,37 +26,6 @@ class Callback(Protocol):
 
 class StopTraining(Exception):
     """Raised by a callback to end the run after the current epoch; the message says why."""
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first_line = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {first_line}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a version-{CHECKPOINT_VERSION} checkpoint of this project")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[SmallCNN, TrainConfig]:
-    """Rebuild the model (eval mode, CPU) from a checkpoint alone."""
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    model = SmallCNN(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg
 
 
 # ---------------------------------------------------------------- callbacks
@@ -154,16 +114,16 @@ class EarlyStopping:
 class Checkpointer:
     """Writes last.pt every epoch and best.pt whenever val_acc improves (or has no val set)."""
 
-    def __init__(self, run_dir: Path, get_state: Callable[[], dict[str, Any]],
+    def __init__(self, run_dir: RunDir, get_state: Callable[[], dict[str, Any]],
                  history: list[dict[str, float]] = ()):
         self.run_dir, self.get_state = run_dir, get_state
         self.best = max((r["val_acc"] for r in history), default=-math.inf)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         state = self.get_state()
-        save_checkpoint(self.run_dir / "last.pt", state)
+        save_checkpoint(self.run_dir.last, state)
         val_acc = metrics["val_acc"]
         if math.isnan(val_acc) or val_acc > self.best:
             self.best = val_acc
             keep = ("config", "model", "epoch", "metrics", "data_stats", "classes")
-            save_checkpoint(self.run_dir / "best.pt", {k: state[k] for k in keep})
+            save_checkpoint(self.run_dir.best, {k: state[k] for k in keep})

@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
-BLOCKS = ("plain", "residual")
-PIPELINES = ("tensor", "torchvision")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
+from cifar import model as _model
+from cifar import optim as _optim
+from cifar import pipeline as _pipeline
+from cifar.runtime import AMP_MODES
+
+# The choices of the string fields: the keys of their registries.
+OPTIMIZERS = _optim.OPTIMIZERS.names
+SCHEDULES = _optim.SCHEDULES.names
+BLOCKS = _model.BLOCKS.names
+PIPELINES = _pipeline.PIPELINES.names
 
 
 def _check(ok: bool, message: str) -> None:
@@ -85,12 +90,12 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 15              # passes over the train split
     batch_size: int = 256         # images per optimizer step
-    optimizer: str = "sgd"        # sgd | adam | adamw | rmsprop
+    optimizer: str = "sgd"        # a key of cifar.optim.OPTIMIZERS: sgd | adam | adamw | rmsprop
     lr: float = 0.2               # peak learning rate of the schedule
     momentum: float = 0.9         # SGD/RMSprop momentum
     nesterov: bool = True         # Nesterov momentum (SGD only)
     weight_decay: float = 5e-4    # L2 penalty (decoupled for AdamW)
-    schedule: str = "onecycle"    # onecycle | cosine | step | constant
+    schedule: str = "onecycle"    # a key of cifar.optim.SCHEDULES: onecycle | cosine | step | constant
     warmup_epochs: float = 2.0    # linear warmup length (onecycle and cosine)
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     grad_clip: float = 0.0        # max global gradient norm (0 = off)

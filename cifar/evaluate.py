@@ -12,13 +12,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -27,30 +24,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cifar.callbacks import load_checkpoint, model_from_checkpoint  # noqa: E402
 from cifar.config import apply_overrides  # noqa: E402
-from cifar.data import CifarData, Pipeline, prepare_data  # noqa: E402
-from cifar.train import predict, resolve_device  # noqa: E402
+from cifar.data import CifarData, prepare_data  # noqa: E402
+from cifar.loop import predict  # noqa: E402
+from cifar.pipeline import Pipeline  # noqa: E402
+from cifar.rundir import Predictions, RunDir, TestMetrics, load_checkpoint, model_from_checkpoint  # noqa: E402
+from cifar.runtime import resolve_device  # noqa: E402
 
 
-def compute_test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+def compute_test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> TestMetrics:
     """Loss, accuracy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
     preds = logits.argmax(1)
     k = len(classes)
     confusion = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
     per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1)
-    return {
-        "test_loss": F.cross_entropy(logits, labels).item(),
-        "test_acc": (preds == labels).double().mean().item(),
-        "n_test": len(labels),
-        "per_class_acc": dict(zip(classes, per_class.tolist())),
-        "confusion": confusion.tolist(),
-    }
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return TestMetrics(test_loss=F.cross_entropy(logits, labels).item(),
+                       test_acc=(preds == labels).double().mean().item(), n_test=len(labels),
+                       per_class_acc=dict(zip(classes, per_class.tolist())), confusion=confusion.tolist())
 
 
 def plot_curves(history: list[dict[str, float]]) -> plt.Figure:
@@ -110,13 +100,13 @@ def plot_confusion(confusion: list[list[int]], classes: list[str]) -> plt.Figure
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-                 data: CifarData | None = None) -> dict[str, Any]:
+                 data: CifarData | None = None) -> TestMetrics:
     """Evaluate best.pt of a run on the test set and write metrics and figures into the run.
 
     ``data`` saves reloading when the caller already holds the data set.
     """
-    run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir / "best.pt")
+    run = RunDir(run_dir)
+    ckpt = load_checkpoint(run.best)
     model, cfg = model_from_checkpoint(ckpt)
     if data_dir is not None:
         cfg = apply_overrides(cfg, {"data_dir": data_dir})
@@ -126,22 +116,20 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     stats = ckpt["data_stats"]  # normalise as in training, whatever the data looks like now
     logits, labels = predict(model, Pipeline(data.test, cfg, stats["mean"], stats["std"], dev, train=False))
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])
-    metrics.update(checkpoint_epoch=ckpt["epoch"], val_acc=ckpt["metrics"][-1]["val_acc"])
-    (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics.checkpoint_epoch, metrics.val_acc = ckpt["epoch"], ckpt["metrics"][-1]["val_acc"]
+    run.write_test_metrics(metrics)
     probs = logits.softmax(1)
     # Per-image predictions, for comparisons between runs (which images a change fixed or broke).
-    torch.save({"pred": probs.argmax(1), "conf": probs.max(1).values, "label": labels},
-               run_dir / "test_predictions.pt")
+    run.write_predictions(Predictions(pred=probs.argmax(1), conf=probs.max(1).values, label=labels))
 
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    run.plots.mkdir(exist_ok=True)
     figures = {
-        "curves.png": plot_curves(read_metrics(run_dir / "metrics.csv")),
+        "curves.png": plot_curves(run.read_history()),
         "misclassified.png": plot_misclassified(data.test.x, labels, probs, ckpt["classes"]),
-        "confusion.png": plot_confusion(metrics["confusion"], ckpt["classes"]),
+        "confusion.png": plot_confusion(metrics.confusion, ckpt["classes"]),
     }
     for name, fig in figures.items():
-        fig.savefig(plots / name, dpi=110)
+        fig.savefig(run.plots / name, dpi=110)
         plt.close(fig)
     return metrics
 
@@ -157,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    worst = min(m["per_class_acc"], key=m["per_class_acc"].get)
-    print(f"test_acc {m['test_acc']:.4f}  test_loss {m['test_loss']:.4f}  "
-          f"(n={m['n_test']}, checkpoint epoch {m['checkpoint_epoch']}, worst class {worst} "
-          f"{m['per_class_acc'][worst]:.3f}); wrote {args.run_dir}/test_metrics.json and plots/")
+    worst = min(m.per_class_acc, key=m.per_class_acc.get)
+    run = RunDir(args.run_dir)
+    print(f"test_acc {m.test_acc:.4f}  test_loss {m.test_loss:.4f}  "
+          f"(n={m.n_test}, checkpoint epoch {m.checkpoint_epoch}, worst class {worst} "
+          f"{m.per_class_acc[worst]:.3f}); wrote {run.test_metrics} and {run.plots}/")
     return 0
 
 

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar.callbacks import load_checkpoint, model_from_checkpoint
-from cifar.data import IMAGE_SIZE, DataError, load_cifar10
+from cifar.pipeline import Normalize
+from cifar.rundir import RunDir, load_checkpoint, model_from_checkpoint
+from cifar.sources import IMAGE_SIZE, DataError, load_cifar10
 
 OPSET = 18
 MAX_LOGIT_DIFF = 1e-4
@@ -42,12 +43,11 @@ class ImageClassifier(nn.Module):
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
+        self.normalize = Normalize(mean, std)
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.register_buffer("inv_std", 1 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images.float() - self.mean) * self.inv_std)
+        return self.net(self.normalize(images))
 
 
 def classifier_from_checkpoint(path: str | Path) -> tuple[ImageClassifier, list[str], dict[str, Any]]:
@@ -134,18 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 location for the check (default: the run's)")
     parser.add_argument("--no-verify", action="store_true", help="skip the test-set comparison")
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
+    run = RunDir(args.run_dir)
     try:
-        if not run_dir.is_dir():
-            raise ValueError(f"no run directory {run_dir}")
-        model, classes, ckpt = classifier_from_checkpoint(run_dir / "best.pt")
-        out = export_onnx(model, classes, args.out or run_dir / "model.onnx")
+        if not run.path.is_dir():
+            raise ValueError(f"no run directory {run}")
+        model, classes, ckpt = classifier_from_checkpoint(run.best)
+        out = export_onnx(model, classes, args.out or run.onnx)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {OPSET}, input uint8 (N,3,32,32))")
         if args.no_verify:
             return 0
         data_cfg = ckpt["config"]["data"]
         raw = load_cifar10(args.data_dir or data_cfg["data_dir"], data_cfg["cache_dir"], download=False)
-        report = verify(model, out, raw["test_x"].numpy(), raw["test_y"].numpy())
+        report = verify(model, out, raw.test.x.numpy(), raw.test.y.numpy())
     except (ValueError, FileNotFoundError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(limit {MAX_LOGIT_DIFF:.0e}); test_acc PyTorch {report['acc_reference']:.4f}, "
           f"onnxruntime {report['acc_candidate']:.4f}; {report['flipped']} predictions flipped "
           f"({report['flipped_not_near_tie']} not on a near-tie)")
-    (run_dir / "onnx_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    run.onnx_check.write_text(json.dumps(report, indent=2) + "\n")
     if not report["ok"]:
         print("error: onnxruntime disagrees with PyTorch beyond the limits above", file=sys.stderr)
         return 1

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifar.config import ModelConfig
+from cifar.registry import Registry
+
+if TYPE_CHECKING:
+    from cifar.config import ModelConfig
 
 
 def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Conv2d:
@@ -69,7 +73,7 @@ class ResidualBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-BLOCK_TYPES = {"plain": PlainBlock, "residual": ResidualBlock}
+BLOCKS: Registry[type[nn.Module]] = Registry("block", {"plain": PlainBlock, "residual": ResidualBlock})
 HEAD_SCALE = 0.125
 
 
@@ -82,7 +86,7 @@ class SmallCNN(nn.Module):
         if cfg.stem_width:
             layers += [_conv(3, cfg.stem_width), nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True)]
             c = cfg.stem_width
-        block = BLOCK_TYPES[cfg.block]
+        block = BLOCKS.get(cfg.block)
         for width in cfg.widths:
             for i in range(cfg.depth):
                 layers.append(block(c if i == 0 else width, width, pool=i == 0))

@@ -36,8 +36,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cifar.data import IMAGE_SIZE
 from cifar.export import classifier_from_checkpoint, onnx_session, run_session, run_torch
+from cifar.sources import IMAGE_SIZE, to_rgb32
 
 FORMATS = ("PNG", "JPEG")
 
@@ -78,12 +78,10 @@ def decode_image(data: bytes, limits: Limits, name: str = "file") -> np.ndarray:
             raise BadImage(413, f"{name} is {im.width}x{im.height} pixels; the limit is {limits.max_pixels:,}")
         try:
             im.draft("RGB", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))  # JPEG: decode at a reduced scale
-            rgb = im.convert("RGB")
+            rgb = to_rgb32(im)
         except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
             raise BadImage(400, f"{name} could not be decoded: {e}") from None
-    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return rgb.transpose(2, 0, 1)
 
 
 class Predictor:

@@ -25,10 +25,11 @@ import pandas as pd
 
 from cifar.config import TrainConfig
 from cifar.data import prepare_data
-from reports.load import compute_spent, load_run, open_study, trials_frame
+from reports.load import load_run, open_study
 from reports.runs import REPORT_MINUTES, ensure_runs, report_configs
 from reports.stats import compare
-from study.run import DEFAULT_STORAGE, UsageError, _Parser
+from study.storage import DEFAULT_STORAGE, ArgParser, UsageError
+from study.trials import compute_spent, trials_table
 
 # ---------------------------------------------------------------- data
 
@@ -193,7 +194,7 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
     cmp = compare(table[table.config == "baseline"]["test_acc"].tolist(),
                   table[table.config == "tuned"]["test_acc"].tolist())
     md_table, verdict = headline(cmp, table)
-    trials = trials_frame(study)
+    trials = trials_table(study)
     fixed, broken = fixed_and_broken(runs)
     data = prepare_data(configs["tuned"].data)
     classes = list(runs["tuned"][0]["test"]["per_class_acc"])
@@ -234,7 +235,7 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m reports build", description="Build the baseline-vs-tuned report.")
+    p = ArgParser(prog="python -m reports build", description="Build the baseline-vs-tuned report.")
     p.add_argument("--study-name", default=None, help="default: the storage's only study")
     p.add_argument("--storage", default=DEFAULT_STORAGE)
     p.add_argument("--seeds", type=int, default=3)

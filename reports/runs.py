@@ -21,7 +21,7 @@ from cifar.evaluate import evaluate_run
 from cifar.train import train
 from reports.load import configs_of
 from study.budget import from_attr, report_epochs
-from study.run import UsageError
+from study.storage import UsageError
 
 # Epochs of the retraining, by the study's preset: the most a report trains.
 REPORT_EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 30}

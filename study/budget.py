@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 from cifar.config import TrainConfig
 from cifar.model import SmallCNN
-from cifar.train import build_optimizer, resolve_device
+from cifar.optim import build_optimizer
+from cifar.runtime import resolve_device
+from study.storage import REDUCTION_FACTOR
 
 CIFAR10_TRAIN_IMAGES = 50_000
-REDUCTION_FACTOR = 3  # of the Hyperband and successive-halving pruners: one rung = 3x the epochs
 # Mean epochs a trial runs over its maximum under Hyperband (reduction factor 3),
 # as measured in 30-trial studies: 0.66 with 9 epochs (rungs 1, 3, 9; study
 # cifar-cpu) and 0.84 with 3 (rungs 1, 3; study cifar-cpu-sized).

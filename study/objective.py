@@ -24,8 +24,9 @@ from optuna.artifacts import upload_artifact  # noqa: E402
 
 from cifar.config import TrainConfig  # noqa: E402
 from cifar.data import CifarData  # noqa: E402
-from cifar.evaluate import plot_curves, read_metrics  # noqa: E402
+from cifar.evaluate import plot_curves  # noqa: E402
 from cifar.model import model_cost  # noqa: E402
+from cifar.rundir import RunDir  # noqa: E402
 from cifar.train import train  # noqa: E402
 from study.search_space import suggest_config  # noqa: E402
 
@@ -66,7 +67,7 @@ class Objective:
         """One trial. ``trial`` may be a TorchDistributedTrial that every rank of a torchrun job
         calls in step; ``uploads_to`` is the storage's trial for the artifacts (rank 0), else None."""
         cfg = suggest_config(trial, self.base, self.space)
-        run_dir = self.runs_root / f"trial-{trial.number:04d}"
+        run_dir = RunDir(self.runs_root / f"trial-{trial.number:04d}")
         params, flops = model_cost(cfg.model)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("params", params)
@@ -74,7 +75,7 @@ class Objective:
         pruning = PruningCallback(trial, last_epoch=cfg.epochs)
         start = time.perf_counter()
         try:
-            result = train(cfg, self.data, run_dir, callbacks=[pruning])
+            result = train(cfg, self.data, run_dir.path, callbacks=[pruning])
         except optuna.TrialPruned as e:
             trial.set_user_attr("end", str(e))
             raise
@@ -89,18 +90,17 @@ class Objective:
             raise optuna.TrialPruned(result.message)
         return result.best_val_acc
 
-    def _record(self, trial: optuna.trial.BaseTrial, run_dir: Path, uploads_to: optuna.Trial | None) -> None:
+    def _record(self, trial: optuna.trial.BaseTrial, run_dir: RunDir, uploads_to: optuna.Trial | None) -> None:
         """What the trial cost, and its curve and config as dashboard artifacts."""
-        metrics_csv = run_dir / "metrics.csv"
-        history = read_metrics(metrics_csv) if metrics_csv.is_file() else []
+        history = run_dir.read_history() if run_dir.history.is_file() else []
         trial.set_user_attr("epochs_run", len(history))
         trial.set_user_attr("train_seconds", round(history[-1]["elapsed_seconds"], 2) if history else 0.0)
         if self.artifact_store is None or uploads_to is None or not history:
             return
         fig = plot_curves(history)
-        fig.savefig(run_dir / "curves.png", dpi=80)
+        fig.savefig(run_dir.curves, dpi=80)
         plt.close(fig)
-        files = ((run_dir / "curves.png", "image/png"), (run_dir / "config.json", "application/json"))
+        files = ((run_dir.curves, "image/png"), (run_dir.config, "application/json"))
         for path, mime in files:
             upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                             study_or_trial=uploads_to, mimetype=mime)

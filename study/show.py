@@ -12,22 +12,20 @@ from collections.abc import Sequence
 import optuna
 import pandas as pd
 
-from study.run import DEFAULT_STORAGE, UsageError, _Parser, make_storage, trials_table
+from study.storage import DEFAULT_STORAGE, ArgParser, UsageError, make_storage, resolve_study_name
+from study.trials import trials_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m study show", description="Show the trials of a study.")
+    p = ArgParser(prog="python -m study show", description="Show the trials of a study.")
     p.add_argument("--study-name", required=True)
     p.add_argument("--storage", default=DEFAULT_STORAGE)
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     try:
         args = p.parse_args(argv)
         storage = make_storage(args.storage, heartbeat_interval=None, grace_period=None, create=False)
-        names = optuna.get_all_study_names(storage)
-        if args.study_name not in names:
-            raise UsageError(f"no study {args.study_name!r} in {args.storage}; it has: "
-                             f"{', '.join(names) or 'none'}")
-        study = optuna.load_study(study_name=args.study_name, storage=storage)
+        name = resolve_study_name(storage, args.storage, args.study_name)
+        study = optuna.load_study(study_name=name, storage=storage)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

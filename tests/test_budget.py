@@ -10,11 +10,12 @@ from cifar.config import TrainConfig, apply_overrides
 from reports.runs import REPORT_EPOCHS, REPORT_MINUTES, report_configs
 from study import budget
 from study.budget import Throughput, TrialBudget, report_epochs, size_trials
-from study.run import PRESETS, main
+from study.presets import PRESETS
+from study.run import main
 from tests.conftest import tiny_config
 from tests.test_study import load, study_env  # noqa: F401  (fixture)
 
-CPU = PRESETS["cpu"]
+CPU = PRESETS.get("cpu")
 BASE = apply_overrides(TrainConfig(), {"epochs": CPU.max_epochs, "train_fraction": CPU.train_fraction,
                                        "warmup_epochs": 2.0})
 SPLIT = budget.CIFAR10_TRAIN_IMAGES - BASE.data.val_size  # 45,000

@@ -10,14 +10,12 @@ import torch
 from cifar.config import DataConfig
 from cifar.data import (
     DataError,
-    Normalize,
-    Pipeline,
-    augment_batch,
     channel_stats,
-    load_cifar10,
     prepare_data,
     stratified_split,
 )
+from cifar.pipeline import Normalize, Pipeline, augment_batch
+from cifar.sources import load_cifar10
 from tests.conftest import CLASSES, make_image_folder, synthetic_images, tiny_config
 
 
@@ -46,17 +44,17 @@ def test_image_folder_source_and_cache(tmp_path):
     root = make_image_folder(tmp_path / "imgs", suffix=".jpg")
     cache = tmp_path / "cache"
     first = load_cifar10(str(root), str(cache))
-    assert first["classes"] == CLASSES
-    assert first["train_x"].shape == (30, 3, 32, 32) and first["train_x"].dtype == torch.uint8
-    assert first["test_y"].tolist() == sorted(first["test_y"].tolist())
+    assert first.classes == CLASSES
+    assert first.train.x.shape == (30, 3, 32, 32) and first.train.x.dtype == torch.uint8
+    assert first.test.y.tolist() == sorted(first.test.y.tolist())
     assert len(list(cache.glob("*.pt"))) == 1
     start = time.perf_counter()
     again = load_cifar10(str(root), str(cache))
     assert time.perf_counter() - start < 2.0
-    assert torch.equal(again["train_x"], first["train_x"])
+    assert torch.equal(again.train.x, first.train.x)
     # A changed source is re-read, not served stale from the cache.
     (root / "train" / "ant" / "0000.jpg").unlink()
-    assert load_cifar10(str(root), str(cache))["train_x"].shape[0] == 29
+    assert load_cifar10(str(root), str(cache)).train.x.shape[0] == 29
 
 
 def test_png_pixels_survive_exactly(tmp_path):
@@ -64,7 +62,7 @@ def test_png_pixels_survive_exactly(tmp_path):
     loaded = load_cifar10(str(root), str(tmp_path / "cache"))
     x, _ = synthetic_images(30, 0)
     by_class = torch.cat([x[torch.arange(30) % 3 == c] for c in range(3)])
-    assert torch.equal(loaded["train_x"], by_class)
+    assert torch.equal(loaded.train.x, by_class)
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -131,7 +129,7 @@ def test_flip_only_mirrors_each_image_or_leaves_it():
 
 def test_normalize_uses_given_statistics():
     x = torch.full((2, 3, 4, 4), 51, dtype=torch.uint8)  # 0.2 in [0, 1] units
-    out = Normalize((0.2, 0.1, 0.0), (0.5, 0.5, 0.5), channels_last=True)(x)
+    out = Normalize((0.2, 0.1, 0.0), (0.5, 0.5, 0.5))(x)
     assert torch.allclose(out[:, 0], torch.zeros(1)) and torch.allclose(out[:, 2], torch.tensor(0.4))
 
 
@@ -186,6 +184,6 @@ def test_official_batches_source(tmp_path):
     with (batches / "batches.meta").open("wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     d = load_cifar10(str(tmp_path / "official"), str(tmp_path / "cache"), download=False)
-    assert d["classes"][0] == "c0" and d["train_x"].shape == (20, 3, 32, 32)
-    assert d["train_y"][:4].tolist() == [0, 1, 2, 3] and len(d["test_y"]) == 4
-    assert torch.equal(d["test_x"][0], torch.from_numpy(written["test_batch"][0].reshape(3, 32, 32)))
+    assert d.classes[0] == "c0" and d.train.x.shape == (20, 3, 32, 32)
+    assert d.train.y[:4].tolist() == [0, 1, 2, 3] and len(d.test.y) == 4
+    assert torch.equal(d.test.x[0], torch.from_numpy(written["test_batch"][0].reshape(3, 32, 32)))

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
-from cifar.data import ShardSampler
+from cifar.pipeline import ShardSampler
 from tests.conftest import make_image_folder, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ def test_compute_test_metrics_exact():
     preds = torch.tensor([0, 1, 1, 1, 2, 0])
     logits = torch.nn.functional.one_hot(preds, 3).float() * 10
     m = compute_test_metrics(logits, labels, ["a", "b", "c"])
-    assert m["test_acc"] == pytest.approx(4 / 6)
-    assert m["per_class_acc"] == {"a": 0.5, "b": 1.0, "c": 0.5}
-    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    assert m["n_test"] == 6
+    assert m.test_acc == pytest.approx(4 / 6)
+    assert m.per_class_acc == {"a": 0.5, "b": 1.0, "c": 0.5}
+    assert m.confusion == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m.n_test == 6
 
 
 def test_figures_build():

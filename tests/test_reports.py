@@ -18,9 +18,9 @@ from scipy import stats as scipy_stats
 
 from reports.build import main as build_main
 from reports.figures import confusion_figure, curves_figure, image_grid_figure, per_class_figure
-from reports.load import compute_spent, trials_frame
 from reports.stats import bootstrap_interval, compare, mean_std, welch_interval
 from study.run import main as study_main
+from study.trials import compute_spent, trials_table
 from tests.test_study import study_env  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -87,7 +87,7 @@ def small_study():
 
 
 def test_trials_frame_and_spent(small_study):
-    trials = trials_frame(small_study)
+    trials = trials_table(small_study)
     assert trials["state"].tolist() == ["COMPLETE", "PRUNED", "COMPLETE"]
     assert trials["epochs_run"].tolist() == [3, 1, 3]
     spent = compute_spent(trials)

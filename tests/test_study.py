@@ -155,7 +155,7 @@ def test_show_prints_and_exports(study_env, capsys):
     assert show_main(["--study-name", "s", "--storage", study_env["url"], "--csv", str(csv_path)]) == 0
     out = capsys.readouterr().out
     assert "optimizer" in out and "COMPLETE" in out
-    assert csv_path.read_text().splitlines()[0].startswith("number,state,value")
+    assert csv_path.read_text().splitlines()[0].startswith("number,state,val_acc")
     assert show_main(["--study-name", "nope", "--storage", study_env["url"]]) == 2
 
 

@@ -9,11 +9,15 @@ import math
 import pytest
 import torch
 
-from cifar.callbacks import StopTraining, load_checkpoint, model_from_checkpoint
+from cifar.callbacks import StopTraining
 from cifar.config import OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig
-from cifar.data import Pipeline
+from cifar.loop import predict
 from cifar.model import SmallCNN
-from cifar.train import LrSchedule, build_optimizer, main, predict, resolve_amp, train
+from cifar.optim import LrSchedule, build_optimizer
+from cifar.pipeline import Pipeline
+from cifar.rundir import load_checkpoint, model_from_checkpoint
+from cifar.runtime import resolve_amp
+from cifar.train import main, train
 from tests.conftest import tiny_config
 
 TIMING = {"epoch_seconds", "elapsed_seconds", "images_per_s"}
@@ -154,24 +158,24 @@ def test_callback_stop_training_is_honoured(tiny_data, tmp_path):
 
 
 def test_amp_resolution_on_cpu(monkeypatch):
-    import cifar.train as train_module
+    import cifar.runtime as runtime_module
 
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu) is None and resolve_amp("auto", cpu) is None
     with pytest.raises(ValueError, match="needs CUDA"):
         resolve_amp("fp16", cpu)
     # bf16 on a CPU: only where the CPU has it natively; auto stays fp32 either way.
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ValueError, match="needs native bf16"):
         resolve_amp("bf16", cpu)
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: True)
     assert resolve_amp("bf16", cpu) is torch.bfloat16 and resolve_amp("auto", cpu) is None
 
 
 def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path, monkeypatch):
-    import cifar.train as train_module
+    import cifar.runtime as runtime_module
 
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)  # emulated here if not native
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: True)  # emulated here if not native
     result = train(tiny_config(epochs=1, amp="bf16"), tiny_data, tmp_path / "run")
     assert result.status == "completed" and math.isfinite(result.best_val_acc)
 

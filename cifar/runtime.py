@@ -1,0 +1,137 @@
+"""The runtime a run executes in: seeds, the device, mixed precision, and the torchrun job.
+
+Everything here is per process and independent of the model: ``seed_everything``
+seeds Python, NumPy and torch; ``resolve_device`` and ``resolve_amp`` turn the
+config's ``device`` and ``amp`` strings into a torch device and an autocast dtype;
+``init_distributed`` joins a torchrun job (gloo on CPU, nccl on CUDA) and
+``all_reduce_sum`` sums metrics over its ranks.
+
+Usage:
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
+    autocast = autocast_factory(device, resolve_amp(cfg.amp, device))
+    rank = init_distributed(cfg.device)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    # cuDNN picks the fastest convolution algorithms for our fixed shapes (not bit-reproducible).
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N as a device; under torchrun ``cuda`` is LOCAL_RANK's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun process
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for --amp on this device, or None for fp32."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"unknown amp {mode!r}; choose one of {', '.join(AMP_MODES)}")
+    if mode == "off":
+        return None
+    if device.type == "cuda":
+        if mode == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if mode == "bf16" else torch.float16
+    if mode == "fp16":
+        raise ValueError("--amp fp16 needs CUDA; on a CPU use --amp bf16 (where supported) or off")
+    if mode == "bf16" and not cpu_has_native_bf16():
+        raise ValueError("--amp bf16 on CPU needs native bf16 (AVX512-BF16 or AMX); "
+                         "this CPU emulates it, which is slower than fp32: use --amp off")
+    # auto on CPU stays fp32: bench/amp.py measures whether bf16 pays on a given CPU.
+    return torch.bfloat16 if mode == "bf16" else None
+
+
+def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager]:
+    """A function returning a fresh autocast context for ``dtype`` (a no-op context for fp32)."""
+    def autocast() -> AbstractContextManager:
+        return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    return autocast
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment describes a torchrun job of more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the torchrun job described by the environment (WORLD_SIZE, RANK, ...), once per process.
+
+    gloo on CPU, nccl on CUDA; each rank uses the GPU numbered by LOCAL_RANK.
+    """
+    if not launched_by_torchrun():
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def is_distributed() -> bool:
+    """Whether this process has joined a torchrun job (init_distributed ran with WORLD_SIZE > 1)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sums over ranks (values unchanged outside a distributed job)."""
+    if not is_distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def leave_distributed() -> None:
+    """Leave the torchrun job, if this process joined one."""
+    if is_distributed():
+        torch.distributed.destroy_process_group()

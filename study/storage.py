@@ -1,0 +1,125 @@
+"""Where studies live, and the named choices a study is made of: storage, samplers, pruners.
+
+A study lives in an RDB storage (SQLite file by default, any SQLAlchemy URL,
+PostgreSQL when several machines share it) with heartbeats: a worker killed
+mid-trial leaves a RUNNING trial that the next trial start marks FAIL after the
+grace period and re-enqueues with the same parameters. Bad input anywhere in
+the study and report commands is a ``UsageError``: one line, exit status 2.
+
+Usage:
+    storage = make_storage("sqlite:///results/study.db")
+    name = resolve_study_name(storage, url, None)        # the storage's only study
+    sampler, pruner = make_sampler("tpe", seed=0), make_pruner("hyperband", max_epochs=9)
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from cifar.registry import Registry
+
+DEFAULT_STORAGE = "sqlite:///results/study.db"
+REDUCTION_FACTOR = 3  # of the Hyperband and successive-halving pruners: one rung = 3x the epochs
+
+
+class UsageError(ValueError):
+    """Bad command-line input: exit status 2, database untouched."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are a UsageError (one line, exit 2) instead of a usage dump."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+})
+
+# name -> pruner, given the most epochs a trial runs
+PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner", {
+    "hyperband": lambda max_epochs: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=max_epochs, reduction_factor=REDUCTION_FACTOR),
+    "halving": lambda max_epochs: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=1, reduction_factor=REDUCTION_FACTOR),
+    "median": lambda max_epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    "none": lambda max_epochs: optuna.pruners.NopPruner(),
+})
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    return SAMPLERS.get(name)(seed)
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    return PRUNERS.get(name)(max_epochs)
+
+
+def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: int | None = 180,
+                 create: bool = True) -> RDBStorage:
+    """An RDB storage with heartbeats; one-line errors for bad URLs and unreachable servers."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UsageError(f"malformed storage URL {url!r}; e.g. sqlite:///results/study.db or "
+                         "postgresql://user@host/db") from None
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database or ""
+        if db and db != ":memory:":
+            if not create and not Path(db).is_file():
+                raise UsageError(f"no study database at {db}")
+            if not Path(db).parent.is_dir():
+                raise UsageError(f"directory of the SQLite file {db} does not exist")
+        # Wait for the lock instead of failing: several workers write to one file.
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    # Heartbeats and their retry callback are marked experimental; they are what we rely on.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=2) if heartbeat_interval else None
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise UsageError(f"no SQLAlchemy driver for {parsed.drivername!r} in {url!r}") from None
+    except ImportError:
+        raise UsageError(f"the database driver for {parsed.drivername!r} is not installed") from None
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DatabaseError) as e:
+        first = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: {first}") \
+            from None
+
+
+def resolve_study_name(storage: RDBStorage, url: str, name: str | None) -> str:
+    """``name`` if the storage holds it; without a name, the storage's only study."""
+    names = optuna.get_all_study_names(storage)
+    if name is None:
+        if len(names) != 1:
+            raise UsageError(f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}): "
+                             "choose one with --study-name")
+        return names[0]
+    if name not in names:
+        raise UsageError(f"no study {name!r} in {url}; it has: {', '.join(names) or 'none'}")
+    return name
+
+
+def artifact_dir_for(storage_url: str) -> Path:
+    """Artifacts sit next to a SQLite file; otherwise under results/artifacts."""
+    if storage_url.startswith("sqlite:///"):
+        db = Path(storage_url[len("sqlite:///"):])
+        return db.with_name(db.stem + "-artifacts")
+    return Path("results") / "artifacts"

@@ -1,0 +1,67 @@
+"""The trials of a study as a table, and the study's summary files.
+
+``trials_table`` is the one trials table: ``study show`` prints it and the
+report reads it. ``summarise`` writes a study's results folder: ``summary.json``,
+``trials.csv`` and ``best_config.json`` (the best trial's config at the trial budget).
+
+Usage:
+    table = trials_table(study)
+    summary = summarise(study, base, "default", Path("results/studies/cifar-cpu"))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from cifar.config import TrainConfig
+from study.search_space import suggest_config
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, val_acc, seconds, epochs_run, train_seconds, baseline,
+    then the trial's parameters (blank where a parameter does not apply to it)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "state": t.state.name, "val_acc": t.value,
+                     "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+                     "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+                     "train_seconds": t.user_attrs.get("train_seconds", 0.0),
+                     "baseline": bool(t.user_attrs.get("baseline")), **t.params})
+    return pd.DataFrame(rows)
+
+
+def compute_spent(trials: pd.DataFrame) -> dict[str, float]:
+    """What a study's trials cost: counts by state, trial-epochs and training seconds."""
+    finished = trials[trials["state"].isin(["COMPLETE", "PRUNED"])]
+    return {
+        "trials": int(len(trials)),
+        "complete": int((trials["state"] == "COMPLETE").sum()),
+        "pruned": int((trials["state"] == "PRUNED").sum()),
+        "failed": int((trials["state"] == "FAIL").sum()),
+        "pruned_share": float((finished["state"] == "PRUNED").mean()) if len(finished) else 0.0,
+        "trial_epochs": int(trials["epochs_run"].sum()),
+        "train_seconds": float(trials["train_seconds"].sum()),
+    }
+
+
+def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials_table(study).to_csv(out_dir / "trials.csv", index=False)
+    summary: dict[str, Any] = {"study_name": study.study_name, "trials": len(trials), **counts,
+                               "user_attrs": study.user_attrs}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        cfg = suggest_config(optuna.trial.FixedTrial(best.params), base, space)
+        cfg.to_json(out_dir / "best_config.json")
+        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary

@@ -1,0 +1,193 @@
+"""Study workers: processes that load the study and run trials until the shared count is reached.
+
+``--workers N`` starts N processes on one storage (spawned, each with its own
+sampler seed and a share of the CPU threads); the same command on other
+machines with one PostgreSQL URL joins the study. Under torchrun, rank 0 runs
+the study and every rank trains each trial through a TorchDistributedTrial.
+``Progress`` prints one line per finished trial with the study's ETA.
+
+Usage:
+    run_workers(Job(storage=..., study_name=..., base=cfg.to_dict(), ...))
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState
+
+from cifar.config import TrainConfig
+from cifar.data import prepare_data
+from cifar.runtime import Dist
+from study.objective import Objective
+from study.storage import make_pruner, make_sampler, make_storage
+
+
+class Progress:
+    """Study callback: one line per finished trial, with the study's ETA."""
+
+    def __init__(self, n_trials: int | None, workers: int):
+        self.n_trials, self.workers = n_trials, workers
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state.is_finished()]
+        durations = [t.duration.total_seconds() for t in done if t.duration]
+        eta = ""
+        if self.n_trials and durations:
+            left = max(0, self.n_trials - len(done)) * (sum(durations) / len(durations)) / self.workers
+            eta = f"  ETA {left / 60:.1f} min"
+        if trial.state == TrialState.FAIL:
+            value = f"({trial.system_attrs.get('fail_reason', 'failed').splitlines()[0][:120]})"
+        elif trial.value is not None:
+            value = f"val_acc {trial.value:.4f}"
+        elif trial.intermediate_values:
+            value = f"last val_acc {max(trial.intermediate_values.items())[1]:.4f}"
+        else:
+            value = ""
+        params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        try:
+            best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
+        except ValueError:
+            best = "no complete trial yet"
+        elapsed = trial.duration.total_seconds() if trial.duration else 0.0
+        total = f"/{self.n_trials}" if self.n_trials else ""
+        print(f"trial {trial.number:3d} {trial.state.name:8s} {value}  [{params}]  {elapsed:.0f} s  "
+              f"| {best}  {len(done)}{total} done{eta}", flush=True)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class Job:
+    storage: str
+    study_name: str
+    base: dict[str, Any]
+    space: str
+    sampler: str
+    pruner: str
+    seed: int
+    n_trials: int | None
+    timeout: float | None
+    threads: int
+    heartbeat_interval: int
+    grace_period: int
+    runs_root: str
+    artifact_dir: str
+    workers: int
+
+
+def load_study(job: Job, index: int) -> optuna.Study:
+    """The study with worker ``index``'s own sampler seed and the job's pruner."""
+    storage = make_storage(job.storage, job.heartbeat_interval, job.grace_period)
+    return optuna.load_study(study_name=job.study_name, storage=storage,
+                             sampler=make_sampler(job.sampler, job.seed + index),
+                             pruner=make_pruner(job.pruner, job.base["epochs"]))
+
+
+def make_objective(job: Job, uploads: bool = True) -> Objective:
+    """The objective over the job's data; ``uploads``: with the dashboard's artifact store."""
+    base = TrainConfig.from_dict(job.base)
+    store = None
+    if uploads:
+        Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
+        store = FileSystemArtifactStore(job.artifact_dir)
+    return Objective(base, prepare_data(base.data), Path(job.runs_root), store, job.space)
+
+
+def worker(job: Job, index: int) -> None:
+    """One worker process: load the study and run trials until the shared count is reached."""
+    torch.set_num_threads(job.threads)
+    optimize(load_study(job, index), make_objective(job), job)
+
+
+def optimize(study: optuna.Study, objective, job: Job) -> None:
+    callbacks: list = [Progress(job.n_trials, job.workers)]
+    if job.n_trials:
+        # Counted over every worker: the study stops at n_trials finished trials in total.
+        callbacks.append(optuna.study.MaxTrialsCallback(
+            job.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    # Progress prints every trial, failures with their reason; Optuna's own log would add
+    # a traceback for a Ctrl-C.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study.optimize(objective, timeout=job.timeout, callbacks=callbacks, catch=(RuntimeError,),
+                   gc_after_trial=True)
+
+
+def distributed_worker(job: Job, rank: Dist) -> None:
+    """This rank's part of a study whose trials each train one model over a torchrun job.
+
+    Rank 0 runs the study; before each trial it tells the other ranks that one follows,
+    and every rank then runs the same objective through a TorchDistributedTrial, which
+    hands rank 0's suggestions and pruning decisions to all. So a pruned trial ends on
+    every rank at the same epoch, and no rank waits for one that stopped.
+    """
+    import torch.distributed as dist
+    from optuna_integration import TorchDistributedTrial
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank.world))
+
+    def another_trial(go: bool | None = None) -> bool:
+        box = [go]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    if not rank.is_main:
+        objective = make_objective(job, uploads=False)
+        while another_trial():
+            try:
+                objective.run(TorchDistributedTrial(None), None)
+            except optuna.TrialPruned:
+                pass
+        return
+    study, objective = load_study(job, 0), make_objective(job)
+
+    def each_trial(trial: optuna.Trial) -> float:
+        another_trial(True)
+        return objective.run(TorchDistributedTrial(trial), trial)
+
+    try:
+        optimize(study, each_trial, job)
+    finally:
+        another_trial(False)
+
+
+def _worker_entry(job: Job, index: int) -> None:
+    try:
+        worker(job, index)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_workers(job: Job) -> None:
+    if job.workers == 1:
+        worker(job, 0)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_entry, args=(job, i), name=f"study-worker-{i}")
+             for i in range(job.workers)]
+    for p in procs:
+        p.start()
+        time.sleep(1.0)  # stagger the first trials so the sampler sees each other's RUNNING trials
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=30)
+        raise
