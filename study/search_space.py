@@ -1,70 +1,135 @@
-"""The search space: every ``suggest_*`` call of the study, each named after its config field.
+"""The search space, declared once as data: every parameter a study searches, named after its config field.
 
-``space="default"`` searches learning rate, batch size, optimizer (SGD with
-momentum or Nesterov, Adam, AdamW, RMSprop) and dropout; ``space="extended"``
-adds weight decay, label smoothing, block type, width and schedule.
-The learning-rate range depends on the optimizer (SGD wants ~100x the rate of
-the adaptive ones); Optuna allows that because the distribution kind is the same.
+Each ``Param`` says its kind, its range or choices, log scale, and when it
+applies (``when``: only if another parameter has a given value). Three readers
+use the one table: ``suggest_config`` (a trial's config), ``params_of`` (the
+trial parameters of a config, checked to lie inside the space, so the baseline
+can be enqueued as trial 0) and ``space_table`` (the README's table, checked by
+a test). ``space="default"`` searches learning rate, batch size, optimizer and
+dropout; ``space="extended"`` adds weight decay, label smoothing, block type,
+widths and schedule. The learning-rate range depends on the optimizer (SGD wants
+~100x the rate of the adaptive ones).
 
 Usage:
     cfg = suggest_config(optuna.trial.FixedTrial({...}), base)
+    params = params_of(base, "default")
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
-from cifar.config import OPTIMIZERS, SCHEDULES, TrainConfig, apply_overrides
+from cifar.config import FIELD_PATHS, OPTIMIZERS, SCHEDULES, TrainConfig, apply_overrides
+from cifar.model import BLOCKS
+from cifar.registry import Registry
 
-SPACES = ("default", "extended")
+
+@dataclass(frozen=True)
+class Param:
+    name: str                                  # the trial parameter and the config field it sets
+    choices: tuple = ()                        # categorical: the values to choose from
+    low: float | None = None                   # float: the range [low, high]
+    high: float | None = None
+    log: bool = False                          # float: sample on a log scale
+    range_by: tuple[str, dict[str, tuple[float, float]]] | None = None  # (param, its value -> range)
+    when: tuple[str, Any] | None = None        # applies only when param == value
+    encode: Callable[[Any], Any] = field(default=lambda v: v, compare=False)  # config value -> trial value
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        return self.when is None or values.get(self.when[0]) == self.when[1]
+
+    def bounds(self, values: dict[str, Any]) -> tuple[float, float]:
+        if self.range_by:
+            by, ranges = self.range_by
+            return ranges[values[by]]
+        return self.low, self.high
+
+    def suggest(self, trial: optuna.trial.BaseTrial, values: dict[str, Any]) -> Any:
+        if self.choices:
+            return trial.suggest_categorical(self.name, self.choices)
+        return trial.suggest_float(self.name, *self.bounds(values), log=self.log)
+
+    def contains(self, value: Any, values: dict[str, Any]) -> bool:
+        if self.choices:
+            return value in self.choices
+        low, high = self.bounds(values)
+        return low <= value <= high
+
+
 LR_RANGES = {"sgd": (0.02, 1.0), "adam": (2e-4, 1e-2), "adamw": (2e-4, 1e-2), "rmsprop": (1e-4, 3e-3)}
 BATCH_SIZES = (64, 128, 256, 512)
 WIDTHS = ("32,64,128", "48,96,192", "64,128,256", "96,192,384")
 
+# In suggestion order: the order fixes what a seeded sampler draws.
+DEFAULT = (
+    Param("optimizer", choices=OPTIMIZERS),
+    Param("lr", log=True, range_by=("optimizer", LR_RANGES)),
+    Param("batch_size", choices=BATCH_SIZES),
+    Param("dropout", low=0.0, high=0.5),
+    Param("nesterov", choices=(True, False), when=("optimizer", "sgd")),
+)
+EXTENDED = DEFAULT + (
+    Param("weight_decay", low=1e-5, high=5e-3, log=True),
+    Param("label_smoothing", low=0.0, high=0.2),
+    Param("block", choices=BLOCKS.names),
+    Param("widths", choices=WIDTHS, encode=lambda widths: ",".join(map(str, widths))),
+    Param("schedule", choices=SCHEDULES),
+)
+SPACES: Registry[tuple[Param, ...]] = Registry("search space", {"default": DEFAULT, "extended": EXTENDED})
 
-def suggest_config(trial: optuna.Trial, base: TrainConfig, space: str = "default") -> TrainConfig:
+
+def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: str = "default") -> TrainConfig:
     """The trial's config: ``base`` with the suggested fields replaced."""
-    if space not in SPACES:
-        raise ValueError(f"unknown search space {space!r}; choose one of {', '.join(SPACES)}")
-    optimizer = trial.suggest_categorical("optimizer", OPTIMIZERS)
-    s: dict[str, Any] = {
-        "optimizer": optimizer,
-        "lr": trial.suggest_float("lr", *LR_RANGES[optimizer], log=True),
-        "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
-        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-    }
-    if optimizer == "sgd":
-        s["nesterov"] = trial.suggest_categorical("nesterov", (True, False))
-    if space == "extended":
-        s["weight_decay"] = trial.suggest_float("weight_decay", 1e-5, 5e-3, log=True)
-        s["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2)
-        s["block"] = trial.suggest_categorical("block", ("plain", "residual"))
-        s["widths"] = trial.suggest_categorical("widths", WIDTHS)
-        s["schedule"] = trial.suggest_categorical("schedule", SCHEDULES)
-    return apply_overrides(base, s)
+    values: dict[str, Any] = {}
+    for p in SPACES.get(space):
+        if p.applies(values):
+            values[p.name] = p.suggest(trial, values)
+    return apply_overrides(base, values)
+
+
+def config_value(cfg: TrainConfig, name: str) -> Any:
+    node: Any = cfg
+    for part in FIELD_PATHS[name]:
+        node = getattr(node, part)
+    return node
 
 
 def params_of(cfg: TrainConfig, space: str = "default") -> dict[str, Any]:
-    """The trial parameters that reproduce ``cfg`` (to enqueue the baseline as a trial)."""
-    params: dict[str, Any] = {"optimizer": cfg.optimizer, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                              "dropout": cfg.model.dropout}
-    if cfg.optimizer == "sgd":
-        params["nesterov"] = cfg.nesterov
-    if space == "extended":
-        params.update(weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
-                      block=cfg.model.block, widths=",".join(map(str, cfg.model.widths)),
-                      schedule=cfg.schedule)
-    # The baseline is enqueued as a trial: it must lie inside the space.
-    lo, hi = LR_RANGES[cfg.optimizer]
-    outside = {"lr": not lo <= cfg.lr <= hi, "batch_size": cfg.batch_size not in BATCH_SIZES,
-               "dropout": cfg.model.dropout > 0.5}
-    if space == "extended":
-        outside.update(weight_decay=not 1e-5 <= cfg.weight_decay <= 5e-3,
-                       label_smoothing=cfg.label_smoothing > 0.2, widths=params["widths"] not in WIDTHS)
-    bad = [k for k, v in outside.items() if v]
+    """The trial parameters that reproduce ``cfg`` (to enqueue the baseline as a trial).
+
+    Raises ValueError naming every parameter whose value lies outside the space.
+    """
+    params: dict[str, Any] = {}
+    bad = []
+    for p in SPACES.get(space):
+        if p.applies(params):
+            params[p.name] = p.encode(config_value(cfg, p.name))
+            if not p.contains(params[p.name], params):
+                bad.append(p.name)
     if bad:
         raise ValueError(f"base config is outside the {space} search space in {', '.join(bad)} "
                          f"({', '.join(f'{k}={params[k]}' for k in bad)}); see study/search_space.py")
     return params
+
+
+def space_table(space: str = "extended") -> str:
+    """The space as a Markdown table (the README's), one row per parameter."""
+    default = {p.name for p in DEFAULT}
+    rows = ["| parameter | values | scale | applies | space |", "|---|---|---|---|---|"]
+    for p in SPACES.get(space):
+        if p.choices:
+            values, scale = ", ".join(f"`{c}`" for c in p.choices), "categorical"
+        elif p.range_by:
+            by, ranges = p.range_by
+            values = "; ".join(f"{k}: {lo:g} to {hi:g}" for k, (lo, hi) in ranges.items())
+            scale = "log" if p.log else "linear"
+        else:
+            values, scale = f"{p.low:g} to {p.high:g}", "log" if p.log else "linear"
+        applies = f"{p.when[0]} = {p.when[1]}" if p.when else "always"
+        rows.append(f"| `{p.name}` | {values} | {scale} | {applies} | "
+                    f"{'default' if p.name in default else 'extended'} |")
+    return "\n".join(rows)
