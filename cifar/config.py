@@ -225,6 +225,18 @@ def _flat_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str,
 FIELD_PATHS = _flat_paths(TrainConfig)
 
 
+def flatten(cfg: TrainConfig) -> dict[str, Any]:
+    """Every leaf field of the tree by its (unique) name, in declaration order."""
+    out = {}
+    for name, path in FIELD_PATHS.items():
+        if "." not in name:
+            node: Any = cfg
+            for part in path:
+                node = getattr(node, part)
+            out[name] = node
+    return out
+
+
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """Return cfg with leaf fields replaced; keys are field names or dotted paths."""
     d = cfg.to_dict()

@@ -11,15 +11,15 @@ Usage:
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pandas as pd
-import torch
 from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
+from cifar.rundir import Predictions, RunDir, TestMetrics, TrainResult
 from study.search_space import suggest_config
 from study.storage import UsageError, make_storage, resolve_study_name
 
@@ -50,16 +50,21 @@ def configs_of(study: optuna.Study) -> tuple[TrainConfig, TrainConfig, int, int]
     return baseline, tuned, baseline_trial.number, best.number
 
 
-def load_run(run_dir: Path) -> dict:
+@dataclass
+class LoadedRun:
+    """A finished, evaluated run directory, read through its typed readers."""
+    dir: RunDir
+    results: TrainResult
+    test: TestMetrics
+    history: pd.DataFrame
+    predictions: Predictions
+
+
+def load_run(run_dir: Path) -> LoadedRun:
     """A finished, evaluated run directory; raises UsageError naming what is missing."""
-    need = ["results.json", "test_metrics.json", "metrics.csv", "test_predictions.pt"]
-    missing = [n for n in need if not (run_dir / n).is_file()]
+    run = RunDir(run_dir)
+    missing = run.missing(run.results, run.test_metrics, run.history, run.predictions)
     if missing:
         raise UsageError(f"run directory {run_dir} lacks {', '.join(missing)}")
-    return {
-        "dir": run_dir,
-        "results": json.loads((run_dir / "results.json").read_text()),
-        "test": json.loads((run_dir / "test_metrics.json").read_text()),
-        "history": pd.read_csv(run_dir / "metrics.csv"),
-        "predictions": torch.load(run_dir / "test_predictions.pt", weights_only=True),
-    }
+    return LoadedRun(run, run.read_results(), run.read_test_metrics(), pd.DataFrame(run.read_history()),
+                     run.read_predictions())

@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from cifar.config import FIELD_PATHS, OPTIMIZERS, SCHEDULES, TrainConfig, apply_overrides
+from cifar.config import OPTIMIZERS, SCHEDULES, TrainConfig, apply_overrides, flatten
 from cifar.model import BLOCKS
 from cifar.registry import Registry
 
@@ -91,23 +91,17 @@ def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: str 
     return apply_overrides(base, values)
 
 
-def config_value(cfg: TrainConfig, name: str) -> Any:
-    node: Any = cfg
-    for part in FIELD_PATHS[name]:
-        node = getattr(node, part)
-    return node
-
-
 def params_of(cfg: TrainConfig, space: str = "default") -> dict[str, Any]:
     """The trial parameters that reproduce ``cfg`` (to enqueue the baseline as a trial).
 
     Raises ValueError naming every parameter whose value lies outside the space.
     """
+    fields = flatten(cfg)
     params: dict[str, Any] = {}
     bad = []
     for p in SPACES.get(space):
         if p.applies(params):
-            params[p.name] = p.encode(config_value(cfg, p.name))
+            params[p.name] = p.encode(fields[p.name])
             if not p.contains(params[p.name], params):
                 bad.append(p.name)
     if bad:

@@ -1,0 +1,128 @@
+"""The report's content: DataFrames of the retrained runs, and the sections that say what they show.
+
+Data first (``comparison_frame``, ``histories_frame``, ``per_class_frame``,
+``fixed_and_broken``, ``config_table``), then words: ``report_sections`` builds
+the document once, which ``reports.render`` turns into Markdown and HTML.
+Nothing here reads files or writes.
+
+Usage:
+    table = comparison_frame(runs)
+    sections = report_sections(cmp, table, configs, meta, figure_names)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cifar.config import TrainConfig, flatten
+from reports.load import LoadedRun
+from reports.render import FigureRef, Paragraph, Section, Table
+from reports.stats import Comparison
+
+Runs = dict[str, list[LoadedRun]]  # "baseline" / "tuned" -> one run per seed
+NOT_COMPARED = ("seed", "data_dir", "cache_dir")  # config fields that are not part of a configuration
+
+
+def comparison_frame(runs: Runs) -> pd.DataFrame:
+    rows = []
+    for config, items in runs.items():
+        for seed, r in enumerate(items):
+            rows.append({"config": config, "seed": seed, "test_acc": r.test.test_acc,
+                         "test_loss": r.test.test_loss, "best_val_acc": r.results.best_val_acc,
+                         "epochs": r.results.epochs_run, "train_seconds": r.results.train_seconds,
+                         "params": r.results.params, "flops": r.results.flops})
+    return pd.DataFrame(rows)
+
+
+def histories_frame(runs: Runs) -> pd.DataFrame:
+    return pd.concat([r.history.assign(config=config, seed=seed)
+                      for config, items in runs.items() for seed, r in enumerate(items)], ignore_index=True)
+
+
+def per_class_frame(runs: Runs) -> pd.DataFrame:
+    rows = [{"config": config, "class": cls, "acc": acc}
+            for config, items in runs.items() for r in items for cls, acc in r.test.per_class_acc.items()]
+    df = pd.DataFrame(rows)
+    return df.groupby(["config", "class"], sort=False)["acc"].agg(["mean", "std"]).reset_index()
+
+
+def fixed_and_broken(runs: Runs) -> tuple[np.ndarray, np.ndarray]:
+    """Test images right by majority over seeds: (fixed by tuning, broken by it)."""
+    def correct(items: list[LoadedRun]) -> np.ndarray:
+        return np.stack([(r.predictions.pred == r.predictions.label).numpy() for r in items])
+
+    base_ok = correct(runs["baseline"]).mean(0) > 0.5
+    tuned_ok = correct(runs["tuned"]).mean(0) > 0.5
+    return np.nonzero(~base_ok & tuned_ok)[0], np.nonzero(base_ok & ~tuned_ok)[0]
+
+
+def config_table(baseline: TrainConfig, tuned: TrainConfig) -> pd.DataFrame:
+    a, b = flatten(baseline), flatten(tuned)
+    return pd.DataFrame([{"field": k, "baseline": str(a[k]), "tuned": str(b[k]), "differs": a[k] != b[k]}
+                         for k in a if k not in NOT_COMPARED])
+
+
+# ---------------------------------------------------------------- words
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def headline_table(cmp: Comparison, table: pd.DataFrame) -> Table:
+    g = table.groupby("config")
+    params, flops, seconds = g["params"].first(), g["flops"].first(), g["train_seconds"].mean()
+    return Table(["", "baseline", "tuned"], [
+        [f"test accuracy (mean ± std, {cmp.n_baseline} and {cmp.n_tuned} seeds)",
+         f"{_pct(cmp.baseline_mean)} ± {_pct(cmp.baseline_std)}", f"{_pct(cmp.tuned_mean)} ± {_pct(cmp.tuned_std)}"],
+        ["parameters", f"{int(params['baseline']):,}", f"{int(params['tuned']):,}"],
+        ["forward MFLOPs / image", f"{flops['baseline'] / 1e6:.1f}", f"{flops['tuned'] / 1e6:.1f}"],
+        ["training time per run (mean)", f"{seconds['baseline'] / 60:.1f} min", f"{seconds['tuned'] / 60:.1f} min"],
+    ])
+
+
+def verdict(cmp: Comparison) -> str:
+    diff = (f"Difference (tuned - baseline): {100 * cmp.difference:+.2f} points, 95% CI "
+            f"[{100 * cmp.ci_low:+.2f}, {100 * cmp.ci_high:+.2f}] (Welch), bootstrap "
+            f"[{100 * cmp.bootstrap_low:+.2f}, {100 * cmp.bootstrap_high:+.2f}]; Welch's t = "
+            f"{cmp.t_statistic:.2f}, p = {cmp.p_value:.3g}.")
+    if cmp.significant:
+        return (f"{diff} The {'tuned' if cmp.difference > 0 else 'baseline'} configuration is better; "
+                "the interval excludes zero.")
+    return (f"{diff} The two differ by less than the seed-to-seed noise: the interval includes zero, "
+            "so this report cannot say that tuning helped.")
+
+
+def budget_text(meta: dict) -> str:
+    study_budget = meta["study_budget"] or {}
+    text = (f"Budget: {meta['epochs']} epochs per run on the whole train split "
+            f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}, retrained on {meta['device']}; "
+            f"study trials: up to {study_budget.get('max_epochs', '?')} epochs on "
+            f"{study_budget.get('train_fraction', 1.0):.1%} of the train split.")
+    if "throughput" in study_budget:
+        text += (f" Both were sized to the {study_budget['throughput']['train']:.0f} training images/s measured "
+                 f"when the study was created (study target {study_budget['target_minutes']:.0f} min, "
+                 f"report target {meta['report_minutes'] or '?'} min).")
+    return text
+
+
+def spent_text(spent: dict) -> str:
+    return (f"The study: {spent['trials']} trials ({spent['complete']} complete, {spent['pruned']} pruned = "
+            f"{spent['pruned_share']:.0%} of finished, {spent['failed']} failed), {spent['trial_epochs']} "
+            f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training.")
+
+
+def report_sections(cmp: Comparison, table: pd.DataFrame, configs: pd.DataFrame, meta: dict,
+                    figure_names: list[str]) -> list[Section]:
+    """The whole report, once: headline and verdict, budget, configurations, figures."""
+    return [
+        Section(None, [headline_table(cmp, table), Paragraph(verdict(cmp), strong=True),
+                       Paragraph(budget_text(meta)), Paragraph(spent_text(meta["spent"])),
+                       Paragraph(f"Baseline = trial {meta['baseline_trial']}, tuned = trial {meta['best_trial']}.")]),
+        Section("Configurations (differences highlighted)", [Table(
+            ["field", f"baseline (trial {meta['baseline_trial']})", f"tuned (trial {meta['best_trial']})"],
+            [[r.field, r.baseline, r.tuned] for r in configs.itertuples()],
+            highlight=configs["differs"].tolist())]),
+        Section("Figures", [FigureRef(n) for n in figure_names]),
+    ]
