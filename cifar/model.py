@@ -117,7 +117,8 @@ def forward_flops(model: nn.Module) -> int:
 
 
 @functools.lru_cache(maxsize=128)
-def _cost(cfg: ModelConfig) -> tuple[int, int]:
+def shape_cost(cfg: ModelConfig) -> tuple[int, int]:
+    """(parameters, forward FLOPs) of one model shape, cached: call model_cost, which ignores dropout."""
     model = SmallCNN(cfg)
     return count_parameters(model), forward_flops(model)
 
@@ -129,4 +130,4 @@ def model_cost(cfg: ModelConfig) -> tuple[int, int]:
     asks for every trial, and dropout, the one model field a default study varies, changes
     neither number.
     """
-    return _cost(dataclasses.replace(cfg, dropout=0.0))
+    return shape_cost(dataclasses.replace(cfg, dropout=0.0))

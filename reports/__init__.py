@@ -1,0 +1,1 @@
+"""The baseline-vs-tuned report: load, retrain (cached), compare, render."""

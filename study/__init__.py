@@ -1,0 +1,1 @@
+"""The Optuna driver: search space, objective, storage, presets, workers and the study CLI."""

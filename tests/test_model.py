@@ -59,12 +59,12 @@ def test_flops_match_hand_count():
 
 
 def test_model_cost_is_counted_once_per_shape():
-    from cifar.model import _cost, model_cost
+    from cifar.model import model_cost, shape_cost
 
     cfg = ModelConfig(widths=(8, 16), depth=1, stem_width=0, dropout=0.3, num_classes=3)
     model = SmallCNN(cfg)
-    _cost.cache_clear()
+    shape_cost.cache_clear()
     assert model_cost(cfg) == (count_parameters(model), forward_flops(model))
     assert model_cost(dataclasses.replace(cfg, dropout=0.1)) == model_cost(cfg)  # dropout changes neither
-    assert _cost.cache_info().misses == 1
+    assert shape_cost.cache_info().misses == 1
     assert model_cost(dataclasses.replace(cfg, widths=(8, 32)))[0] > model_cost(cfg)[0]

@@ -1,0 +1,101 @@
+"""Structure: layering, module size and docstrings, public imports, the README's tree and search-space table."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from cifar.registry import Registry
+from study.search_space import space_table
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cifar", "study", "reports")
+MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py"))
+MAX_LINES = 300
+# What each package may not import (the layering: cifar <- study <- reports).
+FORBIDDEN = {"cifar": ("study", "reports", "optuna"), "study": ("reports",), "reports": ("study.run",)}
+
+
+def imports_of(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import statement in a file, at any depth."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.module, [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_module_is_small_and_says_what_it_owns(path):
+    assert len(path.read_text().splitlines()) <= MAX_LINES
+    assert ast.get_docstring(ast.parse(path.read_text())), "opens with a docstring"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_layering(path):
+    package = path.parent.name
+    for module, _ in imports_of(path):
+        for banned in FORBIDDEN[package]:
+            assert module != banned and not module.startswith(banned + "."), f"{package} imports {module}"
+
+
+@pytest.mark.parametrize("path", [*MODULES, *sorted((ROOT / "bench").glob("*.py")),
+                                  *sorted((ROOT / "tests").glob("*.py"))],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_private_name_imported_from_another_package(path):
+    own = path.parent.name
+    for module, names in imports_of(path):
+        if module.split(".")[0] in PACKAGES and module.split(".")[0] != own:
+            assert not [n for n in names if n.startswith("_")], f"private import from {module}"
+
+
+def readme_block(start: str, end: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_readme_structure_lists_every_module_and_only_those():
+    tree = readme_block("## Project structure\n\n```\n", "```")
+    listed, package = set(), None
+    for line in tree.splitlines():
+        if m := re.match(r"([a-z]+)/\s", line):
+            package = m.group(1)
+        elif m := re.match(r"  ([a-z_]+\.py)\s", line):
+            listed.add(f"{package}/{m.group(1)}")
+    actual = {f"{p.parent.name}/{p.name}" for p in MODULES if p.name not in ("__init__.py", "__main__.py")}
+    assert listed == actual
+
+
+def test_readme_search_space_table_is_the_declared_one():
+    block = readme_block("<!-- space-table", "<!-- /space-table -->")
+    assert block.split("\n", 1)[1].strip() == space_table()
+
+
+def test_registry_lists_the_choices_for_an_unknown_name():
+    r = Registry("colour", {"red": 1, "blue": 2})
+    assert r.get("blue") == 2 and r.names == ("red", "blue") and "red" in r
+    with pytest.raises(ValueError, match=r"^unknown colour 'green'; choose one of red, blue$"):
+        r.get("green")
+
+
+@pytest.mark.parametrize("lookup, message", [
+    ("cifar.optim:OPTIMIZERS", "unknown optimizer 'lion'; choose one of sgd, adam, adamw, rmsprop"),
+    ("cifar.optim:SCHEDULES", "unknown schedule 'lion'; choose one of onecycle, cosine, step, constant"),
+    ("cifar.model:BLOCKS", "unknown block 'lion'; choose one of plain, residual"),
+    ("cifar.pipeline:PIPELINES", "unknown pipeline 'lion'; choose one of tensor, torchvision"),
+    ("study.storage:SAMPLERS", "unknown sampler 'lion'; choose one of tpe, random, gp"),
+    ("study.storage:PRUNERS", "unknown pruner 'lion'; choose one of hyperband, halving, median, none"),
+    ("study.search_space:SPACES", "unknown search space 'lion'; choose one of default, extended"),
+    ("study.presets:PRESETS", "unknown preset 'lion'; choose one of smoke, cpu, gpu"),
+])
+def test_every_string_choice_is_a_registry(lookup, message):
+    import importlib
+
+    module, name = lookup.split(":")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(importlib.import_module(module), name).get("lion")
