@@ -1,10 +1,13 @@
-"""What every benchmark script does with its result: save it as JSON and print it."""
+"""What every benchmark script shares: saving and printing its result, and the machine's matmul speed."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def write_result(result: dict[str, Any], out: str | Path, detail: str | None = None) -> None:
@@ -13,3 +16,15 @@ def write_result(result: dict[str, Any], out: str | Path, detail: str | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != detail}, indent=2))
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
+    """Best-of fp32 matmul GFLOP/s with every thread torch uses."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best

@@ -35,25 +35,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import matmul_gflops, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from cifar.loop import train_one_epoch  # noqa: E402
 from cifar.model import SmallCNN, forward_flops  # noqa: E402
 from cifar.optim import build_optimizer  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
-
-
-def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
-    """Best-of fp32 matmul GFLOP/s with every thread torch uses."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
-    return best
 
 
 def time_training(cfg: TrainConfig, batches, steps: int) -> float:

@@ -50,6 +50,7 @@ class DataConfig:
     train_fraction: float = 1.0   # share of the train split used (the study's cheap trials)
     crop_padding: int = 4         # reflect padding of the random crop, pixels (0 = no crop)
     flip: bool = True             # random horizontal flip
+    alternating_flip: bool = False  # flip: each image on alternate epochs, half of them from the first
     cutout: int = 0               # side of the cutout square, pixels (0 = off)
     pipeline: str = "tensor"      # "tensor": batched on-device; "torchvision": per-image PIL
     num_workers: int = 2          # DataLoader workers of the torchvision pipeline
@@ -62,6 +63,8 @@ class DataConfig:
         _check(0 <= self.cutout <= 32, f"cutout must be in [0, 32], got {self.cutout}")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check_choice("pipeline", self.pipeline, PIPELINES)
+        _check(not self.alternating_flip or self.pipeline == "tensor",
+               "alternating_flip needs pipeline tensor (the torchvision pipeline flips per image)")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,14 @@ class ModelConfig:
     stem_width: int = 32          # channels of the full-resolution stem conv (0 = no stem)
     dropout: float = 0.1          # dropout after each stage and before the head
     num_classes: int = 10         # outputs of the classification head
+    stem: str = "conv"            # "conv": 3x3 conv-BN-act of stem_width; "whiten": frozen 2x2 patch whitening
+    activation: str = "relu"      # relu | gelu
+    bn_scale: bool = True         # BatchNorm learns a scale (False: only its shift, the bias, learns)
+    bn_eps: float = 1e-5          # BatchNorm epsilon
+    bn_momentum: float = 0.1      # weight of each batch in BatchNorm's running statistics
+    dirac_init: bool = False      # identity init of each 3x3 conv's first channels
+    head_scale: float = 0.125     # the logits are scaled by this (1/8: no softmax saturation early on)
+    head_bias: bool = True        # the linear head has a bias
 
     def __post_init__(self) -> None:
         _check(len(self.widths) >= 1 and all(w > 0 for w in self.widths),
@@ -82,6 +93,11 @@ class ModelConfig:
         _check(self.stem_width >= 0, f"stem_width must be >= 0, got {self.stem_width}")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        _check_choice("stem", self.stem, _model.STEMS)
+        _check_choice("activation", self.activation, _model.ACTIVATIONS.names)
+        _check(self.bn_eps > 0, f"bn_eps must be > 0, got {self.bn_eps}")
+        _check(0.0 < self.bn_momentum <= 1.0, f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
+        _check(self.head_scale > 0, f"head_scale must be > 0, got {self.head_scale}")
 
 
 @dataclass(frozen=True)
@@ -90,13 +106,23 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 15              # passes over the train split
     batch_size: int = 256         # images per optimizer step
-    optimizer: str = "sgd"        # a key of cifar.optim.OPTIMIZERS: sgd | adam | adamw | rmsprop
-    lr: float = 0.2               # peak learning rate of the schedule
+    optimizer: str = "sgd"        # a key of cifar.optim.OPTIMIZERS: sgd | sgd1024 | adam | adamw | rmsprop
+    lr: float = 0.2               # peak learning rate of the schedule (sgd1024: per 1024 examples)
     momentum: float = 0.9         # SGD/RMSprop momentum
     nesterov: bool = True         # Nesterov momentum (SGD only)
-    weight_decay: float = 5e-4    # L2 penalty (decoupled for AdamW)
-    schedule: str = "onecycle"    # a key of cifar.optim.SCHEDULES: onecycle | cosine | step | constant
+    weight_decay: float = 5e-4    # L2 penalty (decoupled for AdamW; sgd1024: per 1024 examples)
+    schedule: str = "onecycle"    # a key of cifar.optim.SCHEDULES: onecycle | cosine | step | constant | triangle
     warmup_epochs: float = 2.0    # linear warmup length (onecycle and cosine)
+    warmup_fraction: float = 0.23 # triangle: share of the run before the peak lr
+    lr_start: float = 0.2         # triangle: lr at the first step, as a share of the peak
+    lr_floor: float = 0.07        # triangle: lr at the last step, as a share of the peak
+    bias_lr_scale: float = 1.0    # BatchNorm parameters train at lr x this (their decay step unchanged)
+    weight_decay_all: bool = False  # decay biases and BatchNorm parameters too, not only weights
+    whiten_bias_epochs: int = 0   # the whitening stem's bias trains this many epochs, then freezes (0 = always)
+    lookahead: bool = False       # every lookahead_every steps, pull the weights to their moving average
+    lookahead_every: int = 5      # steps between lookahead updates
+    lookahead_decay: float = 0.774  # the average's decay per update at the end of the run (0.95**5)
+    lookahead_start: float = 0.27 # share of the run before the average starts (3 of 11 epochs)
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     grad_clip: float = 0.0        # max global gradient norm (0 = off)
     early_stop_patience: int = 0  # epochs without a new best val_acc before stopping (0 = off)
@@ -117,6 +143,14 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(0.0 <= self.warmup_fraction < 1.0, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check(0.0 <= self.lr_start <= 1.0, f"lr_start must be in [0, 1], got {self.lr_start}")
+        _check(0.0 <= self.lr_floor <= 1.0, f"lr_floor must be in [0, 1], got {self.lr_floor}")
+        _check(self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale}")
+        _check(self.whiten_bias_epochs >= 0, f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
+        _check(self.lookahead_every >= 1, f"lookahead_every must be >= 1, got {self.lookahead_every}")
+        _check(0.0 <= self.lookahead_decay <= 1.0, f"lookahead_decay must be in [0, 1], got {self.lookahead_decay}")
+        _check(0.0 <= self.lookahead_start <= 1.0, f"lookahead_start must be in [0, 1], got {self.lookahead_start}")
         _check(0.0 <= self.label_smoothing < 1.0,
                f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")

@@ -30,6 +30,7 @@ from cifar.loop import predict  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
 from cifar.rundir import Predictions, RunDir, TestMetrics, load_checkpoint, model_from_checkpoint  # noqa: E402
 from cifar.runtime import resolve_device  # noqa: E402
+from cifar.tta import TTA, TTA_LEVELS  # noqa: E402
 
 
 def compute_test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> TestMetrics:
@@ -100,10 +101,11 @@ def plot_confusion(confusion: list[list[int]], classes: list[str]) -> plt.Figure
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-                 data: CifarData | None = None) -> TestMetrics:
+                 data: CifarData | None = None, tta: int = 2) -> TestMetrics:
     """Evaluate best.pt of a run on the test set and write metrics and figures into the run.
 
-    ``data`` saves reloading when the caller already holds the data set.
+    Accuracy and loss are measured plain and, beside them, with test-time augmentation
+    of level ``tta`` (0: plain only). ``data`` saves reloading when the caller holds it.
     """
     run = RunDir(run_dir)
     ckpt = load_checkpoint(run.best)
@@ -114,9 +116,15 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     data = data or prepare_data(cfg.data)
     stats = ckpt["data_stats"]  # normalise as in training, whatever the data looks like now
-    logits, labels = predict(model, Pipeline(data.test, cfg, stats["mean"], stats["std"], dev, train=False))
+    batches = Pipeline(data.test, cfg, stats["mean"], stats["std"], dev, train=False)
+    logits, labels = predict(model, batches)
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])
     metrics.checkpoint_epoch, metrics.val_acc = ckpt["epoch"], ckpt["metrics"][-1]["val_acc"]
+    if tta:
+        tta_logits, _ = predict(TTA(model, tta), batches)
+        metrics.tta_level = tta
+        metrics.test_acc_tta = (tta_logits.argmax(1) == labels).double().mean().item()
+        metrics.test_loss_tta = F.cross_entropy(tta_logits, labels).item()
     run.write_test_metrics(metrics)
     probs = logits.softmax(1)
     # Per-image predictions, for comparisons between runs (which images a change fixed or broke).
@@ -139,15 +147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="run directory holding best.pt and metrics.csv")
     parser.add_argument("--data-dir", default=None, help="data location (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--tta", type=int, default=2, choices=tuple(TTA_LEVELS),
+                        help="test-time augmentation measured beside plain: 0 none, 1 mirror, "
+                             "2 mirror + translate (default 2)")
     args = parser.parse_args(argv)
     try:
-        m = evaluate_run(args.run_dir, args.data_dir, args.device)
+        m = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     worst = min(m.per_class_acc, key=m.per_class_acc.get)
     run = RunDir(args.run_dir)
-    print(f"test_acc {m.test_acc:.4f}  test_loss {m.test_loss:.4f}  "
+    tta = f"test_acc with TTA {m.test_acc_tta:.4f} (level {m.tta_level})  " if m.tta_level else ""
+    print(f"test_acc {m.test_acc:.4f}  {tta}test_loss {m.test_loss:.4f}  "
           f"(n={m.n_test}, checkpoint epoch {m.checkpoint_epoch}, worst class {worst} "
           f"{m.per_class_acc[worst]:.3f}); wrote {run.test_metrics} and {run.plots}/")
     return 0

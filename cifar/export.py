@@ -32,6 +32,7 @@ from torch import nn
 from cifar.pipeline import Normalize
 from cifar.rundir import RunDir, load_checkpoint, model_from_checkpoint
 from cifar.sources import IMAGE_SIZE, DataError, load_cifar10
+from cifar.tta import TTA, TTA_LEVELS
 
 OPSET = 18
 MAX_LOGIT_DIFF = 1e-4
@@ -39,23 +40,24 @@ NEAR_TIE = 1e-3
 
 
 class ImageClassifier(nn.Module):
-    """SmallCNN with its input normalisation: uint8 (N, 3, 32, 32) images in, logits out."""
+    """SmallCNN with its input normalisation (and optionally test-time augmentation):
+    uint8 (N, 3, 32, 32) images in, logits out."""
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], tta: int = 0):
         super().__init__()
         self.normalize = Normalize(mean, std)
-        self.net = net
+        self.net = TTA(net, tta) if tta else net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))
 
 
-def classifier_from_checkpoint(path: str | Path) -> tuple[ImageClassifier, list[str], dict[str, Any]]:
-    """The eval-mode classifier of a checkpoint, its class names and the checkpoint itself."""
+def classifier_from_checkpoint(path: str | Path, tta: int = 0) -> tuple[ImageClassifier, list[str], dict[str, Any]]:
+    """The eval-mode classifier of a checkpoint (with TTA of level ``tta``), its class names and the checkpoint."""
     ckpt = load_checkpoint(path)
     net, _ = model_from_checkpoint(ckpt)
     stats = ckpt["data_stats"]
-    return ImageClassifier(net, stats["mean"], stats["std"]).eval(), list(ckpt["classes"]), ckpt
+    return ImageClassifier(net, stats["mean"], stats["std"], tta).eval(), list(ckpt["classes"]), ckpt
 
 
 def export_onnx(model: ImageClassifier, classes: list[str], out: str | Path) -> Path:
@@ -133,25 +135,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output file (default: RUN_DIR/model.onnx)")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 location for the check (default: the run's)")
     parser.add_argument("--no-verify", action="store_true", help="skip the test-set comparison")
+    parser.add_argument("--tta", type=int, default=0, choices=tuple(TTA_LEVELS),
+                        help="put test-time augmentation in the graph: 0 none (default), 1 mirror, "
+                             "2 mirror + translate (6 forward passes per image)")
     args = parser.parse_args(argv)
     run = RunDir(args.run_dir)
     try:
         if not run.path.is_dir():
             raise ValueError(f"no run directory {run}")
-        model, classes, ckpt = classifier_from_checkpoint(run.best)
+        model, classes, ckpt = classifier_from_checkpoint(run.best, args.tta)
         out = export_onnx(model, classes, args.out or run.onnx)
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {OPSET}, input uint8 (N,3,32,32))")
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {OPSET}, input uint8 (N,3,32,32), "
+              f"TTA {TTA_LEVELS[args.tta]})")
         if args.no_verify:
             return 0
         data_cfg = ckpt["config"]["data"]
         raw = load_cifar10(args.data_dir or data_cfg["data_dir"], data_cfg["cache_dir"], download=False)
-        report = verify(model, out, raw.test.x.numpy(), raw.test.y.numpy())
+        images, labels = raw.test.x.numpy(), raw.test.y.numpy()
+        report = verify(model, out, images, labels)
+        report["tta_level"] = args.tta
+        if args.tta:  # the same weights without TTA, side by side
+            plain, _, _ = classifier_from_checkpoint(run.best)
+            report["acc_reference_no_tta"] = float((run_torch(plain, images).argmax(1) == labels).mean())
     except (ValueError, FileNotFoundError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    no_tta = f" (PyTorch without TTA {report['acc_reference_no_tta']:.4f})" if args.tta else ""
     print(f"test images {report['n']}: max |logit diff| {report['max_abs_logit_diff']:.2e} "
           f"(limit {MAX_LOGIT_DIFF:.0e}); test_acc PyTorch {report['acc_reference']:.4f}, "
-          f"onnxruntime {report['acc_candidate']:.4f}; {report['flipped']} predictions flipped "
+          f"onnxruntime {report['acc_candidate']:.4f}{no_tta}; {report['flipped']} predictions flipped "
           f"({report['flipped_not_near_tie']} not on a near-tie)")
     run.onnx_check.write_text(json.dumps(report, indent=2) + "\n")
     if not report["ok"]:

@@ -36,7 +36,9 @@ class Diverged(RuntimeError):
 
 def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                    cfg: TrainConfig, autocast: Autocast) -> dict[str, float]:
+                    cfg: TrainConfig, autocast: Autocast,
+                    after_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    """One pass over ``batches``; ``after_step(n)`` runs after optimizer step n of the run (lookahead)."""
     model.train()
     # Sums stay on the device: reading a GPU value waits for the GPU, so it is read every
     # CHECK_EVERY steps there (every step on a CPU, where reading costs nothing).
@@ -63,6 +65,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if after_step:
+            after_step(scheduler.last_epoch)  # LambdaLR counts every step of the run
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
     loss_total, correct_total, seen_total = all_reduce_sum([loss_sum.item(), correct.item(), seen], device)

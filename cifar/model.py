@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,36 +35,63 @@ if TYPE_CHECKING:
     from cifar.config import ModelConfig
 
 
-def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Conv2d:
-    # No bias: every convolution is followed by BatchNorm, which has its own shift.
-    return nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", {"relu": nn.ReLU, "gelu": nn.GELU})
+WHITEN_KERNEL = 2
+WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL**2  # every eigenvector of a 2x2x3 patch, and its negative
+
+
+@dataclass(frozen=True)
+class Parts:
+    """How a block builds its convolutions, norms and activations (from ModelConfig)."""
+    activation: str = "relu"
+    bn_scale: bool = True
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dirac_init: bool = False
+
+    def conv(self, c_in: int, c_out: int, k: int = 3) -> nn.Conv2d:
+        # No bias: every convolution is followed by BatchNorm, which has its own shift.
+        conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
+        if self.dirac_init and k > 1:
+            # Identity on the first channels: the block starts as (part of) a shortcut.
+            nn.init.dirac_(conv.weight.data[:c_in])
+        return conv
+
+    def norm(self, c: int) -> nn.BatchNorm2d:
+        bn = nn.BatchNorm2d(c, eps=self.bn_eps, momentum=self.bn_momentum)
+        bn.weight.requires_grad_(self.bn_scale)  # without a scale: stays 1, only the shift learns
+        return bn
+
+    def act(self) -> nn.Module:
+        cls = ACTIVATIONS.get(self.activation)
+        return cls(inplace=True) if cls is nn.ReLU else cls()
 
 
 class PlainBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, pool: bool):
+    def __init__(self, c_in: int, c_out: int, pool: bool, parts: Parts = Parts()):
         super().__init__()
-        self.conv = _conv(c_in, c_out)
+        self.conv = parts.conv(c_in, c_out)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.bn = nn.BatchNorm2d(c_out)
-        self.act = nn.ReLU(inplace=True)
+        self.bn = parts.norm(c_out)
+        self.act = parts.act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.pool(self.conv(x))))
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, pool: bool):
+    def __init__(self, c_in: int, c_out: int, pool: bool, parts: Parts = Parts()):
         super().__init__()
-        self.conv1 = _conv(c_in, c_out)
+        self.conv1 = parts.conv(c_in, c_out)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = _conv(c_out, c_out)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.act = nn.ReLU(inplace=True)
+        self.bn1 = parts.norm(c_out)
+        self.conv2 = parts.conv(c_out, c_out)
+        self.bn2 = parts.norm(c_out)
+        self.act = parts.act()
         if pool or c_in != c_out:
             # Average pooling commutes with the 1x1 conv, so pool first: 4x fewer FLOPs.
             self.shortcut = nn.Sequential(nn.AvgPool2d(2) if pool else nn.Identity(),
-                                          _conv(c_in, c_out, k=1), nn.BatchNorm2d(c_out))
+                                          parts.conv(c_in, c_out, k=1), parts.norm(c_out))
         else:
             self.shortcut = nn.Identity()
 
@@ -73,31 +101,67 @@ class ResidualBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
+class PatchWhitening(nn.Conv2d):
+    """A 2x2 convolution (3 -> 24 channels) that whitens 2x2 patches; weights frozen, bias trainable.
+
+    ``fit`` sets the filters to the eigenvectors of the covariance of the train split's
+    patches, each scaled by 1/sqrt(eigenvalue + eps), stacked with their negatives
+    (so a following activation keeps both signs).
+    """
+
+    def __init__(self, eps: float = 5e-4):
+        super().__init__(3, WHITEN_WIDTH, WHITEN_KERNEL, padding=0, bias=True)
+        self.eps = eps
+        self.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """``images``: normalised float (N, 3, H, W) train images."""
+        k = WHITEN_KERNEL
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)          # N, 3, H', W', k, k
+        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k).double()  # one row per patch
+        flat = flat - flat.mean(0)
+        covariance = flat.T @ flat / (len(flat) - 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / (eigenvalues[:, None] + self.eps).sqrt()).reshape(-1, 3, k, k)
+        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
+        self.bias.zero_()
+
+
 BLOCKS: Registry[type[nn.Module]] = Registry("block", {"plain": PlainBlock, "residual": ResidualBlock})
-HEAD_SCALE = 0.125
+STEMS = ("conv", "whiten")
 
 
 class SmallCNN(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        parts = Parts(cfg.activation, cfg.bn_scale, cfg.bn_eps, cfg.bn_momentum, cfg.dirac_init)
         layers: list[nn.Module] = []
         c = 3
-        if cfg.stem_width:
-            layers += [_conv(3, cfg.stem_width), nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True)]
+        if cfg.stem == "whiten":
+            layers += [PatchWhitening(), parts.act()]
+            c = WHITEN_WIDTH
+        elif cfg.stem_width:
+            layers += [parts.conv(3, cfg.stem_width), parts.norm(cfg.stem_width), parts.act()]
             c = cfg.stem_width
         block = BLOCKS.get(cfg.block)
         for width in cfg.widths:
             for i in range(cfg.depth):
-                layers.append(block(c if i == 0 else width, width, pool=i == 0))
+                layers.append(block(c if i == 0 else width, width, pool=i == 0, parts=parts))
             layers.append(nn.Dropout(cfg.dropout))
             c = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
-        self.head = nn.Linear(c, cfg.num_classes)
+        self.head = nn.Linear(c, cfg.num_classes, bias=cfg.head_bias)
+
+    @property
+    def whitening(self) -> PatchWhitening | None:
+        first = self.features[0] if len(self.features) else None
+        return first if isinstance(first, PatchWhitening) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)).flatten(1)) * HEAD_SCALE
+        return self.head(self.pool(self.features(x)).flatten(1)) * self.cfg.head_scale
 
 
 def count_parameters(model: nn.Module) -> int:

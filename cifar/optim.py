@@ -26,37 +26,75 @@ from cifar.registry import Registry
 if TYPE_CHECKING:
     from cifar.config import TrainConfig
 
-ParamGroups = list[dict[str, Any]]
+ParamGroups = list[dict[str, Any]]  # "params", "lr_scale" (x the lr), "decay" (weight decay applies)
 OPTIMIZERS: Registry[Callable[[ParamGroups, TrainConfig], torch.optim.Optimizer]] = Registry("optimizer")
+
+
+def torch_groups(groups: ParamGroups, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """PyTorch param groups. A group trained at lr x s gets weight decay / s, so that its
+    decay step (lr x decay) is the same as everyone else's: the scale speeds up learning only."""
+    return [{"params": g["params"], "lr": lr * g["lr_scale"],
+             "weight_decay": weight_decay / g["lr_scale"] if g["decay"] else 0.0} for g in groups]
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.SGD(torch_groups(groups, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+@OPTIMIZERS.register("sgd1024")
+def _sgd1024(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Nesterov SGD with lr and weight decay per 1024 examples, corrected for momentum.
+
+    With constant gradients, Nesterov momentum m makes steps 1 + 1/(1 - m) times the
+    gradient; dividing that out, and counting the lr per 1024 examples, makes batch
+    size, momentum, lr and weight decay tunable independently (Page's and airbench's
+    parametrisation). Our loss is the batch mean, so the plain lr is lr x batch / scale,
+    and the plain weight decay is weight_decay / lr: each step decays by
+    weight_decay x batch / scale, whatever the lr.
+    """
+    scale = 1024 * (1 + 1 / (1 - cfg.momentum))
+    lr = cfg.lr * cfg.batch_size / scale
+    return torch.optim.SGD(torch_groups(groups, lr, cfg.weight_decay / cfg.lr), lr=lr, momentum=cfg.momentum,
+                           nesterov=cfg.momentum > 0)
 
 
 @OPTIMIZERS.register("adam")
 def _adam(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.Adam(torch_groups(groups, cfg.lr, cfg.weight_decay), lr=cfg.lr)
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(torch_groups(groups, cfg.lr, cfg.weight_decay), lr=cfg.lr)
 
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.RMSprop(torch_groups(groups, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+
+
+def param_groups(cfg: TrainConfig, model: nn.Module) -> ParamGroups:
+    """Conv and linear weights (decayed); BatchNorm parameters (lr x bias_lr_scale); other biases.
+
+    Frozen parameters (the whitening filters, a BatchNorm scale that does not learn) are left out.
+    Biases and BatchNorm parameters are decayed only with weight_decay_all.
+    """
+    norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trained if p.ndim > 1], "lr_scale": 1.0, "decay": True},
+        {"params": [p for p in trained if p.ndim <= 1 and id(p) in norm], "lr_scale": cfg.bias_lr_scale,
+         "decay": cfg.weight_decay_all},
+        {"params": [p for p in trained if p.ndim <= 1 and id(p) not in norm], "lr_scale": 1.0,
+         "decay": cfg.weight_decay_all},
+    ]
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # Weight decay on conv and linear weights only, not on BatchNorm or biases.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return OPTIMIZERS.get(cfg.optimizer)(groups, cfg)
+    return OPTIMIZERS.get(cfg.optimizer)(param_groups(cfg, model), cfg)
 
 
 # ---------------------------------------------------------------- schedules
@@ -68,25 +106,34 @@ def _progress(step: int, steps: int) -> float:
 
 @dataclass(frozen=True)
 class Shape:
-    """A schedule: the multiplier at ``step`` of the ``steps`` after the warm-up."""
-    multiplier: Callable[[int, int], float]
+    """A schedule: the multiplier at ``step`` of the ``steps`` after the warm-up (``s``: the LrSchedule)."""
+    multiplier: Callable[[int, int, LrSchedule], float]
     warms_up: bool  # whether warmup_epochs applies (a linear ramp before the shape)
 
 
-def _onecycle(step: int, steps: int) -> float:  # after a linear warm-up: linear decay to zero
+def _onecycle(step: int, steps: int, s: LrSchedule) -> float:  # after a linear warm-up: linear decay to zero
     return 1.0 - _progress(step, steps)
 
 
-def _cosine(step: int, steps: int) -> float:
+def _cosine(step: int, steps: int, s: LrSchedule) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * _progress(step, steps)))
 
 
-def _step(step: int, steps: int) -> float:  # x0.1 at half and at three quarters of the run
+def _step(step: int, steps: int, s: LrSchedule) -> float:  # x0.1 at half and at three quarters of the run
     return 0.1 ** ((step >= steps // 2) + (step >= 3 * steps // 4))
 
 
-def _constant(step: int, steps: int) -> float:
+def _constant(step: int, steps: int, s: LrSchedule) -> float:
     return 1.0
+
+
+def _triangle(step: int, steps: int, s: LrSchedule) -> float:
+    """From lr_start up to 1 at warmup_fraction of the run, then linearly down to lr_floor at its end:
+    shares of the run, so one recipe works at any epoch budget."""
+    peak = int(s.warmup_fraction * steps)
+    if step < peak:
+        return s.lr_start + (1.0 - s.lr_start) * step / peak
+    return 1.0 + (s.lr_floor - 1.0) * _progress(step - peak, steps - peak)
 
 
 SCHEDULES: Registry[Shape] = Registry("schedule", {
@@ -94,6 +141,7 @@ SCHEDULES: Registry[Shape] = Registry("schedule", {
     "cosine": Shape(_cosine, warms_up=True),
     "step": Shape(_step, warms_up=False),
     "constant": Shape(_constant, warms_up=False),
+    "triangle": Shape(_triangle, warms_up=False),
 })
 
 
@@ -103,17 +151,67 @@ class LrSchedule:
     Its attributes are plain values: LambdaLR's state_dict (in every checkpoint) holds them.
     """
 
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int):
+    def __init__(self, kind: str, total_steps: int, warmup_steps: int, warmup_fraction: float = 0.0,
+                 lr_start: float = 0.0, lr_floor: float = 0.0):
         self.kind, self.total = kind, max(1, total_steps)
         self.warmup = min(warmup_steps, self.total - 1) if SCHEDULES.get(kind).warms_up else 0
+        self.warmup_fraction, self.lr_start, self.lr_floor = warmup_fraction, lr_start, lr_floor
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
-        return SCHEDULES.get(self.kind).multiplier(step - self.warmup, self.total - self.warmup)
+        return SCHEDULES.get(self.kind).multiplier(step - self.warmup, self.total - self.warmup, self)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    schedule = LrSchedule(cfg.schedule, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch))
+    schedule = LrSchedule(cfg.schedule, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch),
+                          cfg.warmup_fraction, cfg.lr_start, cfg.lr_floor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+# ---------------------------------------------------------------- lookahead
+
+
+class Lookahead:
+    """Weights pulled to their moving average: every ``lookahead_every`` steps from
+    ``lookahead_start`` of the run on, average = lerp(average, weights, 1 - decay) and
+    weights = average (BatchNorm statistics included). The decay grows as (step/total)^3
+    towards ``lookahead_decay``: the run moves fast early and averages strongly at the end.
+    ``sync`` at the end of every epoch leaves the weights equal to the average, so
+    validation, checkpoints and the final model all use the averaged weights.
+    """
+
+    def __init__(self, cfg: TrainConfig, net: nn.Module, total_steps: int):
+        self.net, self.every, self.decay, self.total = net, cfg.lookahead_every, cfg.lookahead_decay, total_steps
+        self.start = math.ceil(cfg.lookahead_start * total_steps)
+        self.average: list[torch.Tensor] | None = None
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t for t in self.net.state_dict().values() if t.is_floating_point()]
+
+    def step(self, step: int) -> None:
+        """After optimizer step number ``step`` (1-based) of the run."""
+        if step < self.start or step % self.every:
+            return
+        if self.average is None:
+            self.average = [t.detach().clone() for t in self._tensors()]
+            return
+        decay = self.decay * (step / self.total) ** 3
+        with torch.no_grad():
+            for avg, t in zip(self.average, self._tensors()):
+                avg.lerp_(t, 1 - decay)
+                t.copy_(avg)
+
+    def sync(self) -> None:
+        if self.average is not None:
+            with torch.no_grad():
+                for avg, t in zip(self.average, self._tensors()):
+                    t.copy_(avg)
+
+    def state_dict(self) -> dict[str, bool]:
+        # After sync the average equals the weights, which the checkpoint holds already.
+        return {"started": self.average is not None}
+
+    def load_state_dict(self, state: dict[str, bool]) -> None:
+        self.average = [t.detach().clone() for t in self._tensors()] if state["started"] else None

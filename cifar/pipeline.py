@@ -35,7 +35,7 @@ def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augment_batch(x: torch.Tensor, padding: int, flip: bool, cutout: int,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
     """Random crop with reflect padding, horizontal flip and cutout of a uint8 batch.
 
     Crop and flip are one gather: each output pixel's source row and column are
@@ -46,7 +46,9 @@ def augment_batch(x: torch.Tensor, padding: int, flip: bool, cutout: int,
     n, _, h, w = x.shape
     dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
-    flips = torch.rand(n, 1, generator=generator) < 0.5 if flip else torch.zeros(n, 1, dtype=torch.bool)
+    if flips is None:  # given: the alternating flip's choice for each image (bool (N,))
+        flips = torch.rand(n, 1, generator=generator) < 0.5 if flip else torch.zeros(n, 1, dtype=torch.bool)
+    flips = flips.view(n, 1).cpu()
     rows = _reflect(torch.arange(h) + dy - padding, h)
     cols = torch.arange(w).expand(n, w)
     cols = torch.where(flips, w - 1 - cols, cols)
@@ -89,9 +91,9 @@ class _BatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx_t = torch.as_tensor(idx)
-        return self.split.x[idx_t], self.split.y[idx_t]
+        return self.split.x[idx_t], self.split.y[idx_t], idx_t
 
 
 class ShardSampler(Sampler[int]):
@@ -162,6 +164,8 @@ class Pipeline:
         self.cfg, self.device, self.train = cfg, device, train
         self.shuffle_gen = torch.Generator().manual_seed(seed)
         self.augment_gen = torch.Generator().manual_seed(seed + 1 + 1000 * rank)
+        self.epoch = 0  # passes started, for the alternating flip
+        self.flip_first = torch.rand(len(split), generator=torch.Generator().manual_seed(seed + 2)) < 0.5
         self.normalize = Normalize(mean, std).to(device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         # In a distributed job cfg.batch_size is the global batch: each rank takes its share.
@@ -181,22 +185,29 @@ class Pipeline:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         d = self.cfg.data
-        for x, y in self.loader:
+        alternate = self.train and d.flip and d.alternating_flip
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        for x, y, *idx in self.loader:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if self.per_image:
                 yield x.contiguous(memory_format=self.memory_format), y
                 continue
             if self.train:
-                x = augment_batch(x, d.crop_padding, d.flip, d.cutout, self.augment_gen)
+                # Alternating flip: a seeded half of the images starts flipped, and every image
+                # flips on alternate epochs (less flip noise than a fresh coin per epoch).
+                flips = self.flip_first[idx[0]] ^ bool(epoch % 2) if alternate else None
+                x = augment_batch(x, d.crop_padding, d.flip, d.cutout, self.augment_gen, flips)
             yield self.normalize(x.contiguous(memory_format=self.memory_format)), y
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"shuffle": self.shuffle_gen.get_state(), "augment": self.augment_gen.get_state()}
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        return {"shuffle": self.shuffle_gen.get_state(), "augment": self.augment_gen.get_state(),
+                "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.shuffle_gen.set_state(state["shuffle"])
         self.augment_gen.set_state(state["augment"])
+        self.epoch = state.get("epoch", 0)
 
 
 def _torchvision_transform(cfg: DataConfig, mean, std):

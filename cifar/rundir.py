@@ -59,6 +59,9 @@ class TestMetrics:
     confusion: list[list[int]]        # rows: true class, columns: predicted class
     checkpoint_epoch: int = 0         # epoch of the evaluated checkpoint
     val_acc: float = math.nan         # its validation accuracy
+    tta_level: int = 0                # test-time augmentation of the two fields below (0: none measured)
+    test_acc_tta: float = math.nan
+    test_loss_tta: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,10 +16,14 @@ Usage:
 from __future__ import annotations
 
 import os
+import platform
 import random
+import subprocess
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +76,21 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
                          "this CPU emulates it, which is slower than fp32: use --amp off")
     # auto on CPU stays fp32: bench/amp.py measures whether bf16 pays on a given CPU.
     return torch.bfloat16 if mode == "bf16" else None
+
+
+def describe_runtime(device: torch.device) -> dict[str, Any]:
+    """What a run's results depend on besides its config: code version, libraries, machine."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager]:
@@ -134,4 +153,5 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def leave_distributed() -> None:
     """Leave the torchrun job, if this process joined one."""
     if is_distributed():
+        torch.distributed.barrier()  # together: tearing down gloo under a peer that still talks to it can abort
         torch.distributed.destroy_process_group()

@@ -17,8 +17,6 @@ Usage:
 from __future__ import annotations
 
 import math
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -44,12 +41,13 @@ from cifar.config import TrainConfig, apply_overrides
 from cifar.data import CifarData, prepare_data
 from cifar.loop import Diverged, evaluate, train_one_epoch
 from cifar.model import SmallCNN, model_cost
-from cifar.optim import build_optimizer, build_scheduler
-from cifar.pipeline import Pipeline
+from cifar.optim import Lookahead, build_optimizer, build_scheduler
+from cifar.pipeline import Normalize, Pipeline
 from cifar.rundir import RunDir, TrainResult, load_checkpoint
 from cifar.runtime import (
     Dist,
     autocast_factory,
+    describe_runtime,
     init_distributed,
     launched_by_torchrun,
     leave_distributed,
@@ -57,6 +55,8 @@ from cifar.runtime import (
     resolve_device,
     seed_everything,
 )
+
+WHITEN_IMAGES = 5000  # train images whose 2x2 patches fit the whitening stem
 
 
 @dataclass
@@ -75,6 +75,7 @@ class Parts:
     rank: Dist
     params: int
     flops: int                     # forward FLOPs per image
+    lookahead: Lookahead | None
 
 
 def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
@@ -86,8 +87,14 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     params, flops = model_cost(cfg.model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net = net.to(device, memory_format=fmt)
+    if net.whitening is not None:  # fitted to the train split, before any training step
+        sample = data.train.x[:WHITEN_IMAGES].to(device)
+        net.whitening.fit(Normalize(data.mean, data.std).to(device)(sample))
     model = net
     if rank.world > 1:
+        if net.whitening is not None and cfg.whiten_bias_epochs:
+            raise ValueError("whiten_bias_epochs freezes a parameter mid-run, which DDP does not allow; "
+                             "set it to 0 under torchrun")
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
@@ -98,8 +105,9 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, len(train_batches))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    lookahead = Lookahead(cfg, net, cfg.epochs * len(train_batches)) if cfg.lookahead else None
     return Parts(net, model, train_batches, val_batches, optimizer, scheduler, scaler,
-                 autocast_factory(device, amp_dtype), device, amp_dtype, rank, params, flops)
+                 autocast_factory(device, amp_dtype), device, amp_dtype, rank, params, flops, lookahead)
 
 
 def restore(parts: Parts, cfg: TrainConfig, run: RunDir) -> list[dict[str, float]]:
@@ -112,6 +120,8 @@ def restore(parts: Parts, cfg: TrainConfig, run: RunDir) -> list[dict[str, float
     parts.scheduler.load_state_dict(ckpt["scheduler"])
     parts.scaler.load_state_dict(ckpt["scaler"])
     parts.train_batches.load_state_dict(ckpt["pipeline"])
+    if parts.lookahead:
+        parts.lookahead.load_state_dict(ckpt["lookahead"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     if parts.device.type == "cuda" and "cuda" in ckpt["rng"]:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], parts.device)
@@ -128,21 +138,13 @@ def checkpoint_state(parts: Parts, cfg: TrainConfig, data: CifarData,
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
             "scaler": parts.scaler.state_dict(), "pipeline": parts.train_batches.state_dict(), "rng": rng,
             "epoch": len(history), "metrics": list(history), "classes": data.classes,
-            "data_stats": {"mean": list(data.mean), "std": list(data.std)}}
+            "data_stats": {"mean": list(data.mean), "std": list(data.std)},
+            "lookahead": parts.lookahead.state_dict() if parts.lookahead else None}
 
 
 def provenance(data: CifarData, parts: Parts) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    device = parts.device
-    return {
-        "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
-        "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(), "data_source": data.source,
+    return describe_runtime(parts.device) | {
+        "data_source": data.source,
         "data_sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "data_mean": data.mean, "data_std": data.std, "params": parts.params, "flops": parts.flops,
         "processes": parts.rank.world,
@@ -152,9 +154,15 @@ def provenance(data: CifarData, parts: Parts) -> dict[str, Any]:
 def run_epoch(parts: Parts, cfg: TrainConfig, epoch: int, elapsed: float) -> dict[str, float]:
     """Train one epoch, validate, and time both (``elapsed``: the run's seconds before it)."""
     start = time.perf_counter()
+    whitening = parts.net.whitening
+    if whitening is not None and cfg.whiten_bias_epochs:
+        whitening.bias.requires_grad_(epoch <= cfg.whiten_bias_epochs)
     metrics: dict[str, float] = {"epoch": epoch}
     metrics.update(train_one_epoch(parts.model, parts.train_batches, parts.optimizer, parts.scheduler,
-                                   parts.scaler, cfg, parts.autocast))
+                                   parts.scaler, cfg, parts.autocast,
+                                   parts.lookahead.step if parts.lookahead else None))
+    if parts.lookahead:
+        parts.lookahead.sync()
     train_seconds = time.perf_counter() - start
     val = evaluate(parts.net, parts.val_batches, parts.autocast)  # net: no DDP collectives on uneven shards
     metrics.update(val_loss=val["loss"], val_acc=val["acc"], lr=parts.optimizer.param_groups[0]["lr"])

@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from cifar.config import OPTIMIZERS, SCHEDULES, TrainConfig, apply_overrides, flatten
+from cifar.config import SCHEDULES, TrainConfig, apply_overrides, flatten
 from cifar.model import BLOCKS
 from cifar.registry import Registry
 
@@ -66,7 +66,7 @@ WIDTHS = ("32,64,128", "48,96,192", "64,128,256", "96,192,384")
 
 # In suggestion order: the order fixes what a seeded sampler draws.
 DEFAULT = (
-    Param("optimizer", choices=OPTIMIZERS),
+    Param("optimizer", choices=tuple(LR_RANGES)),  # the optimizers with a learning-rate range here
     Param("lr", log=True, range_by=("optimizer", LR_RANGES)),
     Param("batch_size", choices=BATCH_SIZES),
     Param("dropout", low=0.0, high=0.5),

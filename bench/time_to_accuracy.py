@@ -1,0 +1,220 @@
+"""Benchmark: test accuracy against training compute and time, for the fast recipe and the baseline.
+
+Trains every run of the plan below with ``python -m cifar.train`` and evaluates it
+with ``python -m cifar.evaluate --tta 2`` (test accuracy plain and with
+mirror + translate test-time augmentation), each in its own process so its peak
+memory is its own. Runs are cached in ``runs/bench/tta/``: a stopped benchmark
+continues where it stopped when run again (an interrupted run resumes from its
+``last.pt``). Before every run it measures the machine in the same process
+(fp32 matmul GFLOP/s, and training images/s of the baseline model), so every
+timing names the speed of the machine it was taken on.
+
+Groups of the plan (run in this order; ``--only`` picks some):
+- recipe:   configs/fast.json at complete schedules of 2, 4, 5, 6 and 10 epochs, seeds 0 and 1
+- wide:     the same recipe with widths 64,256,256 (airbench94's) at 10 epochs, seeds 0 and 1
+- baseline: configs/smallcnn.json (14 epochs), seeds 0 and 1
+- ablation: the recipe at 6 epochs with each technique removed in turn, seed 0
+
+Training compute = 3 x forward FLOPs x images trained. The test set is read only
+to report these figures; no choice in the recipe is made from them here.
+
+Usage:
+    CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/time_to_accuracy.py [--only recipe,baseline] [--list]
+Writes results/bench/time_to_accuracy.json after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.common import matmul_gflops, write_result  # noqa: E402
+from cifar.config import TrainConfig, apply_overrides  # noqa: E402
+from cifar.rundir import RunDir  # noqa: E402
+from study.budget import measure_throughput  # noqa: E402
+
+FAST, SMALLCNN = ROOT / "configs" / "fast.json", ROOT / "configs" / "smallcnn.json"
+# Each technique of the recipe, and the overrides that remove it (at 6 epochs).
+ABLATIONS = {
+    "whitening": {"stem": "conv", "stem_width": 24},
+    "gelu": {"activation": "relu"},
+    "bn_without_scale": {"bn_scale": True},
+    "bias_lr_scale": {"bias_lr_scale": 1.0},
+    "dirac_init": {"dirac_init": False},
+    "whiten_bias_freeze": {"whiten_bias_epochs": 0},
+    "lookahead": {"lookahead": False},
+    "alternating_flip": {"alternating_flip": False},
+    "translate": {"crop_padding": 0},
+    "label_smoothing": {"label_smoothing": 0.0},
+    "triangle_schedule": {"schedule": "onecycle", "warmup_epochs": 1.38},  # 23% of 6 epochs, then to zero
+}
+TARGETS = [  # (what, PFLOP at most, accuracy at least, with TTA)
+    ("88.0% without TTA within 0.16 PFLOP", 0.16, 0.880, False),
+    ("90.5% with TTA within 0.36 PFLOP", 0.36, 0.905, True),
+    ("85.0% without TTA within 0.08 PFLOP", 0.08, 0.850, False),
+]
+
+
+@dataclass(frozen=True)
+class Run:
+    group: str
+    name: str
+    config: Path
+    overrides: dict = field(default_factory=dict)
+    seed: int = 0
+
+    def cfg(self) -> TrainConfig:
+        return apply_overrides(TrainConfig.from_json(self.config), {**self.overrides, "seed": self.seed})
+
+    def run_dir(self, root: Path) -> RunDir:
+        key = hashlib.sha1(json.dumps(self.cfg().to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        return RunDir(root / f"{self.name}-{key}-seed{self.seed}")
+
+
+def plan() -> list[Run]:
+    runs = [Run("recipe", f"fast-{e}ep", FAST, {"epochs": e}, s) for s in (0, 1) for e in (6, 10, 5, 4, 2)]
+    runs += [Run("wide", "fast-wide-10ep", FAST, {"epochs": 10, "widths": "64,256,256"}, s) for s in (0, 1)]
+    runs += [Run("baseline", "smallcnn-14ep", SMALLCNN, {}, s) for s in (0, 1)]
+    runs += [Run("ablation", f"fast-6ep-no-{t}", FAST, {"epochs": 6, **o}, 0) for t, o in ABLATIONS.items()]
+    return runs
+
+
+def run_process(args: list[str]) -> float:
+    """Run a command to its end; its peak resident memory in MB (fails loudly if it fails)."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"error: {' '.join(args)} exited with {os.waitstatus_to_exitcode(status)}")
+    return usage.ru_maxrss / 1024
+
+
+def machine() -> dict:
+    """This machine's speed right now: fp32 matmul, and the baseline model's training images/s."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    base = TrainConfig.from_json(SMALLCNN)
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "matmul_gflops": round(matmul_gflops(2048, 10), 1),
+            "baseline_images_per_s": round(measure_throughput(base, seconds=4.0).train, 1)}
+
+
+def execute(run: Run, root: Path) -> dict:
+    """Train (or resume) and evaluate one run unless its results are cached; its record."""
+    rd = run.run_dir(root)
+    record_file = rd.path / "bench_record.json"
+    if record_file.is_file():
+        return json.loads(record_file.read_text())
+    measured = machine()
+    cfg = run.cfg()
+    rd.path.mkdir(parents=True, exist_ok=True)
+    train_peak = 0.0
+    if not rd.results.is_file():
+        if rd.last.is_file():
+            cmd = ["-m", "cifar.train", "--resume", str(rd.path)]
+        else:
+            cfg.to_json(rd.path / "bench_config.json")
+            cmd = ["-m", "cifar.train", "--config", str(rd.path / "bench_config.json"), "--out", str(rd.path)]
+        train_peak = run_process(cmd)
+    eval_peak = run_process(["-m", "cifar.evaluate", str(rd.path), "--tta", "2"])
+    results, test, history = rd.read_results(), rd.read_test_metrics(), rd.read_history()
+    n_train = rd.read_provenance()["data_sizes"]["train"]
+    steps = n_train // cfg.batch_size if n_train > cfg.batch_size else -(-n_train // cfg.batch_size)
+    images = results.epochs_run * min(n_train, steps * cfg.batch_size)
+    images_per_s = statistics.mean(r["images_per_s"] for r in history)
+    record = {
+        "group": run.group, "name": run.name, "seed": run.seed, "overrides": run.overrides,
+        "run_dir": str(rd.path.relative_to(ROOT)) if rd.path.is_relative_to(ROOT) else str(rd.path),
+        "epochs": results.epochs_run, "train_images": n_train, "batch_size": cfg.batch_size,
+        "test_acc": test.test_acc, "test_acc_tta": test.test_acc_tta, "best_val_acc": results.best_val_acc,
+        "train_seconds": round(sum(r["epoch_seconds"] for r in history), 1),
+        "images_per_s": round(images_per_s, 1), "mflops_per_image": round(results.flops / 1e6, 2),
+        "train_pflop": round(3 * results.flops * images / 1e15, 4),
+        "train_gflops_per_s": round(3 * results.flops * images_per_s / 1e9, 1),
+        "peak_rss_mb": round(max(train_peak, eval_peak), 0) if train_peak else None,
+        "machine_before_run": measured,
+    }
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Mean and std over seeds, per configuration."""
+    rows = []
+    for name in dict.fromkeys(r["name"] for r in records):
+        rs = [r for r in records if r["name"] == name]
+
+        def ms(key: str, rs: list[dict] = rs) -> tuple[float, float | None]:
+            values = [r[key] for r in rs]
+            return round(statistics.mean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else None
+
+        rows.append({
+            "name": name, "group": rs[0]["group"], "seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"],
+            "test_acc": ms("test_acc"), "test_acc_tta": ms("test_acc_tta"), "train_minutes": round(
+                statistics.mean(r["train_seconds"] for r in rs) / 60, 1),
+            "images_per_s": ms("images_per_s")[0], "train_pflop": rs[0]["train_pflop"],
+            "train_gflops_per_s": ms("train_gflops_per_s")[0],
+            "matmul_gflops": round(statistics.mean(r["machine_before_run"]["matmul_gflops"] for r in rs), 1),
+            "baseline_images_per_s": round(statistics.mean(
+                r["machine_before_run"]["baseline_images_per_s"] for r in rs), 1),
+            "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in rs) or None,
+        })
+    return rows
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Each target: the best configuration meeting it (mean of >= 2 seeds), or why none does."""
+    out = []
+    for what, pflop, acc, tta in TARGETS:
+        key = "test_acc_tta" if tta else "test_acc"
+        eligible = [r for r in rows if r["group"] in ("recipe", "wide") and len(r["seeds"]) >= 2
+                    and r["train_pflop"] <= pflop]
+        best = max(eligible, key=lambda r: r[key][0], default=None)
+        out.append({"target": what, "met": bool(best and best[key][0] >= acc),
+                    "best": {"name": best["name"], key: best[key], "train_pflop": best["train_pflop"]}
+                    if best else "no configuration within the budget has 2 seeds yet"})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=None, help="comma-separated groups: recipe, wide, baseline, ablation")
+    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "tta"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "time_to_accuracy.json"))
+    parser.add_argument("--list", action="store_true", help="print the plan and what is cached, train nothing")
+    args = parser.parse_args(argv)
+    groups = set(args.only.split(",")) if args.only else None
+    root = Path(args.runs_dir)
+    runs = [r for r in plan() if groups is None or r.group in groups]
+    if args.list:
+        for r in runs:
+            cached = (r.run_dir(root).path / "bench_record.json").is_file()
+            print(f"{'cached ' if cached else 'to run '} {r.group:9s} {r.name:32s} seed {r.seed}")
+        return 0
+    torch.set_num_threads(os.cpu_count() or 1)
+    for i, run in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {run.name} seed {run.seed}", flush=True)
+        record = execute(run, root)
+        # The results file covers every finished run of the whole plan, whatever --only picked.
+        records = [json.loads(f.read_text()) for r in plan()
+                   if (f := r.run_dir(root).path / "bench_record.json").is_file()]
+        rows = summarise(records)
+        write_result({"machine": record["machine_before_run"], "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "summary": rows, "targets": targets(rows), "runs": records}, args.out, detail="runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
