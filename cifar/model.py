@@ -115,13 +115,16 @@ class PatchWhitening(nn.Conv2d):
         self.weight.requires_grad_(False)
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> None:
-        """``images``: normalised float (N, 3, H, W) train images."""
-        k = WHITEN_KERNEL
-        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)          # N, 3, H', W', k, k
-        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k).double()  # one row per patch
-        flat = flat - flat.mean(0)
-        covariance = flat.T @ flat / (len(flat) - 1)
+    def fit(self, images: torch.Tensor, chunk: int = 500) -> None:
+        """``images``: normalised float (N, 3, H, W) train images (read ``chunk`` at a time: little memory)."""
+        k, d = WHITEN_KERNEL, 3 * WHITEN_KERNEL**2
+        n, total, outer = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+        for part in images.split(chunk):
+            patches = part.float().unfold(2, k, 1).unfold(3, k, 1)                   # N, 3, H', W', k, k
+            flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, d).double()  # one row per patch
+            n, total, outer = n + len(flat), total + flat.sum(0), outer + flat.T @ flat
+        mean = total / n
+        covariance = (outer - n * torch.outer(mean, mean)) / (n - 1)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = (eigenvectors.T / (eigenvalues[:, None] + self.eps).sqrt()).reshape(-1, 3, k, k)
         self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
