@@ -29,6 +29,7 @@ def comparison_frame(runs: Runs) -> pd.DataFrame:
     for config, items in runs.items():
         for seed, r in enumerate(items):
             rows.append({"config": config, "seed": seed, "test_acc": r.test.test_acc,
+                         "test_acc_tta": r.test.test_acc_tta,
                          "test_loss": r.test.test_loss, "best_val_acc": r.results.best_val_acc,
                          "epochs": r.results.epochs_run, "train_seconds": r.results.train_seconds,
                          "params": r.results.params, "flops": r.results.flops})
@@ -73,9 +74,12 @@ def _pct(x: float) -> str:
 def headline_table(cmp: Comparison, table: pd.DataFrame) -> Table:
     g = table.groupby("config")
     params, flops, seconds = g["params"].first(), g["flops"].first(), g["train_seconds"].mean()
+    tta_mean, tta_std = g["test_acc_tta"].mean(), g["test_acc_tta"].std()
     return Table(["", "baseline", "tuned"], [
         [f"test accuracy (mean ± std, {cmp.n_baseline} and {cmp.n_tuned} seeds)",
          f"{_pct(cmp.baseline_mean)} ± {_pct(cmp.baseline_std)}", f"{_pct(cmp.tuned_mean)} ± {_pct(cmp.tuned_std)}"],
+        ["the same with test-time augmentation (mirror + translate)",
+         *(f"{_pct(tta_mean[c])} ± {_pct(tta_std[c])}" for c in ("baseline", "tuned"))],
         ["parameters", f"{int(params['baseline']):,}", f"{int(params['tuned']):,}"],
         ["forward MFLOPs / image", f"{flops['baseline'] / 1e6:.1f}", f"{flops['tuned'] / 1e6:.1f}"],
         ["training time per run (mean)", f"{seconds['baseline'] / 60:.1f} min", f"{seconds['tuned'] / 60:.1f} min"],

@@ -78,3 +78,24 @@ def test_cli_verifies_on_the_runs_test_set(tiny_run, image_folder, capsys, monke
     report = json.loads((tiny_run / "onnx_check.json").read_text())
     assert report["ok"] and report["n"] == 9
     assert "max |logit diff|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("level", [1, 2])  # mirror; mirror + translate
+def test_onnx_with_tta_in_the_graph_matches_pytorch_tta(tiny_run, tmp_path, level):
+    import torch
+
+    from cifar.tta import tta_logits
+
+    model, classes, _ = classifier_from_checkpoint(tiny_run / "best.pt", tta=level)
+    path = export_onnx(model, classes, tmp_path / f"tta{level}.onnx")
+    x, y = synthetic_images(20, 6)
+    report = verify(model, path, x.numpy(), y.numpy())
+    assert report["ok"], report
+    # The graph holds TTA: its logits are the plain model's, averaged over the augmented copies.
+    plain, _, _ = classifier_from_checkpoint(tiny_run / "best.pt")
+    session, _ = onnx_session(path)
+    with torch.no_grad():
+        expected = tta_logits(plain.net, plain.normalize(x), level).numpy()
+        without = plain(x).numpy()
+    np.testing.assert_allclose(run_session(session, x.numpy()), expected, atol=1e-4)
+    assert not np.allclose(expected, without, atol=1e-4)
