@@ -12,6 +12,7 @@ Usage:
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -21,12 +22,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.artifacts import upload_artifact  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 from cifar.config import TrainConfig  # noqa: E402
 from cifar.data import CifarData  # noqa: E402
 from cifar.evaluate import plot_curves  # noqa: E402
 from cifar.model import model_cost  # noqa: E402
-from cifar.rundir import RunDir  # noqa: E402
+from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
 from study.search_space import suggest_config  # noqa: E402
 
@@ -73,9 +75,10 @@ class Objective:
         trial.set_user_attr("params", params)
         trial.set_user_attr("flops", flops)
         pruning = PruningCallback(trial, last_epoch=cfg.epochs)
+        resume = self._take_over(trial, cfg, run_dir)
         start = time.perf_counter()
         try:
-            result = train(cfg, self.data, run_dir.path, callbacks=[pruning])
+            result = train(cfg, self.data, run_dir.path, callbacks=[pruning], resume=resume)
         except optuna.TrialPruned as e:
             trial.set_user_attr("end", str(e))
             raise
@@ -89,6 +92,29 @@ class Objective:
             # A diverged trial says something about its region of the space: keep it, pruned.
             raise optuna.TrialPruned(result.message)
         return result.best_val_acc
+
+    def _take_over(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, run_dir: RunDir) -> bool:
+        """A trial retried after its worker died continues from its predecessor's last.pt.
+
+        The heartbeat's retry callback re-enqueues a stale trial with the same parameters and
+        its number in ``retry_history``; the predecessor's run directory is copied into this
+        trial's and training resumes there. Not under torchrun (TorchDistributedTrial), where
+        the other ranks could not know; there a retried trial starts again.
+        """
+        if not isinstance(trial, optuna.Trial):
+            return False
+        running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        frozen = next((t for t in running if t.number == trial.number), None)
+        history = frozen.system_attrs.get("retry_history", []) if frozen else []
+        if not history:
+            return False
+        before = RunDir(self.runs_root / f"trial-{history[-1]:04d}")
+        if not before.last.is_file() or before.read_config() != cfg:
+            return False
+        shutil.copytree(before.path, run_dir.path, dirs_exist_ok=True)
+        epoch = load_checkpoint(before.last)["epoch"]
+        trial.set_user_attr("resumed_from", {"trial": history[-1], "run_dir": str(before), "epochs_done": epoch})
+        return True
 
     def _record(self, trial: optuna.trial.BaseTrial, run_dir: RunDir, uploads_to: optuna.Trial | None) -> None:
         """What the trial cost, and its curve and config as dashboard artifacts."""

@@ -90,7 +90,10 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
         engine_kwargs["pool_pre_ping"] = True
     # Heartbeats and their retry callback are marked experimental; they are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=2) if heartbeat_interval else None
+    # A retried trial resumes from its predecessor's last.pt (study/objective.py), so it
+    # inherits the predecessor's reported epochs too.
+    retry = (RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
+             if heartbeat_interval else None)
     try:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period, heartbeat_stale_trial_callback=retry)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
+from cifar.rundir import load_checkpoint
 from study.objective import PruningCallback
 from study.run import main
 from study.search_space import LR_RANGES, params_of, suggest_config
@@ -167,34 +167,45 @@ def test_four_workers_on_sqlite(study_env):
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) >= 8
 
 
-def test_killed_worker_trial_fails_and_is_retried(study_env):
-    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=200", "--pruner", "none",
-                                "--heartbeat-interval", "1", "--grace-period", "3"]
+def test_killed_worker_trial_is_retried_and_resumes_from_its_last_epoch(tmp_path):
+    # Enough images that an epoch takes a moment, so the kill lands inside the trial.
+    folder = make_image_folder(tmp_path / "imgs", n_train=600, n_test=9)
+    cfg = tiny_config(data_dir=str(folder), cache_dir=str(tmp_path / "cache"), val_size=60, batch_size=64)
+    cfg.to_json(tmp_path / "base.json")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["--storage", url, "--config", str(tmp_path / "base.json"), "--preset", "smoke", "--study-name", "s",
+            "--set", "train_fraction=1.0", "--set", "epochs=12", "--pruner", "none", "--runs-dir",
+            str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
+            "--heartbeat-interval", "1", "--grace-period", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "study", "run", *args, "--n-trials", "1"], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "runs" / "s" / "trial-0000"
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until trial 0 is running and has trained an epoch
-        time.sleep(0.5)
-        try:
-            trials = load(study_env).trials
-        except Exception:
-            continue
-        if trials and trials[0].state == TrialState.RUNNING and trials[0].intermediate_values:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    integrity = sqlite3.connect(study_env["db"]).execute("PRAGMA integrity_check").fetchone()[0]
-    assert integrity == "ok"
-    assert load(study_env).trials[0].state == TrialState.RUNNING  # nobody has noticed yet
+    try:
+        while time.time() < deadline and not (first / "last.pt").is_file():
+            time.sleep(0.2)
+        time.sleep(0.3)  # into the next epoch
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    study = optuna.load_study(study_name="s", storage=url)
+    assert study.trials[0].state == TrialState.RUNNING  # nobody has noticed yet
+    done = load_checkpoint(first / "last.pt")["epoch"]
+    assert 1 <= done < 12
+    before = (first / "metrics.csv").read_text().splitlines()[: done + 1]
     time.sleep(4)  # past the grace period
-    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=2", "--heartbeat-interval", "1",
-                                     "--grace-period", "3", "--n-trials", "3"]) == 0
-    trials = load(study_env).trials
+    assert main(args + ["--n-trials", "2"]) == 0
+    trials = optuna.load_study(study_name="s", storage=url).trials
     assert trials[0].state == TrialState.FAIL
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
-    assert retried and retried[0].params == trials[0].params
-    assert retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    (retried,) = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert retried.params == trials[0].params and retried.state == TrialState.COMPLETE
+    assert retried.user_attrs["resumed_from"]["epochs_done"] == done
+    rows = (Path(retried.user_attrs["run_dir"]) / "metrics.csv").read_text().splitlines()
+    # The first epochs are the dead trial's own rows, timings included: carried over, not retrained.
+    assert rows[: done + 1] == before and len(rows) == 13
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING not in states  # nothing lost or doubled
 
 
 # ---------------------------------------------------------------- bad input
