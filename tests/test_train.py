@@ -5,12 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from cifar.callbacks import StopTraining
-from cifar.config import OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig
+from cifar.config import OPTIMIZERS, SCHEDULES, DataConfig, ModelConfig, apply_overrides
 from cifar.loop import predict
 from cifar.model import SmallCNN
 from cifar.optim import LrSchedule, build_optimizer
@@ -18,7 +25,9 @@ from cifar.pipeline import Pipeline
 from cifar.rundir import load_checkpoint, model_from_checkpoint
 from cifar.runtime import resolve_amp
 from cifar.train import main, train
-from tests.conftest import tiny_config
+from tests.conftest import make_image_folder, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TIMING = {"epoch_seconds", "elapsed_seconds", "images_per_s"}
 
@@ -119,6 +128,62 @@ def test_resume_matches_uninterrupted_run(tiny_data, tmp_path):
     result = train(cfg, tiny_data, tmp_path / "cut", resume=True)
     assert result.epochs_run == 4
     assert read_rows(tmp_path / "cut" / "metrics.csv") == read_rows(tmp_path / "full" / "metrics.csv")
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """A real process killed at an arbitrary moment inside an epoch (not at a callback)."""
+    folder = make_image_folder(tmp_path / "imgs", n_train=600, n_test=9)
+    cfg = tiny_config(data_dir=str(folder), cache_dir=str(tmp_path / "cache"), val_size=60, batch_size=16,
+                      epochs=6, dropout=0.2)
+    cfg.to_json(tmp_path / "cfg.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        return subprocess.Popen([sys.executable, "-m", "cifar.train", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    assert cli("--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "full")).wait() == 0
+    proc = cli("--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "cut"))
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and not (tmp_path / "cut" / "last.pt").is_file():
+            time.sleep(0.05)
+        # After epoch 1's checkpoint, somewhere inside epoch 2 (an epoch takes about a second here).
+        time.sleep(random.Random(0).uniform(0.1, 0.4))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"]
+    assert 1 <= done < 6 and not (tmp_path / "cut" / "results.json").exists()
+    assert cli("--resume", str(tmp_path / "cut")).wait() == 0
+    assert read_rows(tmp_path / "cut" / "metrics.csv") == read_rows(tmp_path / "full" / "metrics.csv")
+
+
+def test_kills_while_writing_checkpoints_never_leave_a_torn_file(tiny_data, tmp_path):
+    """20 kills of a training process that writes checkpoints every epoch, each at the moment a
+    checkpoint's temporary file appears (inside a write) or, failing that, at a random moment."""
+    rng = random.Random(1)
+    cfg = tiny_config(epochs=100000, model=ModelConfig(widths=(64, 128), depth=1, stem_width=0, num_classes=3))
+    train(apply_overrides(cfg, {"epochs": 1}), tiny_data, tmp_path / "warm")  # the children start warm
+    inside = 0
+    for i in range(20):
+        run = tmp_path / f"run{i}"
+        pid = os.fork()
+        if pid == 0:  # the child trains until killed
+            try:
+                train(cfg, tiny_data, run)
+            finally:
+                os._exit(0)
+        deadline = time.time() + (rng.uniform(0.3, 1.5) if i % 4 == 3 else 5.0)
+        while time.time() < deadline and not (run.is_dir() and any(n.startswith(".") for n in os.listdir(run))):
+            pass
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        inside += any(n.startswith(".") and ".tmp" in n for n in os.listdir(run)) if run.is_dir() else 0
+        for name in ("last.pt", "best.pt"):
+            if (run / name).exists():
+                model_from_checkpoint(load_checkpoint(run / name))  # raises on a torn or foreign file
+    assert inside >= 10, f"only {inside} of 20 kills landed inside a write: the test did not test it"
 
 
 def test_resume_refuses_a_different_config(tiny_data, tmp_path):
