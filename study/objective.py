@@ -12,6 +12,8 @@ Usage:
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -72,6 +74,7 @@ class Objective:
         run_dir = RunDir(self.runs_root / f"trial-{trial.number:04d}")
         params, flops = model_cost(cfg.model)
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")  # which machine and process ran it
         trial.set_user_attr("params", params)
         trial.set_user_attr("flops", flops)
         pruning = PruningCallback(trial, last_epoch=cfg.epochs)

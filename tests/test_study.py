@@ -165,6 +165,40 @@ def test_four_workers_on_sqlite(study_env):
     states = [t.state for t in study.trials]
     assert TrialState.FAIL not in states and TrialState.RUNNING not in states
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) >= 8
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2  # the trials came from several processes
+
+
+@pytest.mark.parametrize("extra, kind", [
+    (["--sampler", "gp"], "GPSampler"),                    # Gaussian-process sampler
+    (["--pruner", "halving"], "SuccessiveHalvingPruner"),  # successive halving
+    (["--space", "extended", "--set", "widths=32,64,128"], None),  # the extended space, end to end
+])
+def test_other_samplers_pruners_and_spaces_run_a_study(study_env, extra, kind, monkeypatch):
+    import study.workers as workers
+
+    used = []
+    real_load = workers.load_study
+    monkeypatch.setattr(workers, "load_study", lambda job, i: used.append(s := real_load(job, i)) or s)
+    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=3", "--n-trials", "5", *extra]) == 0
+    study = load(study_env)
+    assert len(study.trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    if kind:
+        assert kind in (type(used[0].sampler).__name__, type(used[0].pruner).__name__)
+    else:
+        assert all({"weight_decay", "label_smoothing", "block", "widths", "schedule"} <= t.params.keys()
+                   for t in study.trials)
+        assert len({t.params["widths"] for t in study.trials}) >= 2  # the space was really searched
+
+
+def test_a_real_divergence_ends_as_a_pruned_trial_and_the_study_goes_on(study_env):
+    # A weight decay that SGD's weights cannot survive (lr x decay >> 2: each step multiplies them by
+    # about -1e10, so they overflow within a few steps): the baseline trial's loss becomes NaN, for real.
+    assert main(study_env["args"] + ["--study-name", "s", "--set", "weight_decay=1e12", "--set", "epochs=6",
+                                     "--n-trials", "3"]) == 0
+    trials = load(study_env).trials
+    assert trials[0].params["optimizer"] == "sgd" and trials[0].state == TrialState.PRUNED
+    assert "diverged" in trials[0].user_attrs["end"] and "training loss became nan" in trials[0].user_attrs["end"]
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)  # and the study went on
 
 
 def test_killed_worker_trial_is_retried_and_resumes_from_its_last_epoch(tmp_path):

@@ -84,7 +84,12 @@ def test_run_directory_contents(tiny_data, tmp_path):
     result = train(tiny_config(tensorboard=True), tiny_data, run)
     for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json"):
         assert (run / name).is_file(), name
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("val_acc")]
+    assert logged == pytest.approx([float(r["val_acc"]) for r in read_rows(run / "metrics.csv")])
     meta = json.loads((run / "config.json").read_text())
     assert meta["config"]["lr"] == 0.05 and meta["provenance"]["torch"] == torch.__version__
     assert json.loads((run / "results.json").read_text())["best_val_acc"] == result.best_val_acc
@@ -184,6 +189,28 @@ def test_kills_while_writing_checkpoints_never_leave_a_torn_file(tiny_data, tmp_
             if (run / name).exists():
                 model_from_checkpoint(load_checkpoint(run / name))  # raises on a torn or foreign file
     assert inside >= 10, f"only {inside} of 20 kills landed inside a write: the test did not test it"
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.05])  # off: the norms exceed 0.05, so the bound below means something
+def test_grad_clip_bounds_the_gradient_norm_at_every_step(tiny_data, tmp_path, clip):
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train(tiny_config(epochs=2, grad_clip=clip, lr=0.5), tiny_data, tmp_path / "run")
+    finally:
+        handle.remove()
+    assert len(norms) == 2 * 6  # every step of both epochs
+    if clip:
+        assert max(norms) <= clip * (1 + 1e-4)
+    else:
+        assert max(norms) > 0.05
 
 
 def test_resume_refuses_a_different_config(tiny_data, tmp_path):
