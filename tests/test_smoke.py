@@ -43,3 +43,35 @@ def test_train_resume_evaluate_cli(image_folder, tmp_path):
 def test_bad_input_is_one_line_exit_2(tmp_path):
     bad = run("cifar.train", "--lr", "-1")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: lr must be > 0, got -1.0"
+
+
+def test_the_main_job_with_default_names_changes_no_tracked_file(image_folder, tmp_path):
+    """A study and its report with the default storage, study name and output folders, on a copy
+    of the tree: every file they write is ignored by git, and no committed file changes."""
+    import os
+    import shutil
+
+    from tests.conftest import tiny_config
+
+    copy = tmp_path / "tree"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tree"]):
+        subprocess.run(git + cmd, cwd=copy, check=True, capture_output=True)
+    config = tmp_path / "tiny.json"
+    tiny_config(val_size=6, batch_size=64).to_json(config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CIFAR10_DIR": str(image_folder)}
+    for args in (["study", "run", "--preset", "smoke", "--config", str(config), "--n-trials", "2"],
+                 ["reports", "build", "--seeds", "2", "--epochs", "1"]):
+        done = subprocess.run([sys.executable, "-m", *args], cwd=copy, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (copy / "results" / "studies" / "cifar-smoke" / "summary.json").is_file()
+    assert (copy / "results" / "reports" / "cifar-smoke" / "summary.md").is_file()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=copy, capture_output=True, text=True).stdout
+    assert status == ""
