@@ -11,7 +11,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from cifar.cli import ArgParser, UsageError, fail  # noqa: E402
 from cifar.config import apply_overrides  # noqa: E402
 from cifar.data import CifarData, prepare_data  # noqa: E402
 from cifar.loop import predict  # noqa: E402
@@ -143,19 +143,21 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Test-set evaluation of a run's best.pt.")
+    parser = ArgParser(prog="python -m cifar.evaluate", description="Test-set evaluation of a run's best.pt.")
     parser.add_argument("run_dir", help="run directory holding best.pt and metrics.csv")
     parser.add_argument("--data-dir", default=None, help="data location (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--tta", type=int, default=2, choices=tuple(TTA_LEVELS),
                         help="test-time augmentation measured beside plain: 0 none, 1 mirror, "
                              "2 mirror + translate (default 2)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        return fail(e)
     try:
         m = evaluate_run(args.run_dir, args.data_dir, args.device, tta=args.tta)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     worst = min(m.per_class_acc, key=m.per_class_acc.get)
     run = RunDir(args.run_dir)
     tta = f"test_acc with TTA {m.test_acc_tta:.4f} (level {m.tta_level})  " if m.tta_level else ""

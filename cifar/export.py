@@ -17,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifar.cli import ArgParser, UsageError, fail
 from cifar.pipeline import Normalize
 from cifar.rundir import RunDir, load_checkpoint, model_from_checkpoint
 from cifar.sources import IMAGE_SIZE, DataError, load_cifar10
@@ -130,7 +130,7 @@ def verify(model: ImageClassifier, onnx_path: Path, images: np.ndarray, labels: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a run's best.pt to ONNX and verify it.")
+    parser = ArgParser(prog="python -m cifar.export", description="Export a run's best.pt to ONNX and verify it.")
     parser.add_argument("run_dir", help="run directory holding best.pt")
     parser.add_argument("--out", default=None, help="output file (default: RUN_DIR/model.onnx)")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 location for the check (default: the run's)")
@@ -138,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tta", type=int, default=0, choices=tuple(TTA_LEVELS),
                         help="put test-time augmentation in the graph: 0 none (default), 1 mirror, "
                              "2 mirror + translate (6 forward passes per image)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        return fail(e)
     run = RunDir(args.run_dir)
     try:
         if not run.path.is_dir():
@@ -158,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain, _, _ = classifier_from_checkpoint(run.best)
             report["acc_reference_no_tta"] = float((run_torch(plain, images).argmax(1) == labels).mean())
     except (ValueError, FileNotFoundError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     no_tta = f" (PyTorch without TTA {report['acc_reference_no_tta']:.4f})" if args.tta else ""
     print(f"test images {report['n']}: max |logit diff| {report['max_abs_logit_diff']:.2e} "
           f"(limit {MAX_LOGIT_DIFF:.0e}); test_acc PyTorch {report['acc_reference']:.4f}, "

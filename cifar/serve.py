@@ -21,7 +21,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import warnings
@@ -36,6 +35,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cifar.cli import ArgParser, UsageError, fail
 from cifar.export import classifier_from_checkpoint, onnx_session, run_session, run_torch
 from cifar.sources import IMAGE_SIZE, to_rgb32
 
@@ -212,22 +212,23 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve a CIFAR-10 model over HTTP.")
+    parser = ArgParser(prog="python -m cifar.serve", description="Serve a CIFAR-10 model over HTTP.")
     parser.add_argument("--model", required=True, help="model.onnx (onnxruntime) or a .pt checkpoint")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes, help="per uploaded file")
     parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels)
     parser.add_argument("--max-files", type=int, default=Limits.max_files, help="per batch request")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        return fail(e)
     if min(args.max_bytes, args.max_pixels, args.max_files) <= 0 or not 0 < args.port < 65536:
-        print("error: the limits must be positive and --port in 1..65535", file=sys.stderr)
-        return 2
+        return fail("the limits must be positive and --port in 1..65535")
     try:
         predictor = Predictor(args.model)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     import uvicorn
 
     app = create_app(predictor, Limits(args.max_bytes, args.max_pixels, args.max_files))

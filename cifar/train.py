@@ -37,6 +37,7 @@ from cifar.callbacks import (
     StopTraining,
     TensorBoardLogger,
 )
+from cifar.cli import fail
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import CifarData, prepare_data
 from cifar.loop import Diverged, evaluate, train_one_epoch
@@ -274,8 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = prepare_data(cfg.data, download=True)
         result = train(cfg, data, run.path, resume="resume" in own)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     except KeyboardInterrupt:
         print("interrupted; resume with: python -m cifar.train --resume RUN_DIR", file=sys.stderr)
         return 130

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cifar.cli import fail
 from cifar.data import CifarData, prepare_data
 from reports.content import (
     Runs,
@@ -141,8 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = build(args.study_name, args.storage, args.seeds, args.epochs, Path(args.out),
                     Path(args.runs_dir))
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     print(f"wrote {out}/report.html, summary.md, comparison.csv, figures/")
     return 0
 

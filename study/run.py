@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 
+from cifar.cli import fail
 from cifar.config import TrainConfig, apply_overrides
 from cifar.runtime import init_distributed, launched_by_torchrun
 from study.presets import BUDGET_FIELDS, PRESETS, pick_preset, trial_budget
@@ -131,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prepared = prepare(argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     started = time.time()
     announce(prepared)
     interrupted = False

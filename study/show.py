@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import optuna
 import pandas as pd
 
+from cifar.cli import fail
 from study.storage import DEFAULT_STORAGE, ArgParser, UsageError, make_storage, resolve_study_name
 from study.trials import trials_table
 
@@ -27,8 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = resolve_study_name(storage, args.storage, args.study_name)
         study = optuna.load_study(study_name=name, storage=storage)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     table = trials_table(study)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_columns", None):
         print(table.to_string(index=False) if not table.empty else "(no trials)")

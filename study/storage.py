@@ -14,7 +14,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,21 +22,14 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from cifar.cli import ArgParser, UsageError
 from cifar.registry import Registry
+
+__all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "make_storage", "resolve_study_name", "artifact_dir_for",
+           "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR"]
 
 DEFAULT_STORAGE = "sqlite:///results/study.db"
 REDUCTION_FACTOR = 3  # of the Hyperband and successive-halving pruners: one rung = 3x the epochs
-
-
-class UsageError(ValueError):
-    """Bad command-line input: exit status 2, database untouched."""
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse whose errors are a UsageError (one line, exit 2) instead of a usage dump."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(message)
 
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", {

@@ -48,8 +48,3 @@ def test_cli_writes_metrics_and_plots(image_folder, tmp_path, capsys):
     for name in ("curves.png", "misclassified.png", "confusion.png"):
         assert (run / "plots" / name).stat().st_size > 1000
     assert "test_acc" in capsys.readouterr().out
-
-
-def test_cli_without_checkpoint_exits_2(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 2
-    assert "no checkpoint" in capsys.readouterr().err

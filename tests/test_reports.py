@@ -199,11 +199,6 @@ def test_bad_input_exits_2(study_env, setup, message, capsys):  # noqa: F811
     assert message in err and err.count("\n") == 1
 
 
-def test_one_seed_is_refused(capsys):
-    assert build_main(["--study-name", "r", "--seeds", "1"]) == 2
-    assert "--seeds must be >= 2" in capsys.readouterr().err
-
-
 def test_pngs_are_skipped_with_a_message_where_no_browser_is_installed(tmp_path, monkeypatch, capsys):
     import reports.render as render
 

@@ -24,7 +24,7 @@ from cifar.optim import LrSchedule, build_optimizer
 from cifar.pipeline import Pipeline
 from cifar.rundir import load_checkpoint, model_from_checkpoint
 from cifar.runtime import resolve_amp
-from cifar.train import main, train
+from cifar.train import train
 from tests.conftest import make_image_folder, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,28 +270,3 @@ def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: True)  # emulated here if not native
     result = train(tiny_config(epochs=1, amp="bf16"), tiny_data, tmp_path / "run")
     assert result.status == "completed" and math.isfinite(result.best_val_acc)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--lr", "-1"], "lr must be > 0, got -1.0"),                     # negative lr
-    (["--batch_size", "0"], "batch_size must be > 0, got 0"),         # zero batch
-    (["--epochs", "0"], "epochs must be > 0, got 0"),                 # zero epochs
-    (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),     # dropout out of range
-    (["--optimizer", "lion"], "unknown optimizer 'lion'"),            # unknown optimizer
-    (["--schedule", "poly"], "unknown schedule 'poly'"),              # unknown schedule
-    (["--colour", "red"], "unknown config key: 'colour'"),            # unknown key
-    (["--config", "/nonexistent.json"], "cannot read config"),        # missing config file
-    (["stray"], "unexpected argument 'stray'"),                       # positional junk
-    (["--resume", "/nonexistent"], "has no last.pt"),                 # nothing to resume
-])
-def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_cli_missing_data_exits_2(tmp_path, capsys):
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "x.txt").write_text("x")
-    assert main(["--data_dir", str(tmp_path / "junk"), "--out", str(tmp_path / "run")]) == 2
-    assert "holds no CIFAR-10 data" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Bad input for every command line: one line on stderr, exit status 2, nothing written.
+
+``CASES`` is the table of every bad input tried; ``tests/README.md`` shows it
+(``python tests/test_bad_input.py`` rewrites that table; a test checks it is current).
+Placeholders in an argument: ``{tmp}`` a fresh folder, ``{run}`` a trained tiny run,
+``{junk}`` a folder holding no data, ``{db}`` a SQLite study database holding study ``s``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (command, arguments, the message's key phrase, why it is bad)
+CASES = [
+    ("cifar.train", "--lr -1", "lr must be > 0, got -1.0", "negative learning rate"),
+    ("cifar.train", "--lr abc", "cannot read 'abc' as float", "not a number"),
+    ("cifar.train", "--batch_size 0", "batch_size must be > 0, got 0", "empty batch"),
+    ("cifar.train", "--epochs 0", "epochs must be > 0, got 0", "no epochs"),
+    ("cifar.train", "--dropout 1.5", "dropout must be in [0, 1), got 1.5", "dropout out of range"),
+    ("cifar.train", "--optimizer lion", "unknown optimizer 'lion'; choose one of sgd", "unknown optimizer"),
+    ("cifar.train", "--schedule poly", "unknown schedule 'poly'; choose one of", "unknown schedule"),
+    ("cifar.train", "--stem pyramid", "unknown stem 'pyramid'", "unknown stem"),
+    ("cifar.train", "--alternating_flip true --pipeline torchvision", "alternating_flip needs pipeline tensor",
+     "incompatible options"),
+    ("cifar.train", "--colour red", "unknown config key: 'colour'", "unknown key"),
+    ("cifar.train", "--config /nonexistent.json", "cannot read config", "missing config file"),
+    ("cifar.train", "stray", "unexpected argument 'stray'", "positional junk"),
+    ("cifar.train", "--resume /nonexistent", "has no last.pt", "nothing to resume"),
+    ("cifar.train", "--resume {run} --lr 0.1", "--resume takes the run's own config", "resume with changes"),
+    ("cifar.train", "--data_dir {junk} --out {tmp}/out", "holds no CIFAR-10 data", "no data set there"),
+    ("cifar.evaluate", "{tmp}", "no checkpoint at", "not a run directory"),
+    ("cifar.evaluate", "{tmp}/garbage", "cannot read checkpoint", "a corrupt best.pt"),
+    ("cifar.evaluate", "{run} --tta 5", "argument --tta: invalid choice: 5", "unknown TTA level"),
+    ("cifar.evaluate", "", "the following arguments are required: run_dir", "no run directory"),
+    ("cifar.export", "{tmp}/missing", "no run directory", "missing run directory"),
+    ("cifar.export", "{tmp}", "no checkpoint at", "run directory without best.pt"),
+    ("cifar.export", "{run} --tta 7", "argument --tta: invalid choice: 7", "unknown TTA level"),
+    ("cifar.serve", "", "the following arguments are required: --model", "no model"),
+    ("cifar.serve", "--model {tmp}/none.onnx", "no model file", "missing model file"),
+    ("cifar.serve", "--model {tmp}/bad.onnx", "cannot load ONNX model", "a corrupt ONNX file"),
+    ("cifar.serve", "--model {run}/best.pt --port 0", "--port in 1..65535", "impossible port"),
+    ("cifar.serve", "--model {run}/best.pt --max-files 0", "the limits must be positive", "no files allowed"),
+    ("study run", "--sampler grid", "invalid choice: 'grid'", "unknown sampler"),
+    ("study run", "--pruner wilcoxon", "invalid choice: 'wilcoxon'", "unknown pruner"),
+    ("study run", "--preset huge", "invalid choice: 'huge'", "unknown preset"),
+    ("study run", "--space galaxy", "invalid choice: 'galaxy'", "unknown search space"),
+    ("study run", "--n-trials 0", "--n-trials must be > 0, got 0", "nothing to do"),
+    ("study run", "--n-trials -3", "--n-trials must be > 0, got -3", "negative count"),
+    ("study run", "--workers 0", "--workers must be > 0, got 0", "no workers"),
+    ("study run", "--heartbeat-interval 5 --grace-period 5", "0 < --heartbeat-interval < --grace-period",
+     "grace period not longer than the heartbeat"),
+    ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
+    ("study run", "--set lr=-1", "lr must be > 0", "bad base override"),
+    ("study run", "--set batch_size=16", "outside the default search space in batch_size", "baseline off the grid"),
+    ("study run", "--storage not-a-url", "malformed storage URL", "malformed URL"),
+    ("study run", "--storage postgresql://nobody@127.0.0.1:1/none", "cannot open storage", "unreachable server"),
+    ("study run", "--storage sqlite:////nonexistent-dir/x.db", "does not exist", "impossible file"),
+    ("study show", "--study-name s --storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
+    ("study show", "--study-name nope --storage sqlite:///{db}", "no study 'nope'", "unknown study"),
+    ("reports build", "--seeds 1", "--seeds must be >= 2 for a test, got 1", "one seed"),
+    ("reports build", "--epochs 0", "--epochs must be > 0, got 0", "no epochs"),
+    ("reports build", "--storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
+    ("reports build", "--study-name nope --storage sqlite:///{db}", "no study 'nope'", "unknown study"),
+]
+
+
+def main_of(command: str):
+    if command == "study run":
+        from study.run import main
+    elif command == "study show":
+        from study.show import main
+    elif command == "reports build":
+        from reports.build import main
+    else:
+        import importlib
+
+        main = importlib.import_module(command).main
+    return main
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, tiny_run):
+    import optuna
+
+    root = tmp_path_factory.mktemp("bad")
+    (root / "junk").mkdir()
+    (root / "junk" / "x.txt").write_text("x")
+    db = root / "study.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", direction="maximize")
+    study.tell(study.ask(), 0.5)
+    return {"run": str(tiny_run), "junk": str(root / "junk"), "db": str(db)}
+
+
+@pytest.mark.parametrize("command, args, message, why", CASES, ids=[f"{c[0]}: {c[3]}" for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(command, args, message, why, places, tmp_path, capsys):
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "best.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    argv = args.format(tmp=tmp_path, **places).split()
+    if command == "study run":  # a study's storage, unless the case is about the storage
+        argv += [] if "--storage" in argv else ["--storage", f"sqlite:///{tmp_path / 'new.db'}"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main_of(command)(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created, no database either
+
+
+def table() -> str:
+    rows = ["| command | arguments | why it is bad | what it gets (exit 2 and one line) |", "|---|---|---|---|"]
+    rows += [f"| `python -m {c}` | `{a}` | {w} | `error: ...{m}...` |" for c, a, m, w in CASES]
+    return "\n".join(rows)
+
+
+def test_tests_readme_lists_every_case():
+    text = (ROOT / "tests" / "README.md").read_text()
+    assert table() in text and len(CASES) >= 30
+
+
+if __name__ == "__main__":  # rewrite the table in tests/README.md
+    path = ROOT / "tests" / "README.md"
+    head, rest = path.read_text().split("<!-- bad-input -->\n", 1)
+    tail = rest.split("<!-- /bad-input -->", 1)[1]
+    path.write_text(f"{head}<!-- bad-input -->\n{table()}\n<!-- /bad-input -->{tail}")
+    sys.exit(0)
