@@ -10,7 +10,11 @@ STORAGE ?= sqlite:///results/study.db
 STUDY_ARGS ?=
 PORT ?= 8080
 
-.PHONY: setup test lint baseline train study report dashboard dashboard-screenshot bench serve clean
+.PHONY: help setup test lint baseline train study report dashboard dashboard-screenshot bench serve clean
+
+help: ## list the targets (the default)
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: CIFAR10_DIR=$(CIFAR10_DIR) STORAGE=$(STORAGE) STUDY_NAME=$(STUDY_NAME) RUN=$(RUN) MODEL=$(MODEL)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +22,16 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed ## create .venv from requirements.txt (again when it changes)
 
-test: setup
+test: setup ## the test suite (tiny data, offline, a few minutes)
 	$(PY) -m pytest -q
 
-lint: setup
+lint: setup ## ruff over every package
 	$(VENV)/bin/ruff check cifar study reports tests bench
 
 # Train and evaluate the documented baseline; results land in results/baseline/.
-baseline: setup
+baseline: setup ## train, evaluate and export the documented baseline into RUN and results/baseline/
 	$(PY) -m cifar.train --config configs/baseline.json --out $(RUN)
 	$(PY) -m cifar.evaluate $(RUN)
 	$(PY) -m cifar.export $(RUN)
@@ -37,23 +41,23 @@ baseline: setup
 
 # The main job: the tuning study (preset chosen for the hardware; resumes when
 # run again), then the baseline-vs-tuned report.
-study: setup
-	$(PY) -m study run --storage $(STORAGE) $(STUDY_ARGS)
+study: setup ## the main job: the tuning study (resumes when run again), then its report
+	$(PY) -m study run --storage $(STORAGE) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(STUDY_ARGS)
 	$(MAKE) report
 
 # The report of the storage's only study (or STUDY_NAME=...).
-report: setup
+report: setup ## the baseline-vs-tuned report of the storage's study (STUDY_NAME=... if several)
 	$(PY) -m reports build --storage $(STORAGE) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(REPORT_ARGS)
 
 # optuna-dashboard on the study's storage, bound to loopback only.
 ARTIFACTS = $(shell $(PY) -c "from study.storage import artifact_dir_for; print(artifact_dir_for('$(STORAGE)'))")
-dashboard: setup
+dashboard: setup ## optuna-dashboard on STORAGE at http://127.0.0.1:8080 (PORT=...)
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(PORT) --artifact-dir $(ARTIFACTS)
 
 # A PNG of optuna-dashboard showing study 1, taken with headless Chromium
 # (Debian's `chromium`: apt-get install chromium).
 SHOT ?= results/studies/dashboard.png
-dashboard-screenshot: setup
+dashboard-screenshot: setup ## a PNG of optuna-dashboard (needs Debian's chromium)
 	mkdir -p $(dir $(SHOT))
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port 8765 --quiet \
 	    --artifact-dir $(ARTIFACTS) & pid=$$!; \
@@ -64,16 +68,17 @@ dashboard-screenshot: setup
 	    --window-size=1400,1000 --virtual-time-budget=20000 --hide-scrollbars \
 	    --screenshot=$(SHOT) http://127.0.0.1:8765/dashboard/studies/1
 
-train: setup
+train: setup ## python -m cifar.train with ARGS="..." (python -m cifar.train --help lists them)
 	$(PY) -m cifar.train $(ARGS)
 
-bench: setup
+bench: setup ## the data-pipeline benchmark
 	$(PY) bench/pipeline.py
 
 # The HTTP prediction service on 127.0.0.1:8000 (MODEL: a model.onnx or a .pt checkpoint).
 MODEL ?= runs/baseline/model.onnx
-serve: setup
+serve: setup ## the HTTP prediction service on 127.0.0.1:8000 (MODEL=...)
+	@test -f $(MODEL) || { echo "error: no model file $(MODEL): make baseline trains and exports one (or give MODEL=path)" >&2; exit 2; }
 	$(PY) -m cifar.serve --model $(MODEL)
 
-clean:
+clean: ## remove runs/ (checkpoints of every run)
 	rm -rf runs .pytest_cache

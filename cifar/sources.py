@@ -28,8 +28,9 @@ CACHE_VERSION = 1
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 HOW_TO_GET = ("expected cifar-10-batches-py/ (torchvision's download) or train/<class>/ and "
-              "test/<class>/ image folders; set --data-dir or CIFAR10_DIR to a copy, or run "
-              "online with an empty ./data to download")
+              "test/<class>/ image folders; point CIFAR10_DIR at a copy (or the config's data_dir: "
+              "--data_dir DIR for cifar.train, --set data_dir=DIR for study run), or run online "
+              "with an empty ./data to download")
 
 
 class DataError(ValueError):

@@ -174,8 +174,10 @@ def run_epoch(parts: Parts, cfg: TrainConfig, epoch: int, elapsed: float) -> dic
 
 
 def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
-          callbacks: Sequence[Callback] = (), resume: bool = False) -> TrainResult:
+          callbacks: Sequence[Callback] = (), resume: bool = False, quiet: bool = False) -> TrainResult:
     """Train one model; everything about the run goes to ``run_dir``.
+
+    ``quiet``: no line per epoch on the console (a study prints one line per trial instead).
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this: the model is wrapped in
     DistributedDataParallel, ``cfg.batch_size`` stays the global batch (each rank takes
@@ -192,14 +194,16 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
     every: list[Callback] = []
     if rank.is_main:
         run.write_config(cfg, provenance(data, parts))
-        every += [ConsoleLogger(cfg.epochs), CsvLogger(run.history, history),
+        every += [] if quiet else [ConsoleLogger(cfg.epochs)]
+        every += [CsvLogger(run.history, history),
                   Checkpointer(run, lambda: checkpoint_state(parts, cfg, data, history), history)]
         if cfg.tensorboard:
             every.append(TensorBoardLogger(run.tensorboard))
         procs = f" x {rank.world} processes" if rank.world > 1 else ""
-        print(f"{parts.params:,} parameters, {parts.flops / 1e6:.1f} MFLOPs/image, {len(data.train):,} train / "
-              f"{len(data.val):,} val images, device {parts.device}{procs}, amp {parts.amp_dtype or 'off'}",
-              flush=True)
+        if not quiet:
+            print(f"{parts.params:,} parameters, {parts.flops / 1e6:.1f} MFLOPs/image, {len(data.train):,} train / "
+                  f"{len(data.val):,} val images, device {parts.device}{procs}, amp {parts.amp_dtype or 'off'}",
+                  flush=True)
     every += list(callbacks)
     if cfg.early_stop_patience:
         every.append(EarlyStopping(cfg.early_stop_patience, history))
@@ -214,7 +218,7 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
         status, message = "early_stopped", str(e)
     except Diverged as e:
         status, message = "diverged", str(e)
-    if status != "completed" and rank.is_main:
+    if status != "completed" and rank.is_main and not quiet:
         print(f"{status}: {message}", file=sys.stderr, flush=True)
 
     scored = [r for r in history if not math.isnan(r["val_acc"])]

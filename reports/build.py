@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cifar.cli import fail
-from cifar.data import CifarData, prepare_data
+from cifar.data import CifarData, DataError, prepare_data
 from reports.content import (
     Runs,
     comparison_frame,
@@ -37,8 +37,9 @@ from reports.content import (
 )
 from reports.load import load_run, open_study
 from reports.render import Section, to_html, to_markdown, write_pngs
-from reports.runs import REPORT_MINUTES, ensure_runs, report_configs
+from reports.runs import ensure_runs, report_configs
 from reports.stats import compare
+from study.presets import REPORT_MINUTES
 from study.storage import DEFAULT_STORAGE, ArgParser, UsageError
 from study.trials import compute_spent, trials_table
 
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         out = build(args.study_name, args.storage, args.seeds, args.epochs, Path(args.out),
                     Path(args.runs_dir))
-    except UsageError as e:
+    except (UsageError, DataError) as e:
         return fail(e)
     print(f"wrote {out}/report.html, summary.md, comparison.csv, figures/")
     return 0

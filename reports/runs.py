@@ -20,14 +20,8 @@ from cifar.data import prepare_data
 from cifar.evaluate import evaluate_run
 from cifar.train import train
 from reports.load import configs_of
-from study.budget import from_attr, report_epochs
+from study.presets import at_report_budget
 from study.storage import UsageError
-
-# Epochs of the retraining, by the study's preset: the most a report trains.
-REPORT_EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 30}
-# A study sized to its machine (study/budget.py) sizes its report too: all runs
-# of a CPU-preset report (both configs, every seed) fit in about this many minutes.
-REPORT_MINUTES = {"cpu": 85}
 
 
 def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
@@ -60,16 +54,8 @@ def ensure_runs(configs: dict[str, TrainConfig], seeds: int, runs_root: Path) ->
 def report_configs(study: optuna.Study, epochs: int | None, seeds: int) -> tuple[dict[str, TrainConfig], dict]:
     """The baseline and tuned configs at the report's budget, and what the report says about them."""
     baseline, tuned, baseline_trial, best_trial = configs_of(study)
-    preset = study.user_attrs.get("preset", "cpu")
-    budget = study.user_attrs.get("budget") or {}
-    throughput = from_attr(budget.get("throughput"))
-    overrides: dict[str, float] = {"train_fraction": 1.0}
-    if epochs is None:
-        epochs = REPORT_EPOCHS.get(preset, 10)
-        if throughput and preset in REPORT_MINUTES:
-            epochs = report_epochs(throughput, baseline, 2 * seeds, REPORT_MINUTES[preset], epochs)
-    if throughput:  # a sized study scaled the warm-up with its epochs; the report keeps that share
-        overrides["warmup_epochs"] = round(epochs * budget["warmup_epochs"] / budget["max_epochs"], 3)
-    configs = {name: apply_overrides(cfg, {**overrides, "epochs": epochs})
+    # Sized from the baseline (the runs of both configs share the report's minutes).
+    epochs = at_report_budget(baseline, study.user_attrs, epochs, seeds).epochs
+    configs = {name: at_report_budget(cfg, study.user_attrs, epochs, seeds)
                for name, cfg in (("baseline", baseline), ("tuned", tuned))}
     return configs, {"epochs": epochs, "baseline_trial": baseline_trial, "best_trial": best_trial}

@@ -60,9 +60,9 @@ class PruningCallback:
 
 class Objective:
     def __init__(self, base: TrainConfig, data: CifarData, runs_root: Path,
-                 artifact_store=None, space: str = "default"):
+                 artifact_store=None, space: str = "default", verbose: bool = False):
         self.base, self.data, self.runs_root = base, data, Path(runs_root)
-        self.artifact_store, self.space = artifact_store, space
+        self.artifact_store, self.space, self.verbose = artifact_store, space, verbose
 
     def __call__(self, trial: optuna.Trial) -> float:
         return self.run(trial, trial)
@@ -81,7 +81,8 @@ class Objective:
         resume = self._take_over(trial, cfg, run_dir)
         start = time.perf_counter()
         try:
-            result = train(cfg, self.data, run_dir.path, callbacks=[pruning], resume=resume)
+            result = train(cfg, self.data, run_dir.path, callbacks=[pruning], resume=resume,
+                           quiet=not self.verbose)
         except optuna.TrialPruned as e:
             trial.set_user_attr("end", str(e))
             raise

@@ -41,6 +41,13 @@ PRESETS: Registry[Preset] = Registry("preset", {
     "gpu": Preset(n_trials=100, max_epochs=15, train_fraction=1.0, timeout=None),
 })
 
+# Epochs of the report's retraining (whole train split), by the study's preset: the most a report trains.
+REPORT_EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 30}
+# A study sized to its machine (study/budget.py) sizes its report too: all runs
+# of a CPU-preset report (both configs, every seed) fit in about this many minutes.
+REPORT_MINUTES = {"cpu": 85}
+REPORT_SEEDS = 3
+
 # --set keys that make up a trial's budget, and their names in the study's "budget" attribute
 BUDGET_FIELDS = {"epochs": "max_epochs", "train_fraction": "train_fraction", "warmup_epochs": "warmup_epochs"}
 
@@ -86,3 +93,23 @@ def fit_budget(preset: Preset, base: TrainConfig) -> dict[str, Any]:
     return {"max_epochs": fit.epochs, "train_fraction": fit.train_fraction, "warmup_epochs": fit.warmup_epochs,
             "throughput": budget_lib.to_attr(tp), "target_minutes": preset.minutes,
             "estimate_minutes": round(fit.minutes, 1)}
+
+
+def at_report_budget(cfg: TrainConfig, attrs: dict[str, Any], epochs: int | None = None,
+                     seeds: int = REPORT_SEEDS) -> TrainConfig:
+    """``cfg`` at the budget the report retrains at: the whole train split, the preset's epochs
+    (sized to the measured machine where the study was), the trial's warm-up share kept.
+
+    ``attrs``: the study's user attributes (preset, budget).
+    """
+    preset = attrs.get("preset", "cpu")
+    budget = attrs.get("budget") or {}
+    throughput = budget_lib.from_attr(budget.get("throughput"))
+    overrides: dict[str, float] = {"train_fraction": 1.0}
+    if epochs is None:
+        epochs = REPORT_EPOCHS.get(preset, 10)
+        if throughput and preset in REPORT_MINUTES:
+            epochs = budget_lib.report_epochs(throughput, cfg, 2 * seeds, REPORT_MINUTES[preset], epochs)
+    if throughput:  # a sized study scaled the warm-up with its epochs; the report keeps that share
+        overrides["warmup_epochs"] = round(epochs * budget["warmup_epochs"] / budget["max_epochs"], 3)
+    return apply_overrides(cfg, {**overrides, "epochs": epochs})

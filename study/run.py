@@ -23,12 +23,22 @@ import optuna
 
 from cifar.cli import fail
 from cifar.config import TrainConfig, apply_overrides
+from cifar.data import DataError, prepare_data
 from cifar.runtime import init_distributed, launched_by_torchrun
 from study.presets import BUDGET_FIELDS, PRESETS, pick_preset, trial_budget
 from study.search_space import SPACES, params_of
-from study.storage import DEFAULT_STORAGE, PRUNERS, SAMPLERS, ArgParser, UsageError, artifact_dir_for, make_storage
+from study.storage import (
+    DEFAULT_STORAGE,
+    PRUNERS,
+    SAMPLERS,
+    ArgParser,
+    UsageError,
+    artifact_dir_for,
+    check_storage_url,
+    make_storage,
+)
 from study.trials import summarise
-from study.workers import Job, distributed_worker, run_workers
+from study.workers import Job, distributed_worker, run_workers, short
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +54,8 @@ class Prepared:
 
 def build_parser() -> ArgParser:
     p = ArgParser(prog="python -m study run", description="Create or resume a tuning study and run it.")
-    p.add_argument("--study-name", default=None, help="default: cifar-<preset>")
+    p.add_argument("--study-name", default=None,
+                   help="default: the storage's only study, or cifar-<preset> in an empty storage")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL")
     p.add_argument("--preset", default="auto", choices=("auto", *PRESETS))
     p.add_argument("--config", default=str(ROOT / "configs" / "baseline.json"), help="base config")
@@ -63,6 +74,7 @@ def build_parser() -> ArgParser:
                    help="dashboard artifacts (default: beside a SQLite file, else results/artifacts)")
     p.add_argument("--runs-dir", default="runs/studies", help="trial run directories go here")
     p.add_argument("--results-dir", default="results/studies", help="summary, trials.csv, best_config.json")
+    p.add_argument("-v", "--verbose", action="store_true", help="also a line per epoch of every trial")
     return p
 
 
@@ -96,9 +108,14 @@ def prepare(argv: Sequence[str]) -> Prepared:
         baseline_params = params_of(base, args.space)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    study_name = args.study_name or f"cifar-{preset_name}"
+    check_storage_url(args.storage)
+    try:  # the data before anything is created: the workers load it again, from the cache
+        prepare_data(base.data)
+    except (DataError, ValueError) as e:
+        raise UsageError(str(e)) from None
     storage = make_storage(args.storage, args.heartbeat_interval, args.grace_period)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    study_name = args.study_name or default_study_name(existing, f"cifar-{preset_name}", args.storage)
     if study_name in existing and existing[study_name].direction != optuna.study.StudyDirection.MAXIMIZE:
         raise UsageError(f"study {study_name!r} in {args.storage} minimizes; this one maximizes val_acc: "
                          "choose another --study-name")
@@ -121,8 +138,17 @@ def prepare(argv: Sequence[str]) -> Prepared:
               timeout=preset.timeout if args.timeout is None else args.timeout, threads=threads,
               heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
               runs_root=str(Path(args.runs_dir) / study_name),
-              artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=args.workers)
+              artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=args.workers,
+              verbose=args.verbose)
     return Prepared(job, study, base, args.results_dir)
+
+
+def default_study_name(existing: Sequence[str], new: str, url: str) -> str:
+    """As ``study show`` and ``reports build`` do: the storage's only study; ``new`` in an empty one."""
+    if len(existing) > 1:
+        raise UsageError(f"{url} holds {len(existing)} studies ({', '.join(existing)}): choose one with "
+                         "--study-name (a new name starts a new study)")
+    return next(iter(existing), new)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,16 +216,24 @@ def announce(prepared: Prepared, processes: str = "") -> None:
 
 def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
     job = prepared.job
-    summary = summarise(prepared.study, prepared.base, job.space, Path(prepared.results_dir) / job.study_name)
+    out = Path(prepared.results_dir) / job.study_name
+    summary = summarise(prepared.study, prepared.base, job.space, out)
     minutes = (time.time() - started) / 60
     print(f"{'stopped' if interrupted else 'done'} after {minutes:.1f} min: {summary['trials']} trials, "
           f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed")
-    if "best_value" in summary:
-        print(f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): "
-              f"{summary['best_params']}")
     if interrupted:
         print("run the same command again to resume the study", file=sys.stderr)
         return 130
+    name = f" --study-name {job.study_name}"
+    lines = [f"results: {out}/ (summary.json, trials.csv)",
+             f"browse:  optuna-dashboard {job.storage} --artifact-dir {job.artifact_dir}   (or make dashboard)"]
+    if "best_value" in summary:
+        params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
+        lines[:0] = [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}"]
+        lines += [f"report:  python -m reports build --storage {job.storage}{name}   (make study runs it next)",
+                  f"train the winner at the report's budget: python -m cifar.train --config {out}/best_config.json "
+                  f"--out runs/best   ({out}/best_trial_config.json: as the trial ran)"]
+    print("\n".join(lines), flush=True)
     return 0
 
 

@@ -57,9 +57,8 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     return PRUNERS.get(name)(max_epochs)
 
 
-def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: int | None = 180,
-                 create: bool = True) -> RDBStorage:
-    """An RDB storage with heartbeats; one-line errors for bad URLs and unreachable servers."""
+def check_storage_url(url: str, create: bool = True):
+    """The parsed URL, checked without connecting: malformed, or a SQLite file that cannot be."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
@@ -68,7 +67,6 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
     except sqlalchemy.exc.ArgumentError:
         raise UsageError(f"malformed storage URL {url!r}; e.g. sqlite:///results/study.db or "
                          "postgresql://user@host/db") from None
-    engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database or ""
         if db and db != ":memory:":
@@ -76,6 +74,17 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
                 raise UsageError(f"no study database at {db}")
             if not Path(db).parent.is_dir():
                 raise UsageError(f"directory of the SQLite file {db} does not exist")
+    return parsed
+
+
+def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: int | None = 180,
+                 create: bool = True) -> RDBStorage:
+    """An RDB storage with heartbeats; one-line errors for bad URLs and unreachable servers."""
+    import sqlalchemy
+
+    parsed = check_storage_url(url, create)
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
         # Wait for the lock instead of failing: several workers write to one file.
         engine_kwargs["connect_args"] = {"timeout": 120}
     else:

@@ -2,7 +2,9 @@
 
 ``trials_table`` is the one trials table: ``study show`` prints it and the
 report reads it. ``summarise`` writes a study's results folder: ``summary.json``,
-``trials.csv`` and ``best_config.json`` (the best trial's config at the trial budget).
+``trials.csv``, ``best_trial_config.json`` (the best trial's config as it ran, at
+the trial budget) and ``best_config.json`` (the same config at the report's budget:
+the whole train split and the report's epochs, ready for ``cifar.train --config``).
 
 Usage:
     table = trials_table(study)
@@ -20,6 +22,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
+from study.presets import at_report_budget
 from study.search_space import suggest_config
 
 
@@ -61,7 +64,8 @@ def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path)
     if complete:
         best = study.best_trial
         cfg = suggest_config(optuna.trial.FixedTrial(best.params), base, space)
-        cfg.to_json(out_dir / "best_config.json")
+        cfg.to_json(out_dir / "best_trial_config.json")  # as the trial ran: the study's trial budget
+        at_report_budget(cfg, study.user_attrs).to_json(out_dir / "best_config.json")  # to train the winner
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

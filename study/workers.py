@@ -28,24 +28,33 @@ from optuna.trial import TrialState
 from cifar.config import TrainConfig
 from cifar.data import prepare_data
 from cifar.runtime import Dist
+from study import budget as budget_lib
 from study.objective import Objective
 from study.storage import make_pruner, make_sampler, make_storage
 
 
 class Progress:
-    """Study callback: one line per finished trial, with the study's ETA."""
+    """Study callback: one line per finished trial, with the study's ETA.
 
-    def __init__(self, n_trials: int | None, workers: int):
-        self.n_trials, self.workers = n_trials, workers
+    The ETA counts pruning: the seconds per epoch of the finished trials, times the
+    epochs a trial runs on average under Hyperband (study.budget.EPOCH_SHARE, measured),
+    times the trials left, shared among the workers."""
+
+    def __init__(self, n_trials: int | None, workers: int, max_epochs: int, pruner: str = "hyperband"):
+        self.n_trials, self.workers, self.max_epochs = n_trials, workers, max_epochs
+        self.share = budget_lib.epoch_share(max_epochs) if pruner == "hyperband" else 1.0
+
+    def eta_minutes(self, done: list[optuna.trial.FrozenTrial]) -> float | None:
+        seconds = sum(t.duration.total_seconds() for t in done if t.duration)
+        epochs = sum(t.user_attrs.get("epochs_run", 0) for t in done)
+        if not self.n_trials or not epochs:
+            return None
+        left = max(0, self.n_trials - len(done))
+        return left * self.max_epochs * self.share * seconds / epochs / self.workers / 60
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trials = study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state.is_finished()]
-        durations = [t.duration.total_seconds() for t in done if t.duration]
-        eta = ""
-        if self.n_trials and durations:
-            left = max(0, self.n_trials - len(done)) * (sum(durations) / len(durations)) / self.workers
-            eta = f"  ETA {left / 60:.1f} min"
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        eta = self.eta_minutes(done)
         if trial.state == TrialState.FAIL:
             value = f"({trial.system_attrs.get('fail_reason', 'failed').splitlines()[0][:120]})"
         elif trial.value is not None:
@@ -54,18 +63,20 @@ class Progress:
             value = f"last val_acc {max(trial.intermediate_values.items())[1]:.4f}"
         else:
             value = ""
-        params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        params = " ".join(f"{k}={short(v)}" for k, v in trial.params.items())
         try:
             best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:
             best = "no complete trial yet"
         elapsed = trial.duration.total_seconds() if trial.duration else 0.0
         total = f"/{self.n_trials}" if self.n_trials else ""
-        print(f"trial {trial.number:3d} {trial.state.name:8s} {value}  [{params}]  {elapsed:.0f} s  "
-              f"| {best}  {len(done)}{total} done{eta}", flush=True)
+        epochs = f" {trial.user_attrs['epochs_run']}/{self.max_epochs} ep" if "epochs_run" in trial.user_attrs else ""
+        print(f"trial {trial.number:3d} {trial.state.name:8s} {value}  [{params}]{epochs}  {elapsed:.0f} s  "
+              f"| {best}  {len(done)}{total} done{'' if eta is None else f'  ETA {eta:.0f} min'}", flush=True)
 
 
-def _short(v: Any) -> str:
+def short(v: Any) -> str:
+    """A parameter value as a trial line prints it (floats to 3 significant digits)."""
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
@@ -89,6 +100,7 @@ class Job:
     runs_root: str
     artifact_dir: str
     workers: int
+    verbose: bool = False   # a line per epoch of every trial, too
 
 
 def load_study(job: Job, index: int) -> optuna.Study:
@@ -106,7 +118,7 @@ def make_objective(job: Job, uploads: bool = True) -> Objective:
     if uploads:
         Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(job.artifact_dir)
-    return Objective(base, prepare_data(base.data), Path(job.runs_root), store, job.space)
+    return Objective(base, prepare_data(base.data), Path(job.runs_root), store, job.space, job.verbose)
 
 
 def worker(job: Job, index: int) -> None:
@@ -116,7 +128,7 @@ def worker(job: Job, index: int) -> None:
 
 
 def optimize(study: optuna.Study, objective, job: Job) -> None:
-    callbacks: list = [Progress(job.n_trials, job.workers)]
+    callbacks: list = [Progress(job.n_trials, job.workers, job.base["epochs"], job.pruner)]
     if job.n_trials:
         # Counted over every worker: the study stops at n_trials finished trials in total.
         callbacks.append(optuna.study.MaxTrialsCallback(

@@ -4,6 +4,7 @@
 (``python tests/test_bad_input.py`` rewrites that table; a test checks it is current).
 Placeholders in an argument: ``{tmp}`` a fresh folder, ``{run}`` a trained tiny run,
 ``{junk}`` a folder holding no data, ``{db}`` a SQLite study database holding study ``s``.
+``study run`` gets a tiny base config on a tiny image folder unless a case gives its own.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ CASES = [
     ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
     ("study run", "--set lr=-1", "lr must be > 0", "bad base override"),
     ("study run", "--set batch_size=16", "outside the default search space in batch_size", "baseline off the grid"),
+    ("study run", "--set data_dir={junk}", "holds no CIFAR-10 data", "no data set there (checked first)"),
+    ("study run", "--set val_size=100000", "val_size must be in [0, 60)", "more validation images than data"),
     ("study run", "--storage not-a-url", "malformed storage URL", "malformed URL"),
     ("study run", "--storage postgresql://nobody@127.0.0.1:1/none", "cannot open storage", "unreachable server"),
     ("study run", "--storage sqlite:////nonexistent-dir/x.db", "does not exist", "impossible file"),
@@ -87,13 +90,18 @@ def main_of(command: str):
 def places(tmp_path_factory, tiny_run):
     import optuna
 
+    from tests.conftest import make_image_folder, tiny_config
+
     root = tmp_path_factory.mktemp("bad")
     (root / "junk").mkdir()
     (root / "junk" / "x.txt").write_text("x")
     db = root / "study.db"
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", direction="maximize")
     study.tell(study.ask(), 0.5)
-    return {"run": str(tiny_run), "junk": str(root / "junk"), "db": str(db)}
+    folder = make_image_folder(root / "imgs", n_train=60, n_test=9)
+    tiny_config(data_dir=str(folder), cache_dir=str(root / "cache"), val_size=12, batch_size=64).to_json(
+        root / "tiny.json")
+    return {"run": str(tiny_run), "junk": str(root / "junk"), "db": str(db), "tiny": str(root / "tiny.json")}
 
 
 @pytest.mark.parametrize("command, args, message, why", CASES, ids=[f"{c[0]}: {c[3]}" for c in CASES])
@@ -102,8 +110,9 @@ def test_bad_input_is_one_line_and_exit_2(command, args, message, why, places, t
     (tmp_path / "garbage" / "best.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     argv = args.format(tmp=tmp_path, **places).split()
-    if command == "study run":  # a study's storage, unless the case is about the storage
+    if command == "study run":  # a study's storage and base config, unless the case gives its own
         argv += [] if "--storage" in argv else ["--storage", f"sqlite:///{tmp_path / 'new.db'}"]
+        argv += ["--config", places["tiny"]]
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main_of(command)(argv) == 2
     err = capsys.readouterr().err

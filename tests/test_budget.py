@@ -7,10 +7,10 @@ import math
 import pytest
 
 from cifar.config import TrainConfig, apply_overrides
-from reports.runs import REPORT_EPOCHS, REPORT_MINUTES, report_configs
+from reports.runs import report_configs
 from study import budget
 from study.budget import Throughput, TrialBudget, report_epochs, size_trials
-from study.presets import PRESETS
+from study.presets import PRESETS, REPORT_EPOCHS, REPORT_MINUTES
 from study.run import main
 from tests.conftest import tiny_config
 from tests.test_study import load, study_env  # noqa: F401  (fixture)

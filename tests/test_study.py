@@ -138,8 +138,14 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     artifacts = optuna.artifacts.get_all_artifact_meta(first, storage=study._storage)
     assert {a.filename for a in artifacts} == {"curves.png", "config.json"}
     assert "trial   7" in out and "ETA" in out and "best val_acc" in out
+    assert "epoch   1/4" not in out  # a line per trial, not per epoch (unless -v)
     results = study_env["tmp"] / "results" / "s"
-    assert TrainConfig.from_json(results / "best_config.json").epochs == 4
+    assert TrainConfig.from_json(results / "best_trial_config.json").epochs == 4  # as the trial ran
+    best = TrainConfig.from_json(results / "best_config.json")  # at the report's budget
+    assert (best.epochs, best.data.train_fraction) == (2, 1.0)
+    # The last lines name what exists: the results folder, the best config, the report command.
+    assert f"results: {results}/" in out and f"--config {results}/best_config.json" in out
+    assert "python -m reports build --storage" in out and "optuna-dashboard" in out
     assert (results / "trials.csv").read_text().count("\n") == 9
 
     # The same command with a larger count resumes the same study; the baseline is not re-enqueued.
@@ -149,14 +155,25 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
 
 
-def test_show_prints_and_exports(study_env, capsys):
-    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
+def test_show_marks_the_best_trial_and_lists_studies(study_env, capsys):
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "4"]) == 0
     csv_path = study_env["tmp"] / "t.csv"
-    assert show_main(["--study-name", "s", "--storage", study_env["url"], "--csv", str(csv_path)]) == 0
+    capsys.readouterr()
+    # No --study-name: the storage's only study.
+    assert show_main(["--storage", study_env["url"], "--sort", "--csv", str(csv_path)]) == 0
     out = capsys.readouterr().out
-    assert "optimizer" in out and "COMPLETE" in out
+    study = load(study_env)
+    assert "metric val_acc" in out and f"* best trial: {study.best_trial.number}" in out
+    rows = [line.split() for line in out.splitlines()[2:6]]
+    assert rows[0][:2] == ["*", str(study.best_trial.number)]  # sorted: the best first, marked
+    assert "nan" not in out.lower()  # a parameter that does not apply is blank
     assert csv_path.read_text().splitlines()[0].startswith("number,state,val_acc")
-    assert show_main(["--study-name", "nope", "--storage", study_env["url"]]) == 2
+    # A second study: without a name, the storage's studies are listed.
+    assert main(study_env["args"] + ["--study-name", "t", "--n-trials", "1"]) == 0
+    capsys.readouterr()
+    assert show_main(["--storage", study_env["url"]]) == 0
+    listing = capsys.readouterr().out
+    assert "several studies: choose one with --study-name" in listing and " s " in f" {listing} "
 
 
 def test_four_workers_on_sqlite(study_env):
@@ -271,23 +288,6 @@ def test_two_workers_on_postgresql(study_env):
         assert json.dumps(study.user_attrs["budget"])
     finally:
         optuna.delete_study(study_name=name, storage=url)
-
-
-def test_diverged_trial_ends_pruned_with_reason(study_env, monkeypatch):
-    from cifar.train import TrainResult
-    from study import objective as objective_module
-
-    def diverging_train(cfg, data, run_dir, callbacks=(), resume=False):
-        return TrainResult("diverged", "training loss became nan", float("nan"), 0, 1, 0.1, 1, 1, str(run_dir))
-
-    monkeypatch.setattr(objective_module, "train", diverging_train)
-    base = TrainConfig.from_json(study_env["tmp"] / "base.json")
-    obj = objective_module.Objective(base, data=None, runs_root=study_env["tmp"] / "runs")
-    study = optuna.create_study(direction="maximize")
-    study.optimize(obj, n_trials=1)  # the study goes on: the trial is pruned, not raised
-    trial = study.trials[0]
-    assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs["end"] == "diverged: training loss became nan"
 
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
