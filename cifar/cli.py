@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 
 class UsageError(ValueError):
@@ -38,3 +39,46 @@ def fail(error: Exception | str) -> int:
     """Print ``error`` as one line on stderr; the exit status of bad input."""
     print(f"error: {error}", file=sys.stderr)
     return 2
+
+
+def config_keys_help() -> str:
+    """Every config key with its type, default and meaning, from the config dataclasses."""
+    from cifar.config import field_docs
+
+    lines, section = ["config keys (type, default: meaning):"], None
+    for sec, name, kind, default, meaning in field_docs():
+        if sec != section:
+            lines.append(f" {sec}:")
+            section = sec
+        lines.append(f"  {name:20s} {kind:6s} {default:12s} {meaning}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str], usage: str, about: str,
+               own: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split argv into the command's ``own`` options and config overrides: ``--set key=value``
+    (as study run takes them), ``--key value`` or ``--key=value``; --help prints every config key."""
+    mine, overrides = {}, {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            raise SystemExit(print(f"{usage}\n\n{about}\n\n{config_keys_help()}") or 0)
+        if not arg.startswith("--") or arg == "--":
+            raise UsageError(f"unexpected argument {arg!r}; {usage}")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            # A flag with no value (e.g. --deterministic) means true.
+            value = args.pop(0) if args and not args[0].startswith("--") else "true"
+        if key == "set":
+            key, value = split_set(value)
+        (mine if key in own else overrides)[key] = value
+    return mine, overrides
+
+
+def split_set(kv: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of a --set option."""
+    key, sep, value = kv.partition("=")
+    if not sep:
+        raise UsageError(f"--set takes KEY=VALUE, got {kv!r}")
+    return key, value

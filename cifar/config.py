@@ -14,7 +14,11 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import json
+import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +108,7 @@ class ModelConfig:
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 15              # passes over the train split
+    epochs: int = 14              # passes over the train split
     batch_size: int = 256         # images per optimizer step
     optimizer: str = "sgd"        # a key of cifar.optim.OPTIMIZERS: sgd | sgd1024 | adam | adamw | rmsprop
     lr: float = 0.2               # peak learning rate of the schedule (sgd1024: per 1024 examples)
@@ -189,7 +193,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in d:
         if key not in names:
-            raise ValueError(f"unknown config key: {key!r}")
+            raise ValueError(f"unknown config key: {key!r}{_did_you_mean(key, names)}")
     kwargs = {}
     for key, value in d.items():
         hint = hints[key]
@@ -259,6 +263,28 @@ def _flat_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str,
 FIELD_PATHS = _flat_paths(TrainConfig)
 
 
+def _did_you_mean(key: str, names) -> str:
+    close = difflib.get_close_matches(key.replace("-", "_"), list(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def field_docs() -> list[tuple[str, str, str, str, str]]:
+    """(section, name, type, default, meaning) of every leaf field: the dataclasses and their comments."""
+    comments = dict(re.findall(r"^    (\w+): .*?#\s*(.+)$", inspect.getsource(sys.modules[__name__]), re.M))
+    rows = []
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("training", TrainConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else \
+                repr(default) if isinstance(default, str) else str(default)
+            rows.append((section, f.name, _type_name(hints[f.name]).replace("tuple", "list"), shown,
+                         comments.get(f.name, "")))
+    return rows
+
+
 def flatten(cfg: TrainConfig) -> dict[str, Any]:
     """Every leaf field of the tree by its (unique) name, in declaration order."""
     out = {}
@@ -277,7 +303,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     for key, value in overrides.items():
         path = FIELD_PATHS.get(key.replace("-", "_"))
         if path is None:
-            raise ValueError(f"unknown config key: {key!r}")
+            raise ValueError(f"unknown config key: {key!r}{_did_you_mean(key, FIELD_PATHS)}")
         node = d
         for part in path[:-1]:
             node = node[part]

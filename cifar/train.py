@@ -37,7 +37,7 @@ from cifar.callbacks import (
     StopTraining,
     TensorBoardLogger,
 )
-from cifar.cli import fail
+from cifar.cli import fail, parse_args
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import CifarData, prepare_data
 from cifar.loop import Diverged, evaluate, train_one_epoch
@@ -238,31 +238,19 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
 
 
 USAGE = ("usage: python -m cifar.train [--config FILE.json] [--out RUN_DIR] [--resume RUN_DIR] "
-         "[--KEY VALUE ...]")
-
-
-def parse_args(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Split argv into the command's own options and config overrides (--key value / --key=value)."""
-    own, overrides = {}, {}
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in ("-h", "--help"):
-            raise SystemExit(print(USAGE + "\nKEY: any config field, e.g. --lr 0.1 --widths 32,64,128 "
-                                   "(see cifar/config.py)") or 0)
-        if not arg.startswith("--") or arg == "--":
-            raise ValueError(f"unexpected argument {arg!r}; {USAGE}")
-        key, sep, value = arg[2:].partition("=")
-        if not sep:
-            # A flag with no value (e.g. --deterministic) means true.
-            value = args.pop(0) if args and not args[0].startswith("--") else "true"
-        (own if key in ("config", "out", "resume") else overrides)[key] = value
-    return own, overrides
+         "[--set KEY=VALUE ...] [--KEY VALUE ...]")
+TRAIN_HELP = """Train one model; everything about the run goes to its run folder.
+  --config FILE.json   start from this config (default: the values below, the documented baseline
+                       = configs/baseline.json; the fast recipe is configs/fast.json)
+  --out RUN_DIR        the run folder (default: runs/<date>-<time>)
+  --resume RUN_DIR     continue a stopped run from its last.pt, with its own config
+  --set KEY=VALUE      set a config key (repeatable); --KEY VALUE says the same"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        own, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        own, overrides = parse_args(sys.argv[1:] if argv is None else argv, USAGE, TRAIN_HELP,
+                                    own=("config", "out", "resume"))
         if "resume" in own:
             if overrides or "config" in own:
                 raise ValueError("--resume takes the run's own config; give no other options")

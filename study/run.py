@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from cifar.cli import fail
+from cifar.cli import fail, split_set
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import DataError, prepare_data
 from cifar.runtime import init_distributed, launched_by_torchrun
@@ -78,16 +78,6 @@ def build_parser() -> ArgParser:
     return p
 
 
-def parse_sets(sets: Sequence[str]) -> dict[str, str]:
-    overrides = {}
-    for kv in sets:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise UsageError(f"--set takes KEY=VALUE, got {kv!r}")
-        overrides[key] = value
-    return overrides
-
-
 def prepare(argv: Sequence[str]) -> Prepared:
     """Validate everything, then create or load the study. Raises UsageError on bad input."""
     args = build_parser().parse_args(argv)
@@ -101,7 +91,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
     if args.heartbeat_interval <= 0 or args.grace_period <= args.heartbeat_interval:
         raise UsageError("need 0 < --heartbeat-interval < --grace-period")
     # The preset sets the trial budget; --set may still change it (recorded either way).
-    sets = parse_sets(args.set)
+    sets = dict(split_set(kv) for kv in args.set)
     try:
         base = apply_overrides(TrainConfig.from_json(args.config),
                                {"epochs": preset.max_epochs, "train_fraction": preset.train_fraction} | sets)

@@ -29,6 +29,8 @@ CASES = [
     ("cifar.train", "--alternating_flip true --pipeline torchvision", "alternating_flip needs pipeline tensor",
      "incompatible options"),
     ("cifar.train", "--colour red", "unknown config key: 'colour'", "unknown key"),
+    ("cifar.train", "--lrr 0.1", "unknown config key: 'lrr'; did you mean 'lr'?", "a typo in a key"),
+    ("cifar.train", "--set lr", "--set takes KEY=VALUE, got 'lr'", "--set without a value"),
     ("cifar.train", "--config /nonexistent.json", "cannot read config", "missing config file"),
     ("cifar.train", "stray", "unexpected argument 'stray'", "positional junk"),
     ("cifar.train", "--resume /nonexistent", "has no last.pt", "nothing to resume"),
@@ -138,3 +140,20 @@ if __name__ == "__main__":  # rewrite the table in tests/README.md
     tail = rest.split("<!-- /bad-input -->", 1)[1]
     path.write_text(f"{head}<!-- bad-input -->\n{table()}\n<!-- /bad-input -->{tail}")
     sys.exit(0)
+
+
+@pytest.mark.parametrize("command", ["cifar.train", "cifar.evaluate", "cifar.export", "cifar.serve", "study run",
+                                     "study show", "reports build"])
+def test_every_cli_help_shows_its_defaults(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main_of(command)(["--help"])
+    assert done.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "default" in out
+    if command == "cifar.train":  # every config key, with its type, default and meaning
+        from cifar.config import TrainConfig, field_docs, flatten
+
+        for name in flatten(TrainConfig()):
+            assert f"  {name} " in out, name
+        assert all(meaning for *_, meaning in field_docs())
+        assert "  epochs               int    14 " in out  # the documented baseline's, as configs/baseline.json

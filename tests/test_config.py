@@ -53,3 +53,10 @@ def test_unknown_nested_key_in_json_is_rejected():
 def test_dotted_and_flat_keys_reach_the_same_field():
     assert apply_overrides(TrainConfig(), {"model.dropout": "0.3"}) == \
         apply_overrides(TrainConfig(), {"dropout": "0.3"})
+
+
+def test_defaults_are_the_documented_baseline():
+    # Without --config, cifar.train trains configs/baseline.json.
+    from pathlib import Path
+
+    assert TrainConfig() == TrainConfig.from_json(Path(__file__).resolve().parents[1] / "configs" / "baseline.json")
