@@ -10,7 +10,7 @@ STORAGE ?= sqlite:///results/study.db
 STUDY_ARGS ?=
 PORT ?= 8080
 
-.PHONY: help setup test lint baseline train study report dashboard dashboard-screenshot bench serve clean
+.PHONY: help setup test lint baseline train study report dashboard dashboard-screenshot bench serve readme clean
 
 help: ## list the targets (the default)
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,6 +79,9 @@ MODEL ?= runs/baseline/model.onnx
 serve: setup ## the HTTP prediction service on 127.0.0.1:8000 (MODEL=...)
 	@test -f $(MODEL) || { echo "error: no model file $(MODEL): make baseline trains and exports one (or give MODEL=path)" >&2; exit 2; }
 	$(PY) -m cifar.serve --model $(MODEL)
+
+readme: setup ## rewrite the README's measured blocks from results/ (a test checks they are current)
+	$(PY) bench/readme.py
 
 clean: ## remove runs/ (checkpoints of every run)
 	rm -rf runs .pytest_cache

@@ -15,7 +15,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import re
 import sys
+import typing
 from collections.abc import Sequence
 
 
@@ -41,10 +45,28 @@ def fail(error: Exception | str) -> int:
     return 2
 
 
+def field_docs() -> list[tuple[str, str, str, str, str]]:
+    """(section, name, type, default, meaning) of every leaf field: the dataclasses and their comments."""
+    from cifar import config
+
+    comments = dict(re.findall(r"^    (\w+): .*?#\s*(.+)$", inspect.getsource(config), re.M))
+    rows = []
+    for section, cls in (("data", config.DataConfig), ("model", config.ModelConfig),
+                         ("training", config.TrainConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else \
+                repr(default) if isinstance(default, str) else str(default)
+            kind = getattr(hints[f.name], "__name__", str(hints[f.name])).replace("tuple", "list")
+            rows.append((section, f.name, kind, shown, comments.get(f.name, "")))
+    return rows
+
+
 def config_keys_help() -> str:
     """Every config key with its type, default and meaning, from the config dataclasses."""
-    from cifar.config import field_docs
-
     lines, section = ["config keys (type, default: meaning):"], None
     for sec, name, kind, default, meaning in field_docs():
         if sec != section:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import json
-import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,23 +263,6 @@ FIELD_PATHS = _flat_paths(TrainConfig)
 def _did_you_mean(key: str, names) -> str:
     close = difflib.get_close_matches(key.replace("-", "_"), list(names), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def field_docs() -> list[tuple[str, str, str, str, str]]:
-    """(section, name, type, default, meaning) of every leaf field: the dataclasses and their comments."""
-    comments = dict(re.findall(r"^    (\w+): .*?#\s*(.+)$", inspect.getsource(sys.modules[__name__]), re.M))
-    rows = []
-    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("training", TrainConfig)):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else \
-                repr(default) if isinstance(default, str) else str(default)
-            rows.append((section, f.name, _type_name(hints[f.name]).replace("tuple", "list"), shown,
-                         comments.get(f.name, "")))
-    return rows
 
 
 def flatten(cfg: TrainConfig) -> dict[str, Any]:

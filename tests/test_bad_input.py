@@ -151,7 +151,8 @@ def test_every_cli_help_shows_its_defaults(command, capsys):
     out = capsys.readouterr().out
     assert "default" in out
     if command == "cifar.train":  # every config key, with its type, default and meaning
-        from cifar.config import TrainConfig, field_docs, flatten
+        from cifar.cli import field_docs
+        from cifar.config import TrainConfig, flatten
 
         for name in flatten(TrainConfig()):
             assert f"  {name} " in out, name

@@ -99,3 +99,14 @@ def test_every_string_choice_is_a_registry(lookup, message):
     module, name = lookup.split(":")
     with pytest.raises(ValueError, match=re.escape(message)):
         getattr(importlib.import_module(module), name).get("lion")
+
+
+def test_readme_measured_blocks_are_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme", ROOT / "bench" / "readme.py")
+    readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme)
+    text = (ROOT / "README.md").read_text()
+    assert all(f"<!-- results:{name} -->" in text for name in readme.BLOCKS)
+    assert readme.render(text) == text, "a README block differs from its results file: run make readme"

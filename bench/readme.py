@@ -1,0 +1,76 @@
+"""Render the README's measured blocks from the committed results files (``make readme``).
+
+A block sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in
+README.md; this script rewrites its inside from the file it names, so a figure
+in a block cannot drift from its file. ``tests/test_structure.py`` checks that
+every block is current.
+
+Usage:
+    python bench/readme.py          # rewrite the blocks
+    python bench/readme.py --check  # exit 1 if a block is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pct(pair: list) -> str:
+    mean, std = pair
+    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else " (1 seed)")
+
+
+def time_to_accuracy() -> str:
+    """The fast recipe against the baseline: accuracy, compute, time (results/bench/time_to_accuracy.json)."""
+    path = ROOT / "results" / "bench" / "time_to_accuracy.json"
+    result = json.loads(path.read_text())
+    rows = ["| run | epochs | seeds | test acc | with TTA | training PFLOP | train min | images/s | "
+            "GFLOP/s (matmul) | peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["summary"]:
+        rows.append(f"| {r['name']} | {r['epochs']} | {len(r['seeds'])} | {_pct(r['test_acc'])} | "
+                    f"{_pct(r['test_acc_tta'])} | {r['train_pflop']:.3f} | {r['train_minutes']:.1f} | "
+                    f"{r['images_per_s']:.0f} | {r['train_gflops_per_s']:.0f} ({r['matmul_gflops']:.0f}) | "
+                    f"{r['peak_rss_mb'] or 0:.0f} |")
+    m = result["machine"]
+    rows += ["", f"Machine: {m['cpu']}, {m['threads']} threads, fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s, "
+             f"the baseline model trains at {m['baseline_images_per_s']:.0f} images/s (measured before each run; "
+             f"last: {result['written']}). Targets so far:"]
+    rows += [f"- {t['target']}: " + (f"{'met' if t['met'] else 'not met'} (best: {t['best']['name']})"
+                                      if isinstance(t["best"], dict) else f"not measured yet ({t['best']})")
+             for t in result["targets"]]
+    return "\n".join(rows)
+
+
+BLOCKS = {"time_to_accuracy": time_to_accuracy}
+
+
+def render(text: str) -> str:
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- results:{name} -->\n)(.*?\n)?(<!-- /results:{name} -->)", re.S)
+        block = make()
+        text = pattern.sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(3), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a block is stale; write nothing")
+    args = parser.parse_args(argv)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = render(text)
+    if args.check:
+        print("README blocks are current" if new == text else "README blocks are stale: run make readme")
+        return 0 if new == text else 1
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
