@@ -129,10 +129,23 @@ def verify(model: ImageClassifier, onnx_path: Path, images: np.ndarray, labels: 
     return report
 
 
+def onnx_path(out: str | None, run: RunDir) -> Path:
+    """--out is a folder, as in every command; a file name ending in .onnx still works (noted)."""
+    if out is None:
+        return run.onnx
+    if out.endswith(".onnx"):
+        print("note: --out now names a folder (model.onnx goes inside); a .onnx file name still works",
+              file=sys.stderr)
+        return Path(out)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out) / run.onnx.name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgParser(prog="python -m cifar.export", description="Export a run's best.pt to ONNX and verify it.")
     parser.add_argument("run_dir", help="run directory holding best.pt")
-    parser.add_argument("--out", default=None, help="output file (default: RUN_DIR/model.onnx)")
+    parser.add_argument("--out", default=None, help="the folder model.onnx goes to (default: RUN_DIR); "
+                        "a path ending in .onnx, the older form, names the file")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 location for the check (default: the run's)")
     parser.add_argument("--no-verify", action="store_true", help="skip the test-set comparison")
     parser.add_argument("--tta", type=int, default=0, choices=tuple(TTA_LEVELS),
@@ -147,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not run.path.is_dir():
             raise ValueError(f"no run directory {run}")
         model, classes, ckpt = classifier_from_checkpoint(run.best, args.tta)
-        out = export_onnx(model, classes, args.out or run.onnx)
+        out = export_onnx(model, classes, onnx_path(args.out, run))
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {OPSET}, input uint8 (N,3,32,32), "
               f"TTA {TTA_LEVELS[args.tta]})")
         if args.no_verify:

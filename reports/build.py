@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--storage", default=DEFAULT_STORAGE)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="default: by the study's preset")
-    p.add_argument("--out", default="results/reports")
+    p.add_argument("--out", default="results/reports", help="the folder each report goes to: <out>/<study>/")
     p.add_argument("--runs-dir", default="runs/reports", help="cache of retrained runs")
     p.add_argument("--runs-only", action="store_true",
                    help="retrain and test the runs into the cache, write no report (needs no plotly)")

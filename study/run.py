@@ -73,7 +73,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--artifact-dir", default=None,
                    help="dashboard artifacts (default: beside a SQLite file, else results/artifacts)")
     p.add_argument("--runs-dir", default="runs/studies", help="trial run directories go here")
-    p.add_argument("--results-dir", default="results/studies", help="summary, trials.csv, best_config.json")
+    p.add_argument("--out", "--results-dir", dest="results_dir", default="results/studies",
+                   help="the folder each study's results go to: <out>/<study>/ (summary, trials.csv, best_config.json)")
     p.add_argument("-v", "--verbose", action="store_true", help="also a line per epoch of every trial")
     return p
 
@@ -119,6 +120,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
             study.set_user_attr(key, value)
         # The baseline is always trial 0, so every study contains it.
         study.enqueue_trial(baseline_params, user_attrs={"baseline": True})
+        study.set_metric_names(["val_acc"])  # optuna-dashboard names the objective, not "Objective 0"
     elif study.user_attrs.get("space", args.space) != args.space:
         raise UsageError(f"study {study_name!r} searched the {study.user_attrs['space']!r} space; "
                          f"resume it with --space {study.user_attrs['space']}")

@@ -99,3 +99,8 @@ def test_onnx_with_tta_in_the_graph_matches_pytorch_tta(tiny_run, tmp_path, leve
         without = plain(x).numpy()
     np.testing.assert_allclose(run_session(session, x.numpy()), expected, atol=1e-4)
     assert not np.allclose(expected, without, atol=1e-4)
+
+
+def test_out_names_a_folder_as_everywhere(tiny_run, tmp_path, capsys):
+    assert main([str(tiny_run), "--out", str(tmp_path / "exported"), "--no-verify"]) == 0
+    assert (tmp_path / "exported" / "model.onnx").is_file()

@@ -130,6 +130,7 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert len(states) == 8
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states
     assert study.trials[0].user_attrs.get("baseline") is True
+    assert study.metric_names == ["val_acc"]
     assert study.user_attrs["budget"] == {"max_epochs": 4, "train_fraction": 1.0, "warmup_epochs": 0.5}
     first = study.trials[0]
     for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir"):
