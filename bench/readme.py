@@ -1,7 +1,7 @@
-"""Render the README's measured blocks from the committed results files (``make readme``).
+"""Render the measured blocks of the README and docs/ from the committed results files (``make readme``).
 
 A block sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in
-README.md; this script rewrites its inside from the file it names, so a figure
+README.md or a page of docs/; this script rewrites its inside from the file it names, so a figure
 in a block cannot drift from its file. ``tests/test_structure.py`` checks that
 every block is current.
 
@@ -58,17 +58,26 @@ def render(text: str) -> str:
     return text
 
 
+def pages() -> list[Path]:
+    """The pages that may hold blocks: the README and docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a block is stale; write nothing")
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    new = render(text)
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new = render(text)
+        if new != text:
+            stale.append(page.name)
+            if not args.check:
+                page.write_text(new)
     if args.check:
-        print("README blocks are current" if new == text else "README blocks are stale: run make readme")
-        return 0 if new == text else 1
-    readme.write_text(new)
+        print(f"stale blocks in {', '.join(stale)}: run make readme" if stale else "every block is current")
+        return 1 if stale else 0
     return 0
 
 

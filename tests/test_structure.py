@@ -54,13 +54,13 @@ def test_no_private_name_imported_from_another_package(path):
             assert not [n for n in names if n.startswith("_")], f"private import from {module}"
 
 
-def readme_block(start: str, end: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def doc_block(page: str, start: str, end: str) -> str:
+    text = (ROOT / page).read_text()
     return text.split(start, 1)[1].split(end, 1)[0]
 
 
 def test_readme_structure_lists_every_module_and_only_those():
-    tree = readme_block("## Project structure\n\n```\n", "```")
+    tree = doc_block("docs/structure.md", "```\n", "```")
     listed, package = set(), None
     for line in tree.splitlines():
         if m := re.match(r"([a-z]+)/\s", line):
@@ -72,7 +72,7 @@ def test_readme_structure_lists_every_module_and_only_those():
 
 
 def test_readme_search_space_table_is_the_declared_one():
-    block = readme_block("<!-- space-table", "<!-- /space-table -->")
+    block = doc_block("docs/study.md", "<!-- space-table", "<!-- /space-table -->")
     assert block.split("\n", 1)[1].strip() == space_table()
 
 
@@ -101,12 +101,37 @@ def test_every_string_choice_is_a_registry(lookup, message):
         getattr(importlib.import_module(module), name).get("lion")
 
 
-def test_readme_measured_blocks_are_current():
+def test_measured_blocks_are_current():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("readme", ROOT / "bench" / "readme.py")
     readme = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(readme)
-    text = (ROOT / "README.md").read_text()
-    assert all(f"<!-- results:{name} -->" in text for name in readme.BLOCKS)
-    assert readme.render(text) == text, "a README block differs from its results file: run make readme"
+    pages = {p: p.read_text() for p in readme.pages()}
+    every = "".join(pages.values())
+    assert all(f"<!-- results:{name} -->" in every for name in readme.BLOCKS)
+    for path, text in pages.items():
+        assert readme.render(text) == text, f"a block in {path} differs from its results file: run make readme"
+
+
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "README.md",
+             ROOT / "tests" / "README.md"]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page):
+    text = page.read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        if path:
+            assert (page.parent / path).exists(), f"{page.name}: {target}"
+        elif anchor:
+            assert anchor in anchors, f"{page.name}: #{anchor}"
+
+
+def test_readme_is_a_front_page():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 120
