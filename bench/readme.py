@@ -13,9 +13,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
+import sqlite3
 import sys
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +50,48 @@ def time_to_accuracy() -> str:
     return "\n".join(rows)
 
 
-BLOCKS = {"time_to_accuracy": time_to_accuracy}
+def baseline_throughput() -> str:
+    """Training images/s of the documented baseline's epochs (results/baseline/metrics.csv)."""
+    with (ROOT / "results" / "baseline" / "metrics.csv").open() as f:
+        rates = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+    return f"{min(rates):.0f}-{max(rates):.0f} images/s"
+
+
+def onnx_accuracy() -> str:
+    """onnxruntime against PyTorch on the test set (results/onnx/baseline-seed0-onnx_check.json)."""
+    d = json.loads((ROOT / "results" / "onnx" / "baseline-seed0-onnx_check.json").read_text())
+    return (f"test_acc {100 * d['acc_reference']:.2f}% in PyTorch and {100 * d['acc_candidate']:.2f}% in "
+            f"onnxruntime, {d['flipped']} predictions flipped")
+
+
+def sized_study_minutes() -> str:
+    """First trial start to last trial end of the sized reference study (its SQLite database)."""
+    db = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized" / "study.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        start, end = con.execute("SELECT min(datetime_start), max(datetime_complete) FROM trials").fetchone()
+    fmt = "%Y-%m-%d %H:%M:%S.%f"
+    minutes = (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds() / 60
+    return f"{minutes:.1f} min"
+
+
+def full_trial_minutes() -> str:
+    """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
+    arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
+    return f"{arm['wall_seconds'] / arm['trials_finished'] / 60:.1f} minutes"
+
+
+BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
+          "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
+          "full_trial_minutes": full_trial_minutes}
 
 
 def render(text: str) -> str:
+    """``text`` with every block's inside rewritten from its file (a block may sit inside a sentence)."""
     for name, make in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- results:{name} -->\n)(.*?\n)?(<!-- /results:{name} -->)", re.S)
-        block = make()
-        text = pattern.sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(3), text)
+        pattern = re.compile(rf"(<!-- results:{name} -->)(.*?)(<!-- /results:{name} -->)", re.S)
+        if pattern.search(text):
+            block = make()
+            text = pattern.sub(lambda m, block=block: m.group(1) + block + m.group(3), text)
     return text
 
 
