@@ -74,6 +74,14 @@ def sized_study_minutes() -> str:
     return f"{minutes:.1f} min"
 
 
+def sized_study_throughput() -> str:
+    """The training images/s the sized reference study measured when it was created (its budget attribute)."""
+    db = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized" / "study.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        (value,) = con.execute("SELECT value_json FROM study_user_attributes WHERE key = 'budget'").fetchone()
+    return f"{json.loads(value)['throughput']['train']:.0f} training images/s"
+
+
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
     arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
@@ -82,6 +90,7 @@ def full_trial_minutes() -> str:
 
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
+          "sized_study_throughput": sized_study_throughput,
           "full_trial_minutes": full_trial_minutes}
 
 
