@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,12 +67,33 @@ def test_the_main_job_with_default_names_changes_no_tracked_file(image_folder, t
     config = tmp_path / "tiny.json"
     tiny_config(val_size=6, batch_size=64).to_json(config)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CIFAR10_DIR": str(image_folder)}
+    outputs = []
     for args in (["study", "run", "--preset", "smoke", "--config", str(config), "--n-trials", "2"],
                  ["reports", "build", "--seeds", "2", "--epochs", "1"]):
         done = subprocess.run([sys.executable, "-m", *args], cwd=copy, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout)
+    # The study's last lines name paths that exist, and the report's last line its report.html.
+    named = re.findall(r"results: (\S+)/|--config (\S+best_config.json)", outputs[0])
+    assert len(named) == 2 and all((copy / path).exists() for pair in named for path in pair if path)
+    assert outputs[1].strip().splitlines()[-1].startswith("wrote results/reports/cifar-smoke/report.html")
     assert (copy / "results" / "studies" / "cifar-smoke" / "summary.json").is_file()
     assert (copy / "results" / "reports" / "cifar-smoke" / "summary.md").is_file()
     status = subprocess.run(["git", "status", "--porcelain"], cwd=copy, capture_output=True, text=True).stdout
     assert status == ""
+
+
+def test_make_help_and_make_study_without_data(tmp_path):
+    """A newcomer's first commands: make help lists the targets; make study without data stops at
+    once with one line and exit status 2, creating no study database."""
+    helped = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "make study" in helped.stdout and "make test" in helped.stdout
+    (tmp_path / "nodata").mkdir()
+    (tmp_path / "nodata" / "notes.txt").write_text("not CIFAR-10")
+    db = tmp_path / "s.db"
+    done = subprocess.run(["make", "-s", "study", f"CIFAR10_DIR={tmp_path / 'nodata'}", f"STORAGE=sqlite:///{db}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    ours = [line for line in done.stderr.splitlines() if not line.startswith("make")]
+    assert done.returncode == 2 and len(ours) == 1 and ours[0].startswith("error: ") and "CIFAR10_DIR" in ours[0]
+    assert not db.exists()
