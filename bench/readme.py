@@ -82,6 +82,35 @@ def sized_study_throughput() -> str:
     return f"{json.loads(value)['throughput']['train']:.0f} training images/s"
 
 
+def sized_study_table() -> str:
+    """The sized reference study in numbers (its summary.json, trials.csv and database)."""
+    folder = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized"
+    summary = json.loads((folder / "summary.json").read_text())
+    with (folder / "trials.csv").open() as f:
+        trials = list(csv.DictReader(f))
+    budget = summary["user_attrs"]["budget"]
+    pruned_at = [int(t["epochs_run"]) for t in trials if t["state"] == "PRUNED"]
+    epochs = sum(int(t["epochs_run"]) for t in trials)
+    base, best = trials[0], next(t for t in trials if int(t["number"]) == summary["best_trial"])
+
+    def params(t: dict) -> str:
+        return (f"{t['optimizer']}, lr {float(t['lr']):.3g}, batch {t['batch_size']}, "
+                f"dropout {float(t['dropout']):.3g}")
+
+    by_epoch = ", ".join(f"{pruned_at.count(e)} at epoch {e}" for e in sorted(set(pruned_at)))
+    return "\n".join([
+        "| | |", "|---|---|",
+        f"| wall time | **{sized_study_minutes()}** (first trial start to last end in its database) for "
+        f"{summary['trials']} trials (estimate when sized: {budget['estimate_minutes']}), this CPU |",
+        f"| trials | {summary['trials']}: {summary['complete']} complete, **{summary['pruned']} pruned** "
+        f"({by_epoch}), {summary['fail']} failed |",
+        f"| compute | {epochs} trial-epochs: {epochs / len(trials):.2f} per trial against {budget['max_epochs']} "
+        f"without pruning (ratio {epochs / len(trials) / budget['max_epochs']:.2f}) |",
+        f"| baseline (trial 0) | val_acc {float(base['value']):.4f} ({params(base)}) |",
+        f"| best (trial {summary['best_trial']}) | **val_acc {summary['best_value']:.4f}**: {params(best)} |",
+    ])
+
+
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
     arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
@@ -91,6 +120,7 @@ def full_trial_minutes() -> str:
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput,
+          "sized_study_table": lambda: f"\n{sized_study_table()}\n",
           "full_trial_minutes": full_trial_minutes}
 
 
