@@ -111,6 +111,16 @@ def sized_study_table() -> str:
     ])
 
 
+def report_result(study: str) -> str:
+    """Baseline against tuned on the test set, as a reference report measured it (its comparison.json)."""
+    d = json.loads((ROOT / "results" / "reference" / "reports" / study / "comparison.json").read_text())
+    return (f"baseline **{100 * d['baseline_mean']:.2f}% ± {100 * d['baseline_std']:.2f}**, tuned "
+            f"**{100 * d['tuned_mean']:.2f}% ± {100 * d['tuned_std']:.2f}** ({d['n_baseline']} seeds each, "
+            f"{d['epochs']} epochs per run on {d['train_images']:,} images), difference "
+            f"**{100 * d['difference']:+.2f} points**, 95% CI [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
+            f"(Welch), p = {d['p_value']:.2g}")
+
+
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
     arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
@@ -121,6 +131,8 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_thr
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput,
           "sized_study_table": lambda: f"\n{sized_study_table()}\n",
+          "report_cifar_cpu": lambda: report_result("cifar-cpu"),
+          "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
           "full_trial_minutes": full_trial_minutes}
 
 
