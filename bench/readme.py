@@ -57,6 +57,26 @@ def baseline_throughput() -> str:
     return f"{min(rates):.0f}-{max(rates):.0f} images/s"
 
 
+def baseline_table() -> str:
+    """The documented baseline's run (results/baseline/: test_metrics.json, results.json, metrics.csv)."""
+    folder = ROOT / "results" / "baseline"
+    test = json.loads((folder / "test_metrics.json").read_text())
+    run = json.loads((folder / "results.json").read_text())
+    per_class = test["per_class_acc"]
+    worst, best = min(per_class, key=per_class.get), max(per_class, key=per_class.get)
+    return "\n".join([
+        "| metric | value |", "|---|---|",
+        f"| test accuracy (`best.pt`, epoch {test['checkpoint_epoch']}) | **{100 * test['test_acc']:.2f}%** "
+        f"({test['n_test']:,} test images) |",
+        f"| test loss | {test['test_loss']:.3f} |",
+        f"| best val_acc (5,000 held-out training images) | {100 * run['best_val_acc']:.2f}% |",
+        f"| training wall time ({run['epochs_run']} epochs, train + validation) | {run['train_seconds']:,.0f} s "
+        f"= {run['train_seconds'] / 60:.1f} min |",
+        f"| training throughput | {baseline_throughput()} |",
+        f"| weakest / strongest class | {worst} {100 * per_class[worst]:.1f}% / {best} {100 * per_class[best]:.1f}% |",
+    ])
+
+
 def onnx_accuracy() -> str:
     """onnxruntime against PyTorch on the test set (results/onnx/baseline-seed0-onnx_check.json)."""
     d = json.loads((ROOT / "results" / "onnx" / "baseline-seed0-onnx_check.json").read_text())
@@ -128,6 +148,7 @@ def full_trial_minutes() -> str:
 
 
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
+          "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput,
           "sized_study_table": lambda: f"\n{sized_study_table()}\n",
