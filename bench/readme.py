@@ -147,7 +147,7 @@ def full_trial_minutes() -> str:
     return f"{arm['wall_seconds'] / arm['trials_finished'] / 60:.1f} minutes"
 
 
-BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
+BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput,
