@@ -141,6 +141,67 @@ def report_result(study: str) -> str:
             f"(Welch), p = {d['p_value']:.2g}")
 
 
+def _bench(name: str) -> dict:
+    return json.loads((ROOT / "results" / "bench" / f"{name}.json").read_text())
+
+
+def pipeline_table() -> str:
+    """The data pipeline against compute alone and the conventional pipeline (results/bench/pipeline.json)."""
+    d = _bench("pipeline")
+    ips, alone = d["train_images_per_s"], d["pipeline_alone_batches_per_s"]
+    return "\n".join([
+        "| | measured | aimed at |", "|---|---|---|",
+        f"| training images/s, (a) project pipeline | {ips['pipeline']:.0f} | |",
+        f"| training images/s, (b) compute only (pre-made normalised tensors) | {ips['compute_only']:.0f} | |",
+        f"| training images/s, (c) conventional torchvision-transforms DataLoader "
+        f"({alone['conventional_workers']} workers) | {ips['conventional']:.0f} | |",
+        f"| (a) / (b) | **{d['ratio_pipeline_to_compute_only']:.3f}** | >= 0.95 |",
+        f"| pipeline alone, augmented normalised batches/s: project vs conventional | {alone['pipeline']:.0f} vs "
+        f"{alone['conventional']:.1f} = **{d['ratio_pipeline_alone_to_conventional']:.1f}x** | >= 5x |",
+        f"| (b) achieved GFLOP/s (3 x forward FLOPs per trained image) | {d['compute_only_gflops']:.0f} | |",
+        f"| fp32 matmul GFLOP/s (4096², best of 10) | {d['matmul_fp32_gflops']:.0f} | |",
+        f"| (b) / matmul | **{d['ratio_compute_gflops_to_matmul']:.2f}** | >= 0.70 |",
+        f"| peak RSS of a real training run (`cifar.train`, 1 epoch on 5%) | "
+        f"**{d['peak_training_rss_mb']:.0f} MB** | < 2 GB |",
+    ])
+
+
+def inference_table() -> str:
+    """PyTorch against onnxruntime on the CPU (results/bench/inference.json)."""
+    d = _bench("inference")
+    ips = d["images_per_s"]
+    return "\n".join([
+        "| images/s | PyTorch (eager) | onnxruntime | ratio |", "|---|---|---|---|",
+        f"| batch 1 | {ips['pytorch_batch1']:.0f} ({d['latency_ms_batch1_pytorch']:.1f} ms) | "
+        f"{ips['onnxruntime_batch1']:.0f} ({d['latency_ms_batch1_onnxruntime']:.1f} ms) | "
+        f"**{d['ratio_onnxruntime_to_pytorch_batch1']:.1f}x** |",
+        f"| batch 256 | {ips['pytorch_batch256']:.0f} | {ips['onnxruntime_batch256']:.0f} | "
+        f"**{d['ratio_onnxruntime_to_pytorch_batch256']:.1f}x** |",
+    ])
+
+
+def serve_line() -> str:
+    """The prediction service under bounded load (results/bench/serve.json)."""
+    d = _bench("serve")
+    lat = d["latency_ms"]
+    return (f"**{d['requests_per_s']:.0f} requests/s, latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms**, "
+            f"{d['errors']} errors")
+
+
+def amp_rows() -> str:
+    """fp32 against mixed precision, on this CPU and on a lent H200 (results/bench/amp-*.json)."""
+    rows = []
+    for name, machine in (("amp-cpu", "the slower 2-core CPU (AVX2, no native bf16)"), ("amp-cuda", "lent H200")):
+        d = _bench(name)
+        ips = d["train_images_per_s"]
+        fp16 = (f"{ips['fp16']:,.0f} img/s ({d['ratio_fp16_to_fp32']:.2f}x)" if "fp16" in ips else "n/a")
+        note = "" if d["native_bf16"] else ", emulated"
+        rows.append(f"| {machine} | `{d['command']}` | {ips['fp32']:,.0f} img/s | {ips['bf16']:,.0f} img/s "
+                    f"({d['ratio_bf16_to_fp32']:.2f}x{note}) | {fp16} | {d['amp_auto_picks']} |")
+    return "\n".join(["| machine | command | fp32 | bf16 | fp16 | what `auto` picks |",
+                      "|---|---|---|---|---|---|", *rows])
+
+
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
     arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
@@ -153,6 +214,8 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "sized_study_throughput": sized_study_throughput,
           "sized_study_table": lambda: f"\n{sized_study_table()}\n",
           "report_cifar_cpu": lambda: report_result("cifar-cpu"),
+          "pipeline_table": lambda: f"\n{pipeline_table()}\n", "inference_table": lambda: f"\n{inference_table()}\n",
+          "serve_line": serve_line, "amp_table": lambda: f"\n{amp_rows()}\n",
           "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
           "full_trial_minutes": full_trial_minutes}
 
