@@ -5,7 +5,9 @@ with ``python -m cifar.evaluate --tta 2`` (test accuracy plain and with
 mirror + translate test-time augmentation), each in its own process so its peak
 memory is its own. Runs are cached in ``runs/bench/tta/``: a stopped benchmark
 continues where it stopped when run again (an interrupted run resumes from its
-``last.pt``). Before every run it measures the machine in the same process
+``last.pt``). Finished runs are also read back from the committed results file, so a later
+session (a fresh machine, without ``runs/``) runs only what is missing.
+Before every run it measures the machine in the same process
 (fp32 matmul GFLOP/s, and training images/s of the baseline model), so every
 timing names the speed of the machine it was taken on.
 
@@ -111,9 +113,12 @@ def machine() -> dict:
             "baseline_images_per_s": round(measure_throughput(base, seconds=4.0).train, 1)}
 
 
-def execute(run: Run, root: Path) -> dict:
-    """Train (or resume) and evaluate one run unless its results are cached; its record."""
+def execute(run: Run, root: Path, known: dict[str, dict]) -> dict:
+    """Train (or resume) and evaluate one run unless its record exists (``known``: the records of
+    the committed results file, from earlier sessions; or the run folder's own); its record."""
     rd = run.run_dir(root)
+    if rd.path.name in known:
+        return known[rd.path.name]
     record_file = rd.path / "bench_record.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
@@ -130,12 +135,14 @@ def execute(run: Run, root: Path) -> dict:
         train_peak = run_process(cmd)
     eval_peak = run_process(["-m", "cifar.evaluate", str(rd.path), "--tta", "2"])
     results, test, history = rd.read_results(), rd.read_test_metrics(), rd.read_history()
-    n_train = rd.read_provenance()["data_sizes"]["train"]
+    provenance = rd.read_provenance()
+    n_train = provenance["data_sizes"]["train"]
     steps = n_train // cfg.batch_size if n_train > cfg.batch_size else -(-n_train // cfg.batch_size)
     images = results.epochs_run * min(n_train, steps * cfg.batch_size)
     images_per_s = statistics.mean(r["images_per_s"] for r in history)
     record = {
-        "group": run.group, "name": run.name, "seed": run.seed, "overrides": run.overrides,
+        "key": rd.path.name, "group": run.group, "name": run.name, "seed": run.seed, "overrides": run.overrides,
+        "device": provenance["device_name"] or provenance["device"], "amp": cfg.amp,
         "run_dir": str(rd.path.relative_to(ROOT)) if rd.path.is_relative_to(ROOT) else str(rd.path),
         "epochs": results.epochs_run, "train_images": n_train, "batch_size": cfg.batch_size,
         "test_acc": test.test_acc, "test_acc_tta": test.test_acc_tta, "best_val_acc": results.best_val_acc,
@@ -162,6 +169,7 @@ def summarise(records: list[dict]) -> list[dict]:
 
         rows.append({
             "name": name, "group": rs[0]["group"], "seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"],
+            "devices": sorted({r.get("device") or "cpu" for r in rs}),
             "test_acc": ms("test_acc"), "test_acc_tta": ms("test_acc_tta"), "train_minutes": round(
                 statistics.mean(r["train_seconds"] for r in rs) / 60, 1),
             "images_per_s": ms("images_per_s")[0], "train_pflop": rs[0]["train_pflop"],
@@ -198,18 +206,22 @@ def main(argv: list[str] | None = None) -> int:
     groups = set(args.only.split(",")) if args.only else None
     root = Path(args.runs_dir)
     runs = [r for r in plan() if groups is None or r.group in groups]
+    out = Path(args.out)
+    # Runs finished in earlier sessions live in the committed results file (runs/ is not kept).
+    known = {r.get("key") or Path(r["run_dir"]).name: r for r in json.loads(out.read_text())["runs"]} \
+        if out.is_file() else {}
     if args.list:
         for r in runs:
-            cached = (r.run_dir(root).path / "bench_record.json").is_file()
+            cached = r.run_dir(root).path.name in known or (r.run_dir(root).path / "bench_record.json").is_file()
             print(f"{'cached ' if cached else 'to run '} {r.group:9s} {r.name:32s} seed {r.seed}")
         return 0
     torch.set_num_threads(os.cpu_count() or 1)
     for i, run in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {run.name} seed {run.seed}", flush=True)
-        record = execute(run, root)
+        record = execute(run, root, known)
+        known[record.get("key", run.run_dir(root).path.name)] = record
         # The results file covers every finished run of the whole plan, whatever --only picked.
-        records = [json.loads(f.read_text()) for r in plan()
-                   if (f := r.run_dir(root).path / "bench_record.json").is_file()]
+        records = [known[k] for r in plan() if (k := r.run_dir(root).path.name) in known]
         rows = summarise(records)
         write_result({"machine": record["machine_before_run"], "written": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "summary": rows, "targets": targets(rows), "runs": records}, args.out, detail="runs")
