@@ -202,6 +202,28 @@ def amp_rows() -> str:
                       "|---|---|---|---|---|---|", *rows])
 
 
+def study_bench_table(name: str) -> str:
+    """TPE + Hyperband against random sampling without pruning (results/bench/<name>.json)."""
+    d = _bench(name)
+    tpe, rnd = d["arms"]["tpe_hyperband"], d["arms"]["random_no_pruning"]
+    gap, ratio = 100 * (tpe["best_val_acc"] - rnd["best_val_acc"]), d["ratio_mean_epochs_pruned_to_unpruned"]
+    worst = max(tpe["overhead_share_max"], rnd["overhead_share_max"])
+    return "\n".join([
+        "| | TPE + Hyperband | random, no pruning | target |", "|---|---|---|---|",
+        f"| best val_acc | {tpe['best_val_acc']:.4f} | {rnd['best_val_acc']:.4f} | TPE >= random: "
+        f"{'met' if gap >= 0 else f'**missed by {-gap:.2f} points**'} (one run each) |",
+        f"| trials finished (pruned) | {tpe['trials_finished']} ({tpe['trials_pruned']}) | "
+        f"{rnd['trials_finished']} ({rnd['trials_pruned']}) | |",
+        f"| epochs spent | {tpe['epochs_spent']} | {rnd['epochs_spent']} | |",
+        f"| mean epochs per trial | {tpe['mean_epochs_per_trial']:.2f} | {rnd['mean_epochs_per_trial']:.3g} | "
+        f"ratio **{ratio:.2f}**, target <= 0.5: {'met' if ratio <= 0.5 else '**missed**'} |",
+        f"| overhead, share of trial time (mean / max) | {100 * tpe['overhead_share_mean']:.2f}% / "
+        f"{100 * tpe['overhead_share_max']:.2f}% | {100 * rnd['overhead_share_mean']:.2f}% / "
+        f"{100 * rnd['overhead_share_max']:.2f}% | < 2%: {'met' if worst < 0.02 else '**missed**'} |",
+        "", f"Arms ran {tpe['wall_seconds'] / 60:.1f} and {rnd['wall_seconds'] / 60:.1f} min (`{d['command']}`).",
+    ])
+
+
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
     arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
@@ -215,7 +237,9 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "sized_study_table": lambda: f"\n{sized_study_table()}\n",
           "report_cifar_cpu": lambda: report_result("cifar-cpu"),
           "pipeline_table": lambda: f"\n{pipeline_table()}\n", "inference_table": lambda: f"\n{inference_table()}\n",
-          "serve_line": serve_line, "amp_table": lambda: f"\n{amp_rows()}\n",
+          "serve_line": serve_line, "study_bench_cpu": lambda: f"\n{study_bench_table('study')}\n",
+          "study_bench_h200": lambda: f"\n{study_bench_table('study-h200')}\n",
+          "amp_table": lambda: f"\n{amp_rows()}\n",
           "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
           "full_trial_minutes": full_trial_minutes}
 
