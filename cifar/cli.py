@@ -27,12 +27,22 @@ class UsageError(ValueError):
     """Bad command-line input: exit status 2, nothing written."""
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" unless the help already says what the default is, or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse whose errors are a UsageError (one line, exit 2) instead of a usage dump;
     every option's help shows its default."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _ShowDefaults)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
@@ -104,3 +114,11 @@ def split_set(kv: str) -> tuple[str, str]:
     if not sep:
         raise UsageError(f"--set takes KEY=VALUE, got {kv!r}")
     return key, value
+
+
+def add_tta_option(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    """--tta LEVEL, as cifar.evaluate and cifar.export take it."""
+    from cifar.tta import TTA_LEVELS
+
+    levels = ", ".join(f"{k} {v}" for k, v in TTA_LEVELS.items())
+    parser.add_argument("--tta", type=int, default=default, choices=tuple(TTA_LEVELS), help=f"{what}: {levels}")

@@ -23,14 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cifar.cli import ArgParser, UsageError, fail  # noqa: E402
+from cifar.cli import ArgParser, UsageError, add_tta_option, fail  # noqa: E402
 from cifar.config import apply_overrides  # noqa: E402
 from cifar.data import CifarData, prepare_data  # noqa: E402
 from cifar.loop import predict  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
 from cifar.rundir import Predictions, RunDir, TestMetrics, load_checkpoint, model_from_checkpoint  # noqa: E402
 from cifar.runtime import resolve_device  # noqa: E402
-from cifar.tta import TTA, TTA_LEVELS  # noqa: E402
+from cifar.tta import TTA  # noqa: E402
 
 
 def compute_test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> TestMetrics:
@@ -147,9 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="run directory holding best.pt and metrics.csv")
     parser.add_argument("--data-dir", default=None, help="data location (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--tta", type=int, default=2, choices=tuple(TTA_LEVELS),
-                        help="test-time augmentation measured beside plain: 0 none, 1 mirror, "
-                             "2 mirror + translate (default 2)")
+    add_tta_option(parser, 2, "test-time augmentation measured beside plain")
     try:
         args = parser.parse_args(argv)
     except UsageError as e:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar.cli import ArgParser, UsageError, fail
+from cifar.cli import ArgParser, UsageError, add_tta_option, fail
 from cifar.pipeline import Normalize
 from cifar.rundir import RunDir, load_checkpoint, model_from_checkpoint
 from cifar.sources import IMAGE_SIZE, DataError, load_cifar10
@@ -148,9 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "a path ending in .onnx, the older form, names the file")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 location for the check (default: the run's)")
     parser.add_argument("--no-verify", action="store_true", help="skip the test-set comparison")
-    parser.add_argument("--tta", type=int, default=0, choices=tuple(TTA_LEVELS),
-                        help="put test-time augmentation in the graph: 0 none (default), 1 mirror, "
-                             "2 mirror + translate (6 forward passes per image)")
+    add_tta_option(parser, 0, "test-time augmentation in the graph (level 2: 6 forward passes per image)")
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
