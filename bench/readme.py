@@ -84,9 +84,9 @@ def onnx_accuracy() -> str:
             f"onnxruntime, {d['flipped']} predictions flipped")
 
 
-def sized_study_minutes() -> str:
-    """First trial start to last trial end of the sized reference study (its SQLite database)."""
-    db = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized" / "study.db"
+def sized_study_minutes(study: str = "cifar-cpu-sized") -> str:
+    """First trial start to last trial end of a reference study (its SQLite database)."""
+    db = ROOT / "results" / "reference" / "studies" / study / "study.db"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         start, end = con.execute("SELECT min(datetime_start), max(datetime_complete) FROM trials").fetchone()
     fmt = "%Y-%m-%d %H:%M:%S.%f"
@@ -102,13 +102,13 @@ def sized_study_throughput() -> str:
     return f"{json.loads(value)['throughput']['train']:.0f} training images/s"
 
 
-def sized_study_table() -> str:
-    """The sized reference study in numbers (its summary.json, trials.csv and database)."""
-    folder = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized"
+def study_table(study: str, where: str) -> str:
+    """A reference study in numbers (its summary.json, trials.csv and database)."""
+    folder = ROOT / "results" / "reference" / "studies" / study
     summary = json.loads((folder / "summary.json").read_text())
     with (folder / "trials.csv").open() as f:
         trials = list(csv.DictReader(f))
-    budget = summary["user_attrs"]["budget"]
+    budget = summary["user_attrs"].get("budget") or {"max_epochs": summary["user_attrs"]["base_config"]["epochs"]}
     pruned_at = [int(t["epochs_run"]) for t in trials if t["state"] == "PRUNED"]
     epochs = sum(int(t["epochs_run"]) for t in trials)
     base, best = trials[0], next(t for t in trials if int(t["number"]) == summary["best_trial"])
@@ -120,8 +120,9 @@ def sized_study_table() -> str:
     by_epoch = ", ".join(f"{pruned_at.count(e)} at epoch {e}" for e in sorted(set(pruned_at)))
     return "\n".join([
         "| | |", "|---|---|",
-        f"| wall time | **{sized_study_minutes()}** (first trial start to last end in its database) for "
-        f"{summary['trials']} trials (estimate when sized: {budget['estimate_minutes']}), this CPU |",
+        f"| wall time | **{sized_study_minutes(study)}** (first trial start to last end in its database) for "
+        f"{summary['trials']} trials" + (f" (estimate when sized: {budget['estimate_minutes']})"
+                                         if "estimate_minutes" in budget else "") + f", {where} |",
         f"| trials | {summary['trials']}: {summary['complete']} complete, **{summary['pruned']} pruned** "
         f"({by_epoch}), {summary['fail']} failed |",
         f"| compute | {epochs} trial-epochs: {epochs / len(trials):.2f} per trial against {budget['max_epochs']} "
@@ -230,11 +231,12 @@ def full_trial_minutes() -> str:
     return f"{arm['wall_seconds'] / arm['trials_finished'] / 60:.1f} minutes"
 
 
-BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
+BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput,
-          "sized_study_table": lambda: f"\n{sized_study_table()}\n",
+          "sized_study_table": lambda: f"\n{study_table('cifar-cpu-sized', 'this CPU')}\n",
+          "h200_study_table": lambda: f"\n{study_table('cifar-cpu', 'on the H200')}\n",
           "report_cifar_cpu": lambda: report_result("cifar-cpu"),
           "pipeline_table": lambda: f"\n{pipeline_table()}\n", "inference_table": lambda: f"\n{inference_table()}\n",
           "serve_line": serve_line, "study_bench_cpu": lambda: f"\n{study_bench_table('study')}\n",
