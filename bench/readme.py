@@ -225,6 +225,15 @@ def study_bench_table(name: str) -> str:
     ])
 
 
+def memory_line() -> str:
+    """Peak memory of training, and where it goes (results/bench/memory.json)."""
+    d = _bench("memory")
+    epochs = d["training_epoch_mb"]
+    runs = ", ".join(f"{v / 1024:.2f} GB at batch {k}" for k, v in epochs.items())
+    return (f"{runs} (one epoch on 10% of the split, `{d['config']}`); `import torch` alone: "
+            f"{d['import_torch_mb'] / 1024:.2f} GB, with the data set: {d['import_torch_and_data_mb'] / 1024:.2f} GB")
+
+
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
     arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
@@ -241,7 +250,7 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_thr
           "pipeline_table": lambda: f"\n{pipeline_table()}\n", "inference_table": lambda: f"\n{inference_table()}\n",
           "serve_line": serve_line, "study_bench_cpu": lambda: f"\n{study_bench_table('study')}\n",
           "study_bench_h200": lambda: f"\n{study_bench_table('study-h200')}\n",
-          "amp_table": lambda: f"\n{amp_rows()}\n",
+          "amp_table": lambda: f"\n{amp_rows()}\n", "memory_line": memory_line,
           "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
           "full_trial_minutes": full_trial_minutes}
 
