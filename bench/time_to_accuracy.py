@@ -87,11 +87,13 @@ class Run:
         return RunDir(root / f"{self.name}-{key}-seed{self.seed}")
 
 
-def plan() -> list[Run]:
-    runs = [Run("recipe", f"fast-{e}ep", FAST, {"epochs": e}, s) for s in (0, 1) for e in (6, 10, 5, 4, 2)]
-    runs += [Run("wide", "fast-wide-10ep", FAST, {"epochs": 10, "widths": "64,256,256"}, s) for s in (0, 1)]
-    runs += [Run("baseline", "smallcnn-14ep", SMALLCNN, {}, s) for s in (0, 1)]
-    runs += [Run("ablation", f"fast-6ep-no-{t}", FAST, {"epochs": 6, **o}, 0) for t, o in ABLATIONS.items()]
+def plan(common: dict | None = None) -> list[Run]:
+    """Every run of the benchmark; ``common``: overrides for all of them (``--set``, e.g. amp=bf16 on a GPU)."""
+    c = common or {}
+    runs = [Run("recipe", f"fast-{e}ep", FAST, {**c, "epochs": e}, s) for s in (0, 1) for e in (6, 10, 5, 4, 2)]
+    runs += [Run("wide", "fast-wide-10ep", FAST, {**c, "epochs": 10, "widths": "64,256,256"}, s) for s in (0, 1)]
+    runs += [Run("baseline", "smallcnn-14ep", SMALLCNN, dict(c), s) for s in (0, 1)]
+    runs += [Run("ablation", f"fast-6ep-no-{t}", FAST, {**c, "epochs": 6, **o}, 0) for t, o in ABLATIONS.items()]
     return runs
 
 
@@ -202,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "tta"))
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "time_to_accuracy.json"))
     parser.add_argument("--list", action="store_true", help="print the plan and what is cached, train nothing")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key of every run (e.g. amp=off on a GPU; use another --out)")
     args = parser.parse_args(argv)
     groups = set(args.only.split(",")) if args.only else None
     root = Path(args.runs_dir)
-    runs = [r for r in plan() if groups is None or r.group in groups]
+    common = dict(kv.split("=", 1) for kv in args.set)
+    runs = [r for r in plan(common) if groups is None or r.group in groups]
     out = Path(args.out)
     # Runs finished in earlier sessions live in the committed results file (runs/ is not kept).
     known = {r.get("key") or Path(r["run_dir"]).name: r for r in json.loads(out.read_text())["runs"]} \
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         record = execute(run, root, known)
         known[record.get("key", run.run_dir(root).path.name)] = record
         # The results file covers every finished run of the whole plan, whatever --only picked.
-        records = [known[k] for r in plan() if (k := r.run_dir(root).path.name) in known]
+        records = [known[k] for r in plan(common) if (k := r.run_dir(root).path.name) in known]
         rows = summarise(records)
         write_result({"machine": record["machine_before_run"], "written": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "summary": rows, "targets": targets(rows), "runs": records}, args.out, detail="runs")
