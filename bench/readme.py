@@ -234,6 +234,13 @@ def memory_line() -> str:
             f"{d['import_torch_mb'] / 1024:.2f} GB, with the data set: {d['import_torch_and_data_mb'] / 1024:.2f} GB")
 
 
+def study_bench_trials() -> str:
+    """How many trials each arm of the CPU study benchmark finished (results/bench/study.json)."""
+    arms = _bench("study")["arms"]
+    counts = sorted(a["trials_finished"] for a in arms.values())
+    return f"{counts[0]} to {counts[-1]} trials"
+
+
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
     arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
@@ -252,7 +259,7 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_thr
           "study_bench_h200": lambda: f"\n{study_bench_table('study-h200')}\n",
           "amp_table": lambda: f"\n{amp_rows()}\n", "memory_line": memory_line,
           "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
-          "full_trial_minutes": full_trial_minutes}
+          "full_trial_minutes": full_trial_minutes, "study_bench_trials": study_bench_trials}
 
 
 def render(text: str) -> str:
