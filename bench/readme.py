@@ -80,7 +80,8 @@ def baseline_table() -> str:
 def onnx_accuracy() -> str:
     """onnxruntime against PyTorch on the test set (results/onnx/baseline-seed0-onnx_check.json)."""
     d = json.loads((ROOT / "results" / "onnx" / "baseline-seed0-onnx_check.json").read_text())
-    return (f"test_acc {100 * d['acc_reference']:.2f}% in PyTorch and {100 * d['acc_candidate']:.2f}% in "
+    return (f"max |logit difference| {d['max_abs_logit_diff']:.1e} over the {d['n']:,} test images, "
+            f"test_acc {100 * d['acc_reference']:.2f}% in PyTorch and {100 * d['acc_candidate']:.2f}% in "
             f"onnxruntime, {d['flipped']} predictions flipped")
 
 
@@ -92,6 +93,17 @@ def sized_study_minutes(study: str = "cifar-cpu-sized") -> str:
     fmt = "%Y-%m-%d %H:%M:%S.%f"
     minutes = (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds() / 60
     return f"{minutes:.1f} min"
+
+
+def sized_study_budget() -> str:
+    """What the sized reference study measured and the trial budget it chose (its budget attribute)."""
+    db = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized" / "study.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        (value,) = con.execute("SELECT value_json FROM study_user_attributes WHERE key = 'budget'").fetchone()
+    b = json.loads(value)
+    return (f"It measured {b['throughput']['train']:.0f} training and {b['throughput']['eval']:.0f} evaluation "
+            f"images/s and sized the trials to {b['max_epochs']} epochs max on {100 * b['train_fraction']:.1f}% "
+            f"of the train split ({round(45_000 * b['train_fraction']):,} images)")
 
 
 def sized_study_throughput() -> str:
@@ -250,7 +262,7 @@ def full_trial_minutes() -> str:
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
-          "sized_study_throughput": sized_study_throughput,
+          "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,
           "sized_study_table": lambda: f"\n{study_table('cifar-cpu-sized', 'this CPU')}\n",
           "h200_study_table": lambda: f"\n{study_table('cifar-cpu', 'on the H200')}\n",
           "report_cifar_cpu": lambda: report_result("cifar-cpu"),
