@@ -24,6 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench(name: str) -> dict:
+    """A benchmark's committed results file, results/bench/<name>.json."""
+    return json.loads((ROOT / "results" / "bench" / f"{name}.json").read_text())
+
+
 def _pct(pair: list) -> str:
     mean, std = pair
     return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else " (1 seed)")
@@ -31,8 +36,7 @@ def _pct(pair: list) -> str:
 
 def time_to_accuracy() -> str:
     """The fast recipe against the baseline: accuracy, compute, time (results/bench/time_to_accuracy.json)."""
-    path = ROOT / "results" / "bench" / "time_to_accuracy.json"
-    result = json.loads(path.read_text())
+    result = _bench("time_to_accuracy")
     rows = ["| run | epochs | seeds | test acc | with TTA | training PFLOP | train min | images/s | "
             "GFLOP/s (matmul) | peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["summary"]:
@@ -85,11 +89,22 @@ def onnx_accuracy() -> str:
             f"onnxruntime, {d['flipped']} predictions flipped")
 
 
-def sized_study_minutes(study: str = "cifar-cpu-sized") -> str:
-    """First trial start to last trial end of a reference study (its SQLite database)."""
+def _study_db(study: str, query: str) -> tuple:
+    """The first row of ``query`` on a reference study's SQLite database, read-only."""
     db = ROOT / "results" / "reference" / "studies" / study / "study.db"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        start, end = con.execute("SELECT min(datetime_start), max(datetime_complete) FROM trials").fetchone()
+        return con.execute(query).fetchone()
+
+
+def _study_budget(study: str = "cifar-cpu-sized") -> dict:
+    """A reference study's ``budget`` user attribute: its machine measurement and trial budget."""
+    (value,) = _study_db(study, "SELECT value_json FROM study_user_attributes WHERE key = 'budget'")
+    return json.loads(value)
+
+
+def sized_study_minutes(study: str = "cifar-cpu-sized") -> str:
+    """First trial start to last trial end of a reference study (its SQLite database)."""
+    start, end = _study_db(study, "SELECT min(datetime_start), max(datetime_complete) FROM trials")
     fmt = "%Y-%m-%d %H:%M:%S.%f"
     minutes = (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds() / 60
     return f"{minutes:.1f} min"
@@ -97,10 +112,7 @@ def sized_study_minutes(study: str = "cifar-cpu-sized") -> str:
 
 def sized_study_budget() -> str:
     """What the sized reference study measured and the trial budget it chose (its budget attribute)."""
-    db = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized" / "study.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        (value,) = con.execute("SELECT value_json FROM study_user_attributes WHERE key = 'budget'").fetchone()
-    b = json.loads(value)
+    b = _study_budget()
     return (f"It measured {b['throughput']['train']:.0f} training and {b['throughput']['eval']:.0f} evaluation "
             f"images/s and sized the trials to {b['max_epochs']} epochs max on {100 * b['train_fraction']:.1f}% "
             f"of the train split ({round(45_000 * b['train_fraction']):,} images)")
@@ -108,10 +120,7 @@ def sized_study_budget() -> str:
 
 def sized_study_throughput() -> str:
     """The training images/s the sized reference study measured when it was created (its budget attribute)."""
-    db = ROOT / "results" / "reference" / "studies" / "cifar-cpu-sized" / "study.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        (value,) = con.execute("SELECT value_json FROM study_user_attributes WHERE key = 'budget'").fetchone()
-    return f"{json.loads(value)['throughput']['train']:.0f} training images/s"
+    return f"{_study_budget()['throughput']['train']:.0f} training images/s"
 
 
 def study_table(study: str, where: str) -> str:
@@ -152,10 +161,6 @@ def report_result(study: str) -> str:
             f"{d['epochs']} epochs per run on {d['train_images']:,} images), difference "
             f"**{100 * d['difference']:+.2f} points**, 95% CI [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
             f"(Welch), p = {d['p_value']:.2g}")
-
-
-def _bench(name: str) -> dict:
-    return json.loads((ROOT / "results" / "bench" / f"{name}.json").read_text())
 
 
 def pipeline_table() -> str:
@@ -255,7 +260,7 @@ def study_bench_trials() -> str:
 
 def full_trial_minutes() -> str:
     """Minutes per unpruned trial in the CPU study benchmark (results/bench/study.json, random arm)."""
-    arm = json.loads((ROOT / "results" / "bench" / "study.json").read_text())["arms"]["random_no_pruning"]
+    arm = _bench("study")["arms"]["random_no_pruning"]
     return f"{arm['wall_seconds'] / arm['trials_finished'] / 60:.1f} minutes"
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from cifar.config import DataConfig
-from cifar.sources import DataError, Split, load_cifar10, source_name
+from cifar.sources import DataError, RawCifar, Split, load_cifar10, source_name
 
-__all__ = ["CifarData", "DataError", "Split", "channel_stats", "prepare_data", "stratified_split"]
+__all__ = ["CifarData", "DataError", "Split", "channel_stats", "check_data", "prepare_data", "stratified_split"]
 
 
 @dataclass
@@ -71,9 +71,12 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple((mean / 255).tolist()), tuple((var.sqrt() / 255).tolist())
 
 
-def prepare_data(cfg: DataConfig, seed: int = 0, download: bool = True) -> CifarData:
-    """Load, split (seeded, stratified), subsample the train split, and measure its statistics."""
-    raw = load_cifar10(cfg.data_dir, cfg.cache_dir, download)
+def prepare_data(cfg: DataConfig, seed: int = 0, download: bool = True, raw: RawCifar | None = None) -> CifarData:
+    """Load, split (seeded, stratified), subsample the train split, and measure its statistics.
+
+    ``raw``: the source as ``check_data`` already loaded it (not read again).
+    """
+    raw = raw or load_cifar10(cfg.data_dir, cfg.cache_dir, download)
     train_idx, val_idx = stratified_split(raw.train.y, cfg.val_size, cfg.split_seed)
     if cfg.train_fraction < 1.0:
         keep = max(1, round(len(train_idx) * cfg.train_fraction))
@@ -88,3 +91,11 @@ def prepare_data(cfg: DataConfig, seed: int = 0, download: bool = True) -> Cifar
         classes=raw.classes,
         mean=mean, std=std, source=source_name(cfg.data_dir),
     )
+
+
+def check_data(cfg: DataConfig, download: bool = True) -> RawCifar:
+    """The source, loaded and checked against the config's split as prepare_data will use it
+    (DataError or ValueError with one line), without the copies and statistics of a run's data."""
+    raw = load_cifar10(cfg.data_dir, cfg.cache_dir, download)
+    stratified_split(raw.train.y, cfg.val_size, cfg.split_seed)
+    return raw

@@ -41,7 +41,7 @@ WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL**2  # every eigenvector of a 2x2x3 patch, a
 
 
 @dataclass(frozen=True)
-class Parts:
+class LayerKit:
     """How a block builds its convolutions, norms and activations (from ModelConfig)."""
     activation: str = "relu"
     bn_scale: bool = True
@@ -68,30 +68,30 @@ class Parts:
 
 
 class PlainBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, pool: bool, parts: Parts = Parts()):
+    def __init__(self, c_in: int, c_out: int, pool: bool, kit: LayerKit = LayerKit()):
         super().__init__()
-        self.conv = parts.conv(c_in, c_out)
+        self.conv = kit.conv(c_in, c_out)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.bn = parts.norm(c_out)
-        self.act = parts.act()
+        self.bn = kit.norm(c_out)
+        self.act = kit.act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.pool(self.conv(x))))
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, pool: bool, parts: Parts = Parts()):
+    def __init__(self, c_in: int, c_out: int, pool: bool, kit: LayerKit = LayerKit()):
         super().__init__()
-        self.conv1 = parts.conv(c_in, c_out)
+        self.conv1 = kit.conv(c_in, c_out)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        self.bn1 = parts.norm(c_out)
-        self.conv2 = parts.conv(c_out, c_out)
-        self.bn2 = parts.norm(c_out)
-        self.act = parts.act()
+        self.bn1 = kit.norm(c_out)
+        self.conv2 = kit.conv(c_out, c_out)
+        self.bn2 = kit.norm(c_out)
+        self.act = kit.act()
         if pool or c_in != c_out:
             # Average pooling commutes with the 1x1 conv, so pool first: 4x fewer FLOPs.
             self.shortcut = nn.Sequential(nn.AvgPool2d(2) if pool else nn.Identity(),
-                                          parts.conv(c_in, c_out, k=1), parts.norm(c_out))
+                                          kit.conv(c_in, c_out, k=1), kit.norm(c_out))
         else:
             self.shortcut = nn.Identity()
 
@@ -139,19 +139,19 @@ class SmallCNN(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        parts = Parts(cfg.activation, cfg.bn_scale, cfg.bn_eps, cfg.bn_momentum, cfg.dirac_init)
+        kit = LayerKit(cfg.activation, cfg.bn_scale, cfg.bn_eps, cfg.bn_momentum, cfg.dirac_init)
         layers: list[nn.Module] = []
         c = 3
         if cfg.stem == "whiten":
-            layers += [PatchWhitening(), parts.act()]
+            layers += [PatchWhitening(), kit.act()]
             c = WHITEN_WIDTH
         elif cfg.stem_width:
-            layers += [parts.conv(3, cfg.stem_width), parts.norm(cfg.stem_width), parts.act()]
+            layers += [kit.conv(3, cfg.stem_width), kit.norm(cfg.stem_width), kit.act()]
             c = cfg.stem_width
         block = BLOCKS.get(cfg.block)
         for width in cfg.widths:
             for i in range(cfg.depth):
-                layers.append(block(c if i == 0 else width, width, pool=i == 0, parts=parts))
+                layers.append(block(c if i == 0 else width, width, pool=i == 0, kit=kit))
             layers.append(nn.Dropout(cfg.dropout))
             c = width
         self.features = nn.Sequential(*layers)

@@ -96,13 +96,13 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
 
     study = open_study(storage, study_name)
     configs, plan = report_configs(study, epochs, seeds)
-    dirs = ensure_runs(configs, seeds, runs_root)
+    data = prepare_data(configs["tuned"].data)  # the figures need it; the runs' training too
+    dirs = ensure_runs(configs, seeds, runs_root, data)
     runs = {name: [load_run(d) for d in ds] for name, ds in dirs.items()}
 
     table = comparison_frame(runs)
     cmp = compare(table[table.config == "baseline"]["test_acc"].tolist(),
                   table[table.config == "tuned"]["test_acc"].tolist())
-    data = prepare_data(configs["tuned"].data)
     figures = {**run_figures(runs, data), **study_figures(study)}
     preset = study.user_attrs.get("preset")
     meta = {"study": study.study_name, **plan, "preset": preset, "seeds": seeds,

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 
 from cifar.config import TrainConfig, apply_overrides
-from cifar.data import prepare_data
+from cifar.data import CifarData, prepare_data
 from cifar.evaluate import evaluate_run
 from cifar.train import train
 from reports.load import configs_of
@@ -29,11 +29,15 @@ def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
     return runs_root / f"{key}-seed{cfg.seed}"
 
 
-def ensure_runs(configs: dict[str, TrainConfig], seeds: int, runs_root: Path) -> dict[str, list[Path]]:
-    """Train and evaluate every (config, seed) not already in the cache; print progress and ETA."""
+def ensure_runs(configs: dict[str, TrainConfig], seeds: int, runs_root: Path,
+                data: CifarData | None = None) -> dict[str, list[Path]]:
+    """Train and evaluate every (config, seed) not already in the cache; print progress and ETA.
+
+    ``data``: the configs' data, where the caller holds it already (loaded here only if needed)."""
     plan = [(name, apply_overrides(cfg, {"seed": s})) for name, cfg in configs.items() for s in range(seeds)]
     todo = [(n, c) for n, c in plan if not (run_dir_for(c, runs_root) / "test_predictions.pt").is_file()]
-    data = prepare_data(next(iter(configs.values())).data) if todo else None
+    if todo and data is None:
+        data = prepare_data(next(iter(configs.values())).data)
     started = time.time()
     for i, (name, cfg) in enumerate(todo):
         eta = f", ETA {(time.time() - started) / i * (len(todo) - i) / 60:.0f} min" if i else ""

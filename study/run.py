@@ -23,8 +23,9 @@ import optuna
 
 from cifar.cli import fail, split_set
 from cifar.config import TrainConfig, apply_overrides
-from cifar.data import DataError, prepare_data
+from cifar.data import DataError, check_data
 from cifar.runtime import init_distributed, launched_by_torchrun
+from cifar.sources import RawCifar
 from study.presets import BUDGET_FIELDS, PRESETS, pick_preset, trial_budget
 from study.search_space import SPACES, params_of
 from study.storage import (
@@ -50,6 +51,7 @@ class Prepared:
     study: optuna.Study
     base: TrainConfig      # the base config at the study's trial budget
     results_dir: str       # the study's summary goes to results_dir/<study name>
+    raw: RawCifar          # the data source as checked (a single worker reuses it)
 
 
 def build_parser() -> ArgParser:
@@ -100,8 +102,8 @@ def prepare(argv: Sequence[str]) -> Prepared:
     except ValueError as e:
         raise UsageError(str(e)) from None
     check_storage_url(args.storage)
-    try:  # the data before anything is created: the workers load it again, from the cache
-        prepare_data(base.data)
+    try:  # the data before anything is created; a single worker reuses what this loads
+        raw = check_data(base.data)
     except (DataError, ValueError) as e:
         raise UsageError(str(e)) from None
     storage = make_storage(args.storage, args.heartbeat_interval, args.grace_period)
@@ -132,7 +134,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
               runs_root=str(Path(args.runs_dir) / study_name),
               artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=args.workers,
               verbose=args.verbose)
-    return Prepared(job, study, base, args.results_dir)
+    return Prepared(job, study, base, args.results_dir, raw)
 
 
 def default_study_name(existing: Sequence[str], new: str, url: str) -> str:
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     announce(prepared)
     interrupted = False
     try:
-        run_workers(prepared.job)
+        run_workers(prepared.job, prepared.raw)
     except KeyboardInterrupt:
         interrupted = True
     return finish(prepared, started, interrupted)

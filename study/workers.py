@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from cifar.config import TrainConfig
 from cifar.data import prepare_data
 from cifar.runtime import Dist
+from cifar.sources import RawCifar
 from study import budget as budget_lib
 from study.objective import Objective
 from study.storage import make_pruner, make_sampler, make_storage
@@ -111,20 +112,21 @@ def load_study(job: Job, index: int) -> optuna.Study:
                              pruner=make_pruner(job.pruner, job.base["epochs"]))
 
 
-def make_objective(job: Job, uploads: bool = True) -> Objective:
-    """The objective over the job's data; ``uploads``: with the dashboard's artifact store."""
+def make_objective(job: Job, uploads: bool = True, raw: RawCifar | None = None) -> Objective:
+    """The objective over the job's data; ``uploads``: with the dashboard's artifact store;
+    ``raw``: the data source already loaded in this process."""
     base = TrainConfig.from_dict(job.base)
     store = None
     if uploads:
         Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(job.artifact_dir)
-    return Objective(base, prepare_data(base.data), Path(job.runs_root), store, job.space, job.verbose)
+    return Objective(base, prepare_data(base.data, raw=raw), Path(job.runs_root), store, job.space, job.verbose)
 
 
-def worker(job: Job, index: int) -> None:
+def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
     """One worker process: load the study and run trials until the shared count is reached."""
     torch.set_num_threads(job.threads)
-    optimize(load_study(job, index), make_objective(job), job)
+    optimize(load_study(job, index), make_objective(job, raw=raw), job)
 
 
 def optimize(study: optuna.Study, objective, job: Job) -> None:
@@ -186,9 +188,11 @@ def _worker_entry(job: Job, index: int) -> None:
         pass
 
 
-def run_workers(job: Job) -> None:
+def run_workers(job: Job, raw: RawCifar | None = None) -> None:
+    """The job's workers: in this process when there is one (with ``raw``, the data it has loaded),
+    else spawned processes, each loading the data itself."""
     if job.workers == 1:
-        worker(job, 0)
+        worker(job, 0, raw)
         return
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_entry, args=(job, i), name=f"study-worker-{i}")
