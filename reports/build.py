@@ -38,7 +38,7 @@ from reports.content import (
 from reports.load import load_run, open_study
 from reports.render import Section, to_html, to_markdown, write_pngs
 from reports.runs import ensure_runs, report_configs
-from reports.stats import compare
+from reports.stats import paired
 from study.presets import REPORT_MINUTES
 from study.storage import DEFAULT_STORAGE, ArgParser, UsageError
 from study.trials import compute_spent, trials_table
@@ -101,7 +101,7 @@ def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, 
     runs = {name: [load_run(d) for d in ds] for name, ds in dirs.items()}
 
     table = comparison_frame(runs)
-    cmp = compare(table[table.config == "baseline"]["test_acc"].tolist(),
+    cmp = paired(table[table.config == "baseline"]["test_acc"].tolist(),
                   table[table.config == "tuned"]["test_acc"].tolist())
     figures = {**run_figures(runs, data), **study_figures(study)}
     preset = study.user_attrs.get("preset")

@@ -12,13 +12,15 @@ Usage:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from cifar.config import TrainConfig, flatten
 from reports.load import LoadedRun
 from reports.render import FigureRef, Paragraph, Section, Table
-from reports.stats import Comparison
+from reports.stats import Paired
 
 Runs = dict[str, list[LoadedRun]]  # "baseline" / "tuned" -> one run per seed
 NOT_COMPARED = ("seed", "data_dir", "cache_dir")  # config fields that are not part of a configuration
@@ -71,12 +73,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def headline_table(cmp: Comparison, table: pd.DataFrame) -> Table:
+def headline_table(cmp: Paired, table: pd.DataFrame) -> Table:
     g = table.groupby("config")
     params, flops, seconds = g["params"].first(), g["flops"].first(), g["train_seconds"].mean()
     tta_mean, tta_std = g["test_acc_tta"].mean(), g["test_acc_tta"].std()
     return Table(["", "baseline", "tuned"], [
-        [f"test accuracy (mean ± std, {cmp.n_baseline} and {cmp.n_tuned} seeds)",
+        [f"test accuracy (mean ± std, seeds 0-{cmp.n - 1})",
          f"{_pct(cmp.baseline_mean)} ± {_pct(cmp.baseline_std)}", f"{_pct(cmp.tuned_mean)} ± {_pct(cmp.tuned_std)}"],
         ["the same with test-time augmentation (mirror + translate)",
          *(f"{_pct(tta_mean[c])} ± {_pct(tta_std[c])}" for c in ("baseline", "tuned"))],
@@ -86,16 +88,23 @@ def headline_table(cmp: Comparison, table: pd.DataFrame) -> Table:
     ])
 
 
-def verdict(cmp: Comparison) -> str:
-    diff = (f"Difference (tuned - baseline): {100 * cmp.difference:+.2f} points, 95% CI "
-            f"[{100 * cmp.ci_low:+.2f}, {100 * cmp.ci_high:+.2f}] (Welch), bootstrap "
-            f"[{100 * cmp.bootstrap_low:+.2f}, {100 * cmp.bootstrap_high:+.2f}]; Welch's t = "
-            f"{cmp.t_statistic:.2f}, p = {cmp.p_value:.3g}.")
+def verdict(cmp: Paired) -> str:
+    """What the paired comparison shows, in words, with every figure it rests on."""
+    per_seed = ", ".join(f"{100 * d:+.2f}" for d in cmp.differences)
+    ci = ("undefined (the differences have no spread)" if math.isnan(cmp.ci_low)
+          else f"[{100 * cmp.ci_low:+.2f}, {100 * cmp.ci_high:+.2f}]")
+    text = (f"Difference (tuned - baseline, same seeds): {100 * cmp.difference:+.2f} points "
+            f"(per seed: {per_seed}; tuned better on {cmp.wins} of {cmp.n}); paired-t 95% CI {ci}"
+            f"{'' if math.isnan(cmp.p_value) else f', p = {cmp.p_value:.3g}'}; exact sign-flip p = "
+            f"{cmp.sign_flip_p:.3g} (the smallest {cmp.n} seeds can give: {cmp.smallest_sign_flip_p:.3g})")
+    if cmp.bootstrap_low is not None:
+        text += f"; bootstrap [{100 * cmp.bootstrap_low:+.2f}, {100 * cmp.bootstrap_high:+.2f}]"
+    text += f". One run's noise (baseline seed-to-seed std): {100 * cmp.noise_floor:.2f} points."
     if cmp.significant:
-        return (f"{diff} The {'tuned' if cmp.difference > 0 else 'baseline'} configuration is better; "
+        return (f"{text} The {'tuned' if cmp.difference > 0 else 'baseline'} configuration is better; "
                 "the interval excludes zero.")
-    return (f"{diff} The two differ by less than the seed-to-seed noise: the interval includes zero, "
-            "so this report cannot say that tuning helped.")
+    return (f"{text} The interval includes zero or is undefined, so this comparison cannot say that "
+            "tuning changed test accuracy.")
 
 
 def budget_text(meta: dict) -> str:
@@ -117,7 +126,7 @@ def spent_text(spent: dict) -> str:
             f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training.")
 
 
-def report_sections(cmp: Comparison, table: pd.DataFrame, configs: pd.DataFrame, meta: dict,
+def report_sections(cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, meta: dict,
                     figure_names: list[str]) -> list[Section]:
     """The whole report, once: headline and verdict, budget, configurations, figures."""
     return [

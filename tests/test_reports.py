@@ -17,7 +17,7 @@ import pytest
 
 from reports.build import main as build_main
 from reports.figures import confusion_figure, curves_figure, image_grid_figure, per_class_figure
-from reports.stats import bootstrap_interval, compare, mean_std, welch_interval
+from reports.stats import bootstrap_interval, mean_std, paired, sign_flip_p
 from study.run import main as study_main
 from study.trials import compute_spent, trials_table
 from tests.test_study import study_env  # noqa: F401  (fixture)
@@ -34,49 +34,75 @@ def test_mean_std_uses_sample_std():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
 
 
-# Student's sleep data (Cushny and Peebles), R's datasets::sleep: extra hours of sleep under two drugs.
+# Student's sleep data (Cushny and Peebles), R's datasets::sleep: extra hours of sleep of the same
+# ten patients under two drugs, a paired design.
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+# Darwin's Zea mays: height differences (eighths of an inch) of 15 pairs of crossed and self-fertilised plants.
+DARWIN = [49, -67, 8, 16, 6, 23, 28, 41, 14, 29, 56, 24, 75, 60, -48]
 
 
-def test_welch_against_published_values():
-    # R: t.test(extra ~ group, data = sleep) -> t = -1.8608, df = 17.776, p-value = 0.07939,
-    # 95 percent confidence interval -3.3654832 0.2054832 (group 1 minus group 2).
-    diff, low, high = welch_interval(SLEEP_1, SLEEP_2)
-    assert diff == pytest.approx(1.58)
-    assert (low, high) == (pytest.approx(-0.2054832, abs=1e-6), pytest.approx(3.3654832, abs=1e-6))
-    cmp = compare(SLEEP_1, SLEEP_2)
-    assert cmp.t_statistic == pytest.approx(1.8608, abs=1e-4) and cmp.p_value == pytest.approx(0.07939, abs=1e-5)
-    assert not cmp.significant
+def test_paired_t_against_published_values():
+    # R: with(sleep, t.test(extra[group == 1], extra[group == 2], paired = TRUE)) ->
+    # t = -4.0621, df = 9, p-value = 0.002833, 95 percent CI -2.4598858 -0.7001142, mean difference -1.58.
+    cmp = paired(SLEEP_2, SLEEP_1)  # "tuned" = drug 1, "baseline" = drug 2
+    assert cmp.difference == pytest.approx(-1.58)
+    assert cmp.t_statistic == pytest.approx(-4.0621, abs=1e-4) and cmp.p_value == pytest.approx(0.002833, abs=1e-6)
+    assert (cmp.ci_low, cmp.ci_high) == (pytest.approx(-2.4598858, abs=1e-6), pytest.approx(-0.7001142, abs=1e-6))
+    assert cmp.significant and (cmp.wins, cmp.losses) == (0, 9)  # one patient tied
+
+
+def test_sign_flip_p_against_published_values():
+    # Fisher (The Design of Experiments, 1935, section 21): of the 2^15 sign patterns of Darwin's
+    # differences, 1,726 give a sum at least as far from zero as the observed one: p = 0.0527.
+    assert sign_flip_p(DARWIN) == pytest.approx(1726 / 2**15)
+    # Sleep: the nine non-zero differences all share a sign and the observed sum is the largest
+    # possible; 2 signs x 2 (the tied patient's sign is free) of 2^10 patterns: p = 4/1024.
+    assert sign_flip_p([a - b for a, b in zip(SLEEP_1, SLEEP_2)]) == pytest.approx(4 / 1024)
 
 
 @pytest.mark.parametrize("baseline, tuned, significant", [
-    ([0.80, 0.81, 0.79], [0.85, 0.86, 0.84], True),     # clear gain
-    ([0.80, 0.85, 0.75], [0.81, 0.86, 0.74], False),    # difference inside the noise
-    ([0.85, 0.86, 0.84], [0.80, 0.81, 0.79], True),     # clear loss is significant too
+    ([0.80, 0.81, 0.79, 0.80], [0.85, 0.87, 0.84, 0.84], True),    # clear gain
+    ([0.80, 0.85, 0.75, 0.80], [0.81, 0.84, 0.76, 0.79], False),   # difference inside the noise
+    ([0.85, 0.86, 0.84, 0.85], [0.80, 0.80, 0.79, 0.81], True),    # clear loss is significant too
 ])
-def test_compare_verdicts(baseline, tuned, significant):
-    cmp = compare(baseline, tuned)
+def test_paired_verdicts(baseline, tuned, significant):
+    cmp = paired(baseline, tuned)
     assert cmp.significant == significant
     assert (cmp.p_value < 0.05) == significant
-    assert cmp.bootstrap_low <= cmp.difference <= cmp.bootstrap_high
+    assert cmp.sign_flip_p >= cmp.smallest_sign_flip_p == 2 / 16
+    assert cmp.noise_floor == pytest.approx(np.std(baseline, ddof=1))
 
 
-def test_compare_needs_two_seeds():
+def test_zero_spread_is_never_significant():
+    # Each seed gains exactly 5 points (in floats the differences differ by rounding only).
+    cmp = paired([0.80, 0.81, 0.79], [0.85, 0.86, 0.84])
+    assert not cmp.significant and math.isnan(cmp.ci_low) and math.isnan(cmp.p_value)
+    assert cmp.wins == 3 and cmp.sign_flip_p == pytest.approx(0.25)
+    assert not paired([0.8, 0.8], [0.8, 0.8]).significant
+
+
+def test_paired_needs_the_same_seeds_on_both_sides():
     with pytest.raises(ValueError, match=">= 2 seeds"):
-        compare([0.8], [0.9, 0.91])
+        paired([0.8], [0.9])
+    with pytest.raises(ValueError, match="same seeds"):
+        paired([0.8, 0.81], [0.9, 0.91, 0.92])
+
+
+def test_bootstrap_only_from_ten_seeds():
+    assert paired(SLEEP_2[:9], SLEEP_1[:9]).bootstrap_low is None
+    cmp = paired(SLEEP_2, SLEEP_1)
+    assert cmp.bootstrap_low < cmp.difference < cmp.bootstrap_high < 0
 
 
 def test_bootstrap_interval_has_the_normal_width_on_large_samples():
-    # 400 draws per side from N(0, 1) and N(0.5, 1): the difference's standard error is
-    # sqrt(2/400) = 0.0707, so a 95% interval is about 2 x 1.96 x 0.0707 = 0.277 wide.
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(0.0, 1.0, 400), rng.normal(0.5, 1.0, 400)
-    low, high = bootstrap_interval(a, b)
-    se = math.sqrt(np.var(a, ddof=1) / 400 + np.var(b, ddof=1) / 400)
-    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.08)
-    assert low < b.mean() - a.mean() < high and low > 0
-    assert (low, high) == bootstrap_interval(a, b)  # seeded
+    # 400 differences from N(0.5, 1): the mean's standard error is 1/20 = 0.05, so a 95%
+    # interval is about 2 x 1.96 x 0.05 = 0.196 wide.
+    d = np.random.default_rng(0).normal(0.5, 1.0, 400)
+    low, high = bootstrap_interval(d)
+    assert high - low == pytest.approx(2 * 1.96 * np.std(d, ddof=1) / 20, rel=0.08)
+    assert low < d.mean() < high and low > 0
+    assert (low, high) == bootstrap_interval(d)  # seeded
 
 
 # ---------------------------------------------------------------- data from a study
