@@ -71,7 +71,7 @@ def run_arm(name: str, base: TrainConfig, data, minutes: float, seed: int, work:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "baseline.json"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "fast.json"))
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock budget of each arm")
     parser.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
     parser.add_argument("--seed", type=int, default=0)
@@ -79,8 +79,7 @@ def main() -> None:
     args = parser.parse_args()
 
     preset = PRESETS.get(args.preset)
-    base = apply_overrides(TrainConfig.from_json(args.config),
-                           {"epochs": preset.max_epochs, "train_fraction": preset.train_fraction})
+    base = apply_overrides(TrainConfig.from_json(args.config), {"epochs": preset.target_epochs})
     data = prepare_data(base.data)
     work = ROOT / "runs" / "bench-study"
     shutil.rmtree(work, ignore_errors=True)
@@ -94,7 +93,7 @@ def main() -> None:
     a, b = arms["tpe_hyperband"], arms["random_no_pruning"]
     result = {
         "command": f"python bench/study.py --minutes {args.minutes} --preset {args.preset}",
-        "budget_per_trial": {"max_epochs": base.epochs, "train_fraction": base.data.train_fraction},
+        "budget_per_trial": {"target_epochs": base.epochs, "train_fraction": base.data.train_fraction},
         "arms": arms,
         "ratio_mean_epochs_pruned_to_unpruned": a["mean_epochs_per_trial"] / b["mean_epochs_per_trial"],
         "best_val_acc_difference": a["best_val_acc"] - b["best_val_acc"],

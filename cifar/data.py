@@ -4,7 +4,8 @@
 validation split, optionally keeps only a share of the rest (the study's cheap
 trials), and measures the per-channel statistics of the train split. Tuning and
 early stopping see validation only; the test set is read by evaluation and the
-report, never by model selection.
+report, never by model selection: the report locks it (``lock_test``) until its
+selection is done, and any read of a locked test set raises ``TestSetLocked``.
 
 Usage:
     data = prepare_data(DataConfig(data_dir="../shared/data/cifar10-jpeg"))
@@ -20,7 +21,25 @@ import torch
 from cifar.config import DataConfig
 from cifar.sources import DataError, RawCifar, Split, load_cifar10, source_name
 
-__all__ = ["CifarData", "DataError", "Split", "channel_stats", "check_data", "prepare_data", "stratified_split"]
+__all__ = ["CifarData", "DataError", "Split", "TestSetLocked", "channel_stats", "check_data", "prepare_data",
+           "stratified_split"]
+
+
+class TestSetLocked(RuntimeError):
+    """The test set was read while locked (before model selection was done)."""
+
+
+class _LockedSplit:
+    """Stands in for a locked test split: its size may be read, its images and labels may not."""
+
+    def __init__(self, n: int, why: str):
+        self.n, self.why = n, why
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getattr__(self, name: str):
+        raise TestSetLocked(f"the test set is locked: {self.why}")
 
 
 @dataclass
@@ -32,6 +51,15 @@ class CifarData:
     mean: tuple[float, float, float]  # per-channel mean of the train split, in [0, 1]
     std: tuple[float, float, float]
     source: str                        # "torchvision" or "imagefolder:<dir>"
+
+    def lock_test(self, why: str) -> None:
+        """Until ``unlock_test``, reading the test images or labels raises TestSetLocked."""
+        if not isinstance(self.test, _LockedSplit):
+            self._test, self.test = self.test, _LockedSplit(len(self.test), why)
+
+    def unlock_test(self) -> None:
+        if isinstance(self.test, _LockedSplit):
+            self.test = self._test
 
 
 def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,21 +1,24 @@
-"""Build the baseline-vs-tuned report of a study: retrain, test, compare, write.
+"""Build the baseline-vs-tuned report of a study: train at the target, select on validation, then test.
 
-The baseline config and the study's best config are retrained on the whole
-train split (not the study's subset) with one epoch budget and K seeds, each
-evaluated on the test set. Runs are cached by config and seed under
-``runs/reports/``, so a rebuild only redoes the figures. Steps: load
-(``reports.load``, ``reports.runs``) -> data and words (``reports.content``)
--> figures (``reports.figures``) -> write (``write_report``, the only step
-that writes into the report folder).
+The study's top distinct configs (``--candidates``, default 3) and its baseline
+are trained at the study's target with the same seeds (seed 0 of each is the
+study's own trial run where it ran to the target); the winner is the candidate
+with the highest mean validation accuracy, if it beats the baseline's. Only then
+is the test set read, once, for the baseline and the best candidate, and the two
+are compared seed by seed (``reports.stats.paired``). The verdict is also saved
+into the study, where optuna-dashboard shows it (note and figures). Runs are
+cached by config and seed under ``runs/reports/``, so a rebuild only redoes the
+figures and a stopped report continues.
 
 Usage:
-    python -m reports build --study-name cifar-cpu [--storage URL] [--seeds 3] [--epochs 10] [--runs-only]
+    python -m reports build [--study-name NAME] [--storage URL] [--seeds 3] [--candidates 3] [--runs-only]
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,13 +36,15 @@ from reports.content import (
     histories_frame,
     per_class_frame,
     report_sections,
+    selection_text,
     verdict,
 )
-from reports.load import load_run, open_study
+from reports.fidelity import rung_correlations, study_curves
+from reports.load import candidates_of, load_run, open_study
 from reports.render import Section, to_html, to_markdown, write_pngs
-from reports.runs import ensure_runs, report_configs
+from reports.runs import ensure_tested, ensure_trained, select
 from reports.stats import paired
-from study.presets import REPORT_MINUTES
+from study.presets import REPORT_CANDIDATES, REPORT_SEEDS
 from study.storage import DEFAULT_STORAGE, ArgParser, UsageError
 from study.trials import compute_spent, trials_table
 
@@ -90,32 +95,61 @@ def write_report(out: Path, title: str, sections: list[Section], table: pd.DataF
     (out / "report.html").write_text(to_html(title, sections, figures))
 
 
-def build(study_name: str | None, storage: str, seeds: int, epochs: int | None, out_root: Path,
-          runs_root: Path) -> Path:
-    from reports.figures import study_figures  # plotly: not needed by --runs-only
+def to_dashboard(study, title: str, sections: list[Section], figures: dict) -> None:
+    """The report's words as the study's note and its key figures as plotly graph objects, for
+    optuna-dashboard to show next to the trials."""
+    import optuna_dashboard
+
+    optuna_dashboard.save_note(study, to_markdown(title, sections[:3]))
+    for name in ("differences", "rung_scatter"):
+        if name in figures:
+            optuna_dashboard.save_plotly_graph_object(study, figures[name], graph_object_id=name)
+
+
+def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Path, runs_root: Path) -> Path:
+    from reports.figures import differences_figure, rung_scatter_figure, study_figures  # plotly
 
     study = open_study(storage, study_name)
-    configs, plan = report_configs(study, epochs, seeds)
-    data = prepare_data(configs["tuned"].data)  # the figures need it; the runs' training too
-    dirs = ensure_runs(configs, seeds, runs_root, data)
-    runs = {name: [load_run(d) for d in ds] for name, ds in dirs.items()}
+    baseline, candidates = candidates_of(study, k)
+    everyone = [baseline, *candidates]
+    data = prepare_data(baseline.config.data)
+    data.lock_test("the report reads it after selecting the winner on validation")
+    dirs = ensure_trained({c.name: c.config for c in everyone}, seeds, runs_root, data,
+                          reuse={c.name: c.run_dir for c in everyone})
+    selection = select(dirs)
+    data.unlock_test()
+    reads = ensure_tested(dirs, ["baseline", selection.best], data)
+    runs = {"baseline": [load_run(d) for d in dirs["baseline"]],
+            "tuned": [load_run(d) for d in dirs[selection.best]]}
 
     table = comparison_frame(runs)
     cmp = paired(table[table.config == "baseline"]["test_acc"].tolist(),
-                  table[table.config == "tuned"]["test_acc"].tolist())
-    figures = {**run_figures(runs, data), **study_figures(study)}
-    preset = study.user_attrs.get("preset")
-    meta = {"study": study.study_name, **plan, "preset": preset, "seeds": seeds,
-            "train_images": len(data.train), "report_minutes": REPORT_MINUTES.get(preset),
-            "study_budget": study.user_attrs.get("budget"), "spent": compute_spent(trials_table(study)),
-            "device": runs["tuned"][0].dir.read_provenance()["device"]}
-    sections = report_sections(cmp, table, config_table(configs["baseline"], configs["tuned"]), meta,
-                               list(figures))
+                 table[table.config == "tuned"]["test_acc"].tolist())
+    target = baseline.config.epochs
+    curves = study_curves(study.get_trials(deepcopy=False))
+    fidelity = rung_correlations(curves, target)
+    figures = {**run_figures(runs, data), **study_figures(study),
+               "differences": differences_figure(list(cmp.differences), cmp.noise_floor),
+               "rung_scatter": rung_scatter_figure(curves, target)}
+    tuned = next(c for c in candidates if c.name == selection.best) if candidates else baseline
+    meta = {"study": study.study_name, "epochs": target, "seeds": seeds, "preset": study.user_attrs.get("preset"),
+            "baseline_trial": baseline.trial, "best_trial": tuned.trial, "best": selection.best,
+            "winner": selection.winner,
+            "train_images": len(data.train), "study_budget": study.user_attrs.get("budget"),
+            "spent": compute_spent(trials_table(study)), "device": runs["tuned"][0].dir.read_provenance()["device"],
+            "selection_done_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(selection.done_at)),
+            "test_reads": reads}
+    sections = report_sections(cmp, table, config_table(baseline.config, tuned.config), meta, list(figures),
+                               selection, everyone, fidelity)
     out = out_root / study.study_name
-    write_report(out, f"Baseline vs tuned: study {study.study_name}", sections, table, figures,
-                 {**cmp.to_dict(), **meta})
+    title = f"Baseline vs tuned: study {study.study_name}"
+    write_report(out, title, sections, table, figures,
+                 {**cmp.to_dict(), **meta, "validation": selection.val, "fidelity": fidelity,
+                  "candidates": [{"name": c.name, "trial": c.trial, "study_val_acc": c.val_acc} for c in everyone]})
+    to_dashboard(study, title, sections, figures)
     head = headline_table(cmp, table)
-    print("\n".join(" | ".join(row) for row in [head.header, *head.rows]) + "\n\n" + verdict(cmp))
+    print("\n".join(" | ".join(row) for row in [head.header, *head.rows]) + "\n\n" + selection_text(selection)
+          + "\n" + verdict(cmp))
     return out
 
 
@@ -123,24 +157,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(prog="python -m reports build", description="Build the baseline-vs-tuned report.")
     p.add_argument("--study-name", default=None, help="default: the storage's only study")
     p.add_argument("--storage", default=DEFAULT_STORAGE)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=None, help="default: by the study's preset")
+    p.add_argument("--seeds", type=int, default=REPORT_SEEDS, help="seeds of every config, the same for each")
+    p.add_argument("--candidates", type=int, default=REPORT_CANDIDATES,
+                   help="the study's top distinct configs to retrain and select among")
     p.add_argument("--out", default="results/reports", help="the folder each report goes to: <out>/<study>/")
     p.add_argument("--runs-dir", default="runs/reports", help="cache of retrained runs")
     p.add_argument("--runs-only", action="store_true",
-                   help="retrain and test the runs into the cache, write no report (needs no plotly)")
+                   help="train the runs into the cache (no test read), write no report (needs no plotly)")
     try:
         args = p.parse_args(argv)
         if args.seeds < 2:
             raise UsageError(f"--seeds must be >= 2 for a test, got {args.seeds}")
-        if args.epochs is not None and args.epochs <= 0:
-            raise UsageError(f"--epochs must be > 0, got {args.epochs}")
+        if args.candidates < 1:
+            raise UsageError(f"--candidates must be >= 1, got {args.candidates}")
         if args.runs_only:
-            configs, _ = report_configs(open_study(args.storage, args.study_name), args.epochs, args.seeds)
-            ensure_runs(configs, args.seeds, Path(args.runs_dir))
+            baseline, candidates = candidates_of(open_study(args.storage, args.study_name), args.candidates)
+            data = prepare_data(baseline.config.data)
+            data.lock_test("--runs-only trains; it never reads the test set")
+            ensure_trained({c.name: c.config for c in (baseline, *candidates)}, args.seeds, Path(args.runs_dir),
+                           data, reuse={c.name: c.run_dir for c in (baseline, *candidates)})
             print(f"runs ready in {args.runs_dir}; build the report from them without --runs-only")
             return 0
-        out = build(args.study_name, args.storage, args.seeds, args.epochs, Path(args.out),
+        out = build(args.study_name, args.storage, args.seeds, args.candidates, Path(args.out),
                     Path(args.runs_dir))
     except (UsageError, DataError) as e:
         return fail(e)

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from cifar.config import TrainConfig, flatten
-from reports.load import LoadedRun
+from reports.load import Candidate, LoadedRun
 from reports.render import FigureRef, Paragraph, Section, Table
+from reports.runs import Selection
 from reports.stats import Paired
 
 Runs = dict[str, list[LoadedRun]]  # "baseline" / "tuned" -> one run per seed
@@ -60,10 +61,27 @@ def fixed_and_broken(runs: Runs) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(~base_ok & tuned_ok)[0], np.nonzero(base_ok & ~tuned_ok)[0]
 
 
+def fmt(v) -> str:
+    """A config or table value: floats to 4 significant digits, lists comma-separated."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(fmt, v))
+    return str(v)
+
+
 def config_table(baseline: TrainConfig, tuned: TrainConfig) -> pd.DataFrame:
+    """Every compared field of the two configs, the ones that differ first."""
     a, b = flatten(baseline), flatten(tuned)
-    return pd.DataFrame([{"field": k, "baseline": str(a[k]), "tuned": str(b[k]), "differs": a[k] != b[k]}
-                         for k in a if k not in NOT_COMPARED])
+    rows = [{"field": k, "baseline": fmt(a[k]), "tuned": fmt(b[k]), "differs": a[k] != b[k]}
+            for k in a if k not in NOT_COMPARED]
+    return pd.DataFrame(sorted(rows, key=lambda r: not r["differs"]))
+
+
+def differences(baseline: TrainConfig, other: TrainConfig) -> str:
+    """The fields where ``other`` differs from ``baseline``, as key=value."""
+    a, b = flatten(baseline), flatten(other)
+    return " ".join(f"{k}={fmt(b[k])}" for k in a if k not in NOT_COMPARED and a[k] != b[k]) or "(the baseline)"
 
 
 # ---------------------------------------------------------------- words
@@ -108,15 +126,14 @@ def verdict(cmp: Paired) -> str:
 
 
 def budget_text(meta: dict) -> str:
-    study_budget = meta["study_budget"] or {}
-    text = (f"Budget: {meta['epochs']} epochs per run on the whole train split "
-            f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}, retrained on {meta['device']}; "
-            f"study trials: up to {study_budget.get('max_epochs', '?')} epochs on "
-            f"{study_budget.get('train_fraction', 1.0):.1%} of the train split.")
-    if "throughput" in study_budget:
-        text += (f" Both were sized to the {study_budget['throughput']['train']:.0f} training images/s measured "
-                 f"when the study was created (study target {study_budget['target_minutes']:.0f} min, "
-                 f"report target {meta['report_minutes'] or '?'} min).")
+    budget = meta["study_budget"] or {}
+    text = (f"Budget: every run is the study's target, {meta['epochs']} epochs on the whole train split "
+            f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}, on {meta['device']}. The study's "
+            f"trials ran the same target; the pruner could stop them at an earlier epoch.")
+    if "throughput" in budget:
+        text += (f" The study was sized to the {budget['throughput']['train']:.0f} training images/s measured "
+                 f"when it was created: {budget['n_trials']} trials, the main job estimated at "
+                 f"{budget['estimate_minutes']:.0f} min (target {budget['target_minutes']:.0f} min).")
     return text
 
 
@@ -126,16 +143,60 @@ def spent_text(spent: dict) -> str:
             f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training.")
 
 
+def candidates_table(selection: Selection, candidates: list[Candidate]) -> Table:
+    """Every config the report trained, with its validation accuracy over the seeds; the winner marked."""
+    rows, marks = [], []
+    for c in candidates:
+        mean, std = selection.mean_std(c.name)
+        mark = "winner" if c.name == selection.winner else ""
+        rows.append([c.name, str(c.trial), _pct(c.val_acc), f"{_pct(mean)} ± {_pct(std)}", mark,
+                     differences(candidates[0].config, c.config)])
+        marks.append(bool(mark))
+    return Table(["config", "trial", "study val_acc (seed 0)", f"val_acc, {len(selection.val['baseline'])} seeds",
+                  "", "differs from the baseline in"], rows, highlight=marks)
+
+
+def selection_text(selection: Selection) -> str:
+    base, _ = selection.mean_std("baseline")
+    best, _ = selection.mean_std(selection.best)
+    if selection.winner == "baseline":
+        return (f"Selection (validation only, before any test read): no candidate beat the baseline's mean "
+                f"validation accuracy ({_pct(base)}; the best, {selection.best}, {_pct(best)}). The baseline stays; "
+                f"the test comparison below is the baseline against {selection.best}, reported as such.")
+    return (f"Selection (validation only, before any test read): {selection.winner} has the highest mean "
+            f"validation accuracy, {_pct(best)} against the baseline's {_pct(base)}, so it is the tuned config; "
+            "the test set was then read once, for the baseline and the winner.")
+
+
+def fidelity_table(rows: list[dict], target: int) -> Table:
+    def num(v: float) -> str:
+        return "" if math.isnan(v) else f"{v:.3f}"
+
+    return Table(["epoch", "completed trials", "Spearman", "Kendall", f"regret at epoch {target} (points)"],
+                 [[str(r["fidelity"]), str(r["n"]), num(r["spearman"]), num(r["kendall"]),
+                   "" if math.isnan(r["regret"]) else f"{100 * r['regret']:.2f}"] for r in rows])
+
+
 def report_sections(cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, meta: dict,
-                    figure_names: list[str]) -> list[Section]:
-    """The whole report, once: headline and verdict, budget, configurations, figures."""
+                    figure_names: list[str], selection: Selection, candidates: list[Candidate],
+                    fidelity: list[dict]) -> list[Section]:
+    """The whole report, once: headline and verdict, selection, budget, configurations, figures."""
+    tuned = next(c for c in candidates if c.name == selection.best)
     return [
         Section(None, [headline_table(cmp, table), Paragraph(verdict(cmp), strong=True),
-                       Paragraph(budget_text(meta)), Paragraph(spent_text(meta["spent"])),
-                       Paragraph(f"Baseline = trial {meta['baseline_trial']}, tuned = trial {meta['best_trial']}.")]),
-        Section("Configurations (differences highlighted)", [Table(
-            ["field", f"baseline (trial {meta['baseline_trial']})", f"tuned (trial {meta['best_trial']})"],
+                       Paragraph(selection_text(selection)), Paragraph(budget_text(meta)),
+                       Paragraph(spent_text(meta["spent"]))]),
+        Section("Candidates, selected on validation", [candidates_table(selection, candidates)]),
+        Section("Did the study's early epochs rank the configs as the target does?", [
+            Paragraph("Rank correlation between each epoch and the target over the study's completed trials "
+                      "(survivors of pruning only, so a biased sample), and the regret of each epoch's top pick."),
+            fidelity_table(fidelity, meta["epochs"])]),
+        Section("Configurations (the fields that differ first, highlighted)", [Table(
+            ["field", f"baseline (trial {meta['baseline_trial']})", f"tuned: {tuned.name} (trial {tuned.trial})"],
             [[r.field, r.baseline, r.tuned] for r in configs.itertuples()],
             highlight=configs["differs"].tolist())]),
+        Section("Test reads", [Paragraph("; ".join(
+            f"{r['config']}: {len(r['runs'])} runs at {r['at']}" for r in meta["test_reads"])
+            + f" (selection done at {meta['selection_done_at']}).")]),
         Section("Figures", [FigureRef(n) for n in figure_names]),
     ]

@@ -85,3 +85,27 @@ def study_figures(study: optuna.Study) -> dict[str, go.Figure]:
         figures["importances"] = vis.plot_param_importances(study)
     figures["intermediate"].update_layout(title="Intermediate val_acc per epoch (pruned trials stop early)")
     return figures
+
+
+def rung_scatter_figure(curves: dict[int, dict[int, float]], target: int) -> go.Figure:
+    """Each completed trial's validation accuracy at each earlier epoch against the target's."""
+    fig = go.Figure()
+    epochs = sorted({e for c in curves.values() for e in c if e != target})
+    for e in epochs:
+        keys = [k for k, c in curves.items() if e in c and target in c]
+        fig.add_trace(go.Scatter(x=[curves[k][e] for k in keys], y=[curves[k][target] for k in keys],
+                                 mode="markers", name=f"epoch {e}", text=[f"trial {k}" for k in keys]))
+    fig.update_layout(title=f"Completed trials: val_acc at each epoch against the target ({target} epochs)",
+                      xaxis_title="val_acc at the epoch", yaxis_title=f"val_acc at epoch {target}")
+    return fig
+
+
+def differences_figure(differences: list[float], noise: float) -> go.Figure:
+    """Per-seed test-accuracy differences (winner - baseline, points), with the one-run noise band."""
+    seeds = list(range(len(differences)))
+    fig = go.Figure(go.Bar(x=seeds, y=[100 * d for d in differences], name="tuned - baseline"))
+    fig.add_hrect(y0=-100 * noise, y1=100 * noise, fillcolor="gray", opacity=0.2, line_width=0,
+                  annotation_text="± one run's noise (baseline std)")
+    fig.update_layout(title="Test accuracy difference per seed (same seeds, points)", xaxis_title="seed",
+                      yaxis_title="points", width=700, height=400)
+    return fig

@@ -1,12 +1,13 @@
 """Load: a study and the run directories of a report, as DataFrames and configs.
 
 Nothing here writes. The baseline is the study's enqueued trial (user attribute
-``baseline``); the tuned configuration is its best complete trial. Both are
-rebuilt from the study's recorded base config and the trial's parameters.
+``baseline``); the candidates are its best complete trials with distinct
+configs. All are rebuilt from the study's recorded base config (at the study's
+target) and the trial's parameters.
 
 Usage:
     study = open_study("sqlite:///results/study.db", "cifar-cpu")
-    baseline, tuned = configs_of(study)
+    baseline, candidates = candidates_of(study, k=3)
 """
 
 from __future__ import annotations
@@ -34,20 +35,42 @@ def open_study(storage_url: str, name: str | None) -> optuna.Study:
     return study
 
 
-def configs_of(study: optuna.Study) -> tuple[TrainConfig, TrainConfig, int, int]:
-    """(baseline config, tuned config, baseline trial number, best trial number)."""
+@dataclass(frozen=True)
+class Candidate:
+    name: str            # "baseline", "candidate 1", ...
+    trial: int           # the study's trial it comes from
+    val_acc: float       # that trial's value (seed 0, at the target)
+    config: TrainConfig  # at the study's target, seed 0
+    run_dir: str | None  # the trial's run directory, where it ran to the end (reused as seed 0)
+
+
+def _candidate(name: str, t: optuna.trial.FrozenTrial, base: TrainConfig, space: str) -> Candidate:
+    complete = t.state == TrialState.COMPLETE
+    return Candidate(name, t.number, t.value if complete else float("nan"),
+                     suggest_config(optuna.trial.FixedTrial(t.params), base, space),
+                     t.user_attrs.get("run_dir") if complete else None)
+
+
+def candidates_of(study: optuna.Study, k: int) -> tuple[Candidate, list[Candidate]]:
+    """The baseline, and the study's ``k`` best complete trials with distinct configs other than the
+    baseline's, best first (by their validation accuracy at the target, seed 0)."""
     attrs = study.user_attrs
-    if "base_config" not in attrs:
-        raise UsageError(f"study {study.study_name!r} was not made by `python -m study run`")
+    if "base_config" not in attrs or "target_epochs" not in (attrs.get("budget") or {}):
+        raise UsageError(f"study {study.study_name!r} was not made by this version of `python -m study run` "
+                         "(it has no target budget)")
     base = TrainConfig.from_dict(attrs["base_config"])
     space = attrs.get("space", "default")
     trials = study.get_trials(deepcopy=False)
     marked = [t for t in trials if t.user_attrs.get("baseline")]
-    baseline_trial = marked[0] if marked else trials[0]
-    best = study.best_trial
-    baseline = suggest_config(optuna.trial.FixedTrial(baseline_trial.params), base, space)
-    tuned = suggest_config(optuna.trial.FixedTrial(best.params), base, space)
-    return baseline, tuned, baseline_trial.number, best.number
+    baseline = _candidate("baseline", marked[0] if marked else trials[0], base, space)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
+    seen, out = [baseline.config], []
+    for t in complete:
+        c = _candidate(f"candidate {len(out) + 1}", t, base, space)
+        if c.config not in seen and len(out) < k:
+            seen.append(c.config)
+            out.append(c)
+    return baseline, out
 
 
 @dataclass

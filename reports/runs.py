@@ -1,27 +1,36 @@
-"""The report's retrained runs: which configs, at which budget, cached by config and seed.
+"""The report's runs: train the candidates and the baseline at the target, select on validation, then test.
+
+The order is the point. ``ensure_trained`` trains every (config, seed) with the
+test set locked (``CifarData.lock_test``); ``select`` picks the winner by mean
+validation accuracy; only then ``ensure_tested`` reads the test set, for the
+baseline and the best candidate, and records when. Seed 0 of a config whose
+study trial ran to the target is that trial's run (copied into the cache), so
+the report does not train it again. Runs are cached by config and seed under
+``runs/reports/``: a report stopped part-way continues where it stopped.
 
 This half of the report needs only PyTorch and Optuna (no plotly, no browser),
-so the runs can be trained on one machine, for instance one with a GPU, and the
-report built from the cached runs on another: ``python -m reports build
---runs-only`` there, then copy ``runs/reports/`` back and build.
+so the runs can be trained on one machine, for instance one with a GPU
+(``python -m reports build --runs-only``), and the report built on another.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
-
 from cifar.config import TrainConfig, apply_overrides
-from cifar.data import CifarData, prepare_data
+from cifar.data import CifarData
 from cifar.evaluate import evaluate_run
+from cifar.rundir import RunDir
 from cifar.train import train
-from reports.load import configs_of
-from study.presets import at_report_budget
 from study.storage import UsageError
+
+NOT_COMPARED = ("data_dir", "cache_dir")  # where the data is, not what a run trains on
 
 
 def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
@@ -29,37 +38,82 @@ def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
     return runs_root / f"{key}-seed{cfg.seed}"
 
 
-def ensure_runs(configs: dict[str, TrainConfig], seeds: int, runs_root: Path,
-                data: CifarData | None = None) -> dict[str, list[Path]]:
-    """Train and evaluate every (config, seed) not already in the cache; print progress and ETA.
+def same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configs train the same run, wherever their data lies."""
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        for k in NOT_COMPARED:
+            d["data"].pop(k, None)
+    return da == db
 
-    ``data``: the configs' data, where the caller holds it already (loaded here only if needed)."""
+
+def finished(run_dir: Path, cfg: TrainConfig) -> bool:
+    """A run directory that trained ``cfg`` to its last epoch."""
+    run = RunDir(run_dir)
+    if not (run.results.is_file() and run.config.is_file()) or not same_run(run.read_config(), cfg):
+        return False
+    return run.read_results().epochs_run == cfg.epochs
+
+
+def ensure_trained(configs: dict[str, TrainConfig], seeds: int, runs_root: Path, data: CifarData,
+                   reuse: dict[str, str | None] | None = None) -> dict[str, list[Path]]:
+    """Every (config, seed) trained, the test set untouched; print progress and ETA.
+
+    ``reuse``: name -> a study trial's run directory, taken as that config's seed-0 run when it
+    trained the same config to its last epoch."""
     plan = [(name, apply_overrides(cfg, {"seed": s})) for name, cfg in configs.items() for s in range(seeds)]
-    todo = [(n, c) for n, c in plan if not (run_dir_for(c, runs_root) / "test_predictions.pt").is_file()]
-    if todo and data is None:
-        data = prepare_data(next(iter(configs.values())).data)
+    out: dict[str, list[Path]] = {name: [] for name in configs}
+    todo = []
+    for name, cfg in plan:
+        path = run_dir_for(cfg, runs_root)
+        trial_dir = (reuse or {}).get(name) if cfg.seed == 0 else None
+        if not finished(path, cfg) and trial_dir and finished(Path(trial_dir), cfg):
+            shutil.copytree(trial_dir, path, dirs_exist_ok=True)
+            print(f"{name} seed 0: the study's run {trial_dir}", flush=True)
+        if not finished(path, cfg):
+            todo.append((name, cfg, path))
+        out[name].append(path)
     started = time.time()
-    for i, (name, cfg) in enumerate(todo):
+    for i, (name, cfg, path) in enumerate(todo):
         eta = f", ETA {(time.time() - started) / i * (len(todo) - i) / 60:.0f} min" if i else ""
         print(f"[{i + 1}/{len(todo)}] training {name} seed {cfg.seed} ({cfg.epochs} epochs{eta})", flush=True)
-        run_dir = run_dir_for(cfg, runs_root)
-        result = train(cfg, data, run_dir)
+        result = train(cfg, data, path)
         if result.status == "diverged":
-            raise UsageError(f"{name} seed {cfg.seed} diverged in {run_dir}: {result.message}")
-        evaluate_run(run_dir, data=data)
+            raise UsageError(f"{name} seed {cfg.seed} diverged in {path}: {result.message}")
     if not todo:
-        print(f"all {len(plan)} runs cached in {runs_root}", flush=True)
-    out: dict[str, list[Path]] = {name: [] for name in configs}
-    for name, cfg in plan:
-        out[name].append(run_dir_for(cfg, runs_root))
+        print(f"all {len(plan)} runs trained in {runs_root}", flush=True)
     return out
 
 
-def report_configs(study: optuna.Study, epochs: int | None, seeds: int) -> tuple[dict[str, TrainConfig], dict]:
-    """The baseline and tuned configs at the report's budget, and what the report says about them."""
-    baseline, tuned, baseline_trial, best_trial = configs_of(study)
-    # Sized from the baseline (the runs of both configs share the report's minutes).
-    epochs = at_report_budget(baseline, study.user_attrs, epochs, seeds).epochs
-    configs = {name: at_report_budget(cfg, study.user_attrs, epochs, seeds)
-               for name, cfg in (("baseline", baseline), ("tuned", tuned))}
-    return configs, {"epochs": epochs, "baseline_trial": baseline_trial, "best_trial": best_trial}
+@dataclass(frozen=True)
+class Selection:
+    val: dict[str, list[float]]   # name -> best validation accuracy of each seed
+    best: str                     # the candidate with the highest mean
+    winner: str                   # best if it beats the baseline's mean, else "baseline"
+    done_at: float                # time.time() when the selection was made
+
+    def mean_std(self, name: str) -> tuple[float, float]:
+        v = self.val[name]
+        return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else float("nan")
+
+
+def select(dirs: dict[str, list[Path]]) -> Selection:
+    """The winner by mean validation accuracy over the seeds (ties keep the baseline)."""
+    val = {name: [RunDir(p).read_results().best_val_acc for p in paths] for name, paths in dirs.items()}
+    means = {name: statistics.fmean(v) for name, v in val.items()}
+    candidates = [n for n in dirs if n != "baseline"]
+    best = max(candidates, key=lambda n: means[n]) if candidates else "baseline"
+    winner = best if means[best] > means["baseline"] else "baseline"
+    return Selection(val, best, winner, time.time())
+
+
+def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData) -> list[dict]:
+    """Evaluate the named configs' runs on the test set (where not done yet); what was read, and when."""
+    reads = []
+    for name in names:
+        todo = [p for p in dirs[name] if not RunDir(p).predictions.is_file()]
+        for p in todo:
+            evaluate_run(p, data=data)
+        reads.append({"config": name, "runs": [str(p) for p in dirs[name]], "evaluated_now": len(todo),
+                      "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return reads

@@ -1,15 +1,11 @@
-"""Fitting a preset's budget to the machine: measure the model's speed, then size the trials.
+"""Fitting a study to the machine: measure the model's speed, then size the main job.
 
-The CPU preset promises a study of 30 trials within an hour and a report within
-about an hour and a half. 2-core machines differ by 4x in how fast they train
-the baseline model, so a fixed budget cannot keep that promise on all of them.
-When a study is created, ``measure_throughput`` times a few training and
-evaluation steps of the base config on synthetic images, and ``size_trials``
-picks the largest trial budget (epochs, share of the train split) that fits the
-preset's minutes: first the share shrinks, and below the preset's floor the
-epochs drop by one Hyperband rung (a factor of 3). The measurement is stored in
-the study, so a resumed study keeps its budget and the report sizes its own
-retraining from the same figures (``report_epochs``).
+2-core machines differ by 4x in how fast they train, so a fixed number of trials
+cannot keep a promise about the main job's time on all of them. When a study is
+created, ``measure_throughput`` times a few training and evaluation steps of the
+base config (at its target) on synthetic images, and ``size_study`` picks the
+number of trials that, with the report's retraining after it, fits the preset's
+minutes. The measurement is stored in the study, so a resumed study keeps its size.
 """
 
 from __future__ import annotations
@@ -25,15 +21,16 @@ from cifar.config import TrainConfig
 from cifar.model import SmallCNN
 from cifar.optim import build_optimizer
 from cifar.runtime import resolve_device
-from study.storage import REDUCTION_FACTOR
 
 CIFAR10_TRAIN_IMAGES = 50_000
-# Mean epochs a trial runs over its maximum under Hyperband (reduction factor 3),
-# as measured in 30-trial studies: 0.66 with 9 epochs (rungs 1, 3, 9; study
-# cifar-cpu) and 0.84 with 3 (rungs 1, 3; study cifar-cpu-sized).
+CIFAR10_TEST_IMAGES = 10_000
+TEST_VIEWS = 7            # a test evaluation: plain, then TTA's 6 views (mirror x 1-pixel translates)
+# Mean share of the target's epochs a trial runs under Hyperband (reduction factor 3),
+# by the nearest target at or below: measured in 30-trial studies, 0.66 with 9 epochs
+# (rungs 1, 3, 9; study cifar-cpu) and 0.84 with 3 (rungs 1, 3; study cifar-cpu-sized).
 EPOCH_SHARE = {9: 0.7, 3: 0.85, 1: 1.0}
-TRIAL_OVERHEAD_S = 5.0   # per trial: model build, checkpoints, curve PNG, storage writes
-STARTUP_S = 60.0         # per study: imports, data loading, worker start
+TRIAL_OVERHEAD_S = 5.0   # per run: model build, checkpoints, curve PNG, storage writes
+STARTUP_S = 60.0         # per command: imports, data loading, worker start
 
 
 @dataclass(frozen=True)
@@ -44,11 +41,12 @@ class Throughput:
 
 
 @dataclass(frozen=True)
-class TrialBudget:
-    epochs: int
-    train_fraction: float
-    warmup_epochs: float
-    minutes: float  # the estimate of the whole study at this budget
+class StudySize:
+    n_trials: int
+    run_minutes: float      # one target run (training, validation every epoch)
+    study_minutes: float    # the study's estimate
+    report_runs: int        # the runs the report trains (the study's seed-0 runs are reused)
+    report_minutes: float   # the report's estimate (its runs and the test evaluations)
 
 
 def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
@@ -86,42 +84,29 @@ def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
 
 
 def epoch_share(epochs: int) -> float:
-    """The measured share for the nearest maximum at or below ``epochs`` (one epoch: nothing to prune)."""
+    """The measured share for the nearest target at or below ``epochs`` (one epoch: nothing to prune)."""
     return EPOCH_SHARE[max(k for k in EPOCH_SHARE if k <= epochs)]
 
 
-def epoch_seconds(tp: Throughput, n_train: float, n_val: int) -> float:
-    return n_train / tp.train + n_val / tp.eval
+def run_seconds(tp: Throughput, base: TrainConfig) -> float:
+    """One run of ``base``: its epochs on its share of the train split, validation after each."""
+    n_train = (CIFAR10_TRAIN_IMAGES - base.data.val_size) * base.data.train_fraction
+    return TRIAL_OVERHEAD_S + base.epochs * (n_train / tp.train + base.data.val_size / tp.eval)
 
 
-def size_trials(tp: Throughput, base: TrainConfig, n_trials: int, minutes: float,
-                min_fraction: float) -> TrialBudget:
-    """The largest (epochs, fraction) up to the base config's that fits ``n_trials`` in ``minutes``."""
-    n_split = CIFAR10_TRAIN_IMAGES - base.data.val_size
-    n_val = base.data.val_size
-    seconds = minutes * 60 - STARTUP_S - n_trials * TRIAL_OVERHEAD_S
-    epochs = base.epochs
-    min_fraction = min(min_fraction, base.data.train_fraction)  # a base config's own small share is kept
-    while True:
-        per_epoch = seconds / (n_trials * epoch_share(epochs) * epochs)
-        fraction = min(base.data.train_fraction, (per_epoch - n_val / tp.eval) * tp.train / n_split)
-        if fraction >= min_fraction or epochs == 1:
-            break
-        epochs = max(1, epochs // REDUCTION_FACTOR)
-    fraction = round(max(fraction, 0.01), 3)
-    estimate = STARTUP_S + n_trials * (TRIAL_OVERHEAD_S + epoch_share(epochs) * epochs
-                                       * epoch_seconds(tp, fraction * n_split, n_val))
-    # The schedule keeps its shape: the warm-up stays the same share of the run.
-    warmup = round(base.warmup_epochs * epochs / base.epochs, 3)
-    return TrialBudget(epochs=epochs, train_fraction=fraction, warmup_epochs=warmup, minutes=estimate / 60)
-
-
-def report_epochs(tp: Throughput, base: TrainConfig, runs: int, minutes: float, ceiling: int) -> int:
-    """Epochs per retrained run (whole train split) so that ``runs`` of them fit in ``minutes``."""
-    n_split = CIFAR10_TRAIN_IMAGES - base.data.val_size
-    test_s = 10_000 / tp.eval
-    per_run = (minutes * 60 - STARTUP_S) / runs - TRIAL_OVERHEAD_S - test_s
-    return max(1, min(ceiling, math.floor(per_run / epoch_seconds(tp, n_split, base.data.val_size))))
+def size_study(tp: Throughput, base: TrainConfig, minutes: float, min_trials: int, max_trials: int,
+               candidates: int, seeds: int) -> StudySize:
+    """The most trials (``min_trials`` to ``max_trials``) such that the study, then its report,
+    fit in ``minutes``. The report trains ``candidates`` configs and the baseline at ``seeds`` seeds,
+    seed 0 of each reused from the study, and tests the baseline and the winner at every seed."""
+    run = run_seconds(tp, base)
+    report_runs = (candidates + 1) * (seeds - 1)
+    report = STARTUP_S + report_runs * run + 2 * seeds * CIFAR10_TEST_IMAGES * TEST_VIEWS / tp.eval
+    per_trial = epoch_share(base.epochs) * run
+    fit = math.floor((minutes * 60 - STARTUP_S - report) / per_trial)
+    n_trials = max(min_trials, min(max_trials, fit))
+    return StudySize(n_trials=n_trials, run_minutes=run / 60, study_minutes=(STARTUP_S + n_trials * per_trial) / 60,
+                     report_runs=report_runs, report_minutes=report / 60)
 
 
 def to_attr(tp: Throughput) -> dict:

@@ -1,14 +1,18 @@
-"""Presets (smoke, cpu, gpu) and the trial budget of a study: sized when created, kept on resume.
+"""Presets (smoke, cpu, gpu) and a study's target budget: fixed when created, kept on resume.
 
-A preset fixes a default study's size: trials, the most epochs a trial runs,
-its share of the train split, a safety timeout. The CPU preset sizes the
-budget to the machine when the study is created (``study.budget``); the
-measurement and the budget are stored in the study's ``budget`` user attribute,
-so a resumed study trains at the budget it was created with.
+A study tunes for the budget the model will be trained at: its **target** (epochs
+of a complete run on the whole train split, with the recipe's schedule). Every
+trial is a target run that the pruner may stop at an earlier epoch, so the
+study's completed trials are measured at the target, and the report retrains its
+candidates at the same target. A preset fixes the target and the number of
+trials; the CPU preset sizes the number of trials to the machine (measured when
+the study is created, ``study.budget``) so that the main job, the study and its
+report, fits the preset's minutes. The measurement and the budget are stored in
+the study's ``budget`` user attribute, so a resumed study and its report keep them.
 
 Usage:
     preset = PRESETS.get(pick_preset("auto"))
-    base, budget = trial_budget(preset, base, stored=None, set_by_hand=set())
+    base, budget = target_budget(preset, base, stored=None, target_epochs=None)
 """
 
 from __future__ import annotations
@@ -25,31 +29,24 @@ from study import budget as budget_lib
 
 @dataclass(frozen=True)
 class Preset:
-    n_trials: int           # trials of a default study
-    max_epochs: int         # epochs of a trial that is never pruned
-    train_fraction: float   # share of the train split each trial trains on
-    timeout: float | None   # seconds; a safety stop for the whole study
-    # Sized to the machine (study/budget.py): the study's target minutes, and the
-    # smallest train share before a trial drops an epoch rung instead.
+    n_trials: int           # trials of a default study (where sized: the most)
+    target_epochs: int      # epochs of the target run: a complete trial, and each run of the report
+    timeout: float | None   # seconds; a safety stop for the study
+    # Sized to the machine (study/budget.py): the main job's minutes (study and report), and
+    # the fewest trials worth a study.
     minutes: float | None = None
-    min_fraction: float = 0.05
+    min_trials: int = 6
 
 
 PRESETS: Registry[Preset] = Registry("preset", {
-    "smoke": Preset(n_trials=6, max_epochs=2, train_fraction=0.05, timeout=None),
-    "cpu": Preset(n_trials=30, max_epochs=9, train_fraction=0.15, timeout=3600, minutes=45),
-    "gpu": Preset(n_trials=100, max_epochs=15, train_fraction=1.0, timeout=None),
+    "smoke": Preset(n_trials=6, target_epochs=2, timeout=None),
+    # 4 epochs of the fast recipe: 84.6% test accuracy with TTA (results/bench/time_to_accuracy.json).
+    "cpu": Preset(n_trials=30, target_epochs=4, timeout=None, minutes=170),
+    "gpu": Preset(n_trials=100, target_epochs=10, timeout=None),
 })
 
-# Epochs of the report's retraining (whole train split), by the study's preset: the most a report trains.
-REPORT_EPOCHS = {"smoke": 2, "cpu": 10, "gpu": 30}
-# A study sized to its machine (study/budget.py) sizes its report too: all runs
-# of a CPU-preset report (both configs, every seed) fit in about this many minutes.
-REPORT_MINUTES = {"cpu": 85}
-REPORT_SEEDS = 3
-
-# --set keys that make up a trial's budget, and their names in the study's "budget" attribute
-BUDGET_FIELDS = {"epochs": "max_epochs", "train_fraction": "train_fraction", "warmup_epochs": "warmup_epochs"}
+REPORT_SEEDS = 3        # seeds of every config the report retrains (the same seeds for each)
+REPORT_CANDIDATES = 3   # the study's top distinct configs the report retrains to pick the winner
 
 
 def pick_preset(name: str) -> str:
@@ -60,56 +57,33 @@ def pick_preset(name: str) -> str:
     return name
 
 
-def trial_budget(preset: Preset, base: TrainConfig, stored: dict[str, Any] | None,
-                 set_by_hand: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The base config at the study's trial budget, and the budget to store with the study.
+def target_budget(preset: Preset, base: TrainConfig, stored: dict[str, Any] | None,
+                  target_epochs: int | None) -> tuple[TrainConfig, dict[str, Any]]:
+    """The base config at the study's target, and the budget to store with the study.
 
-    A resumed study (``stored``: its budget attribute) keeps its budget, except the
-    fields given by hand; a new one is sized to the machine when its preset says so
-    and no budget field was given by hand.
+    A resumed study (``stored``: its budget attribute) keeps its target; a new one takes
+    ``target_epochs`` (given by hand) or the preset's, and is sized to the machine
+    (the number of trials) where the preset says so.
     """
     if stored is not None:
-        keep = {k: stored[a] for k, a in BUDGET_FIELDS.items() if a in stored and k not in set_by_hand}
-        return apply_overrides(base, keep), stored
-    budget = fit_budget(preset, base) if preset.minutes and not set_by_hand else {}
-    base = apply_overrides(base, {k: budget[a] for k, a in BUDGET_FIELDS.items() if a in budget})
-    budget |= {"max_epochs": base.epochs, "train_fraction": base.data.train_fraction,
-               "warmup_epochs": base.warmup_epochs}
+        return apply_overrides(base, {"epochs": stored["target_epochs"]}), stored
+    base = apply_overrides(base, {"epochs": target_epochs or preset.target_epochs})
+    budget: dict[str, Any] = {"target_epochs": base.epochs}
+    if preset.minutes:
+        budget |= fit_budget(preset, base)
     return base, budget
 
 
 def fit_budget(preset: Preset, base: TrainConfig) -> dict[str, Any]:
-    """Measure this machine and size the trials so that the preset's study fits its minutes.
-
-    The size is the preset's, whatever --n-trials says: a trial costs the same in a
-    short study as in a long one, so their trials compare."""
-    n_trials = preset.n_trials
-    print("measuring this machine's training speed to size the trials...", flush=True)
+    """Measure this machine and size the study so that the main job fits the preset's minutes."""
+    print("measuring this machine's training speed to size the study...", flush=True)
     tp = budget_lib.measure_throughput(base)
-    fit = budget_lib.size_trials(tp, base, n_trials, preset.minutes, preset.min_fraction)
-    print(f"{tp.train:.0f} train / {tp.eval:.0f} eval images/s on {tp.device}: {fit.epochs} epochs max on "
-          f"{fit.train_fraction:.1%} of the train split, about {fit.minutes:.0f} min for {n_trials} trials "
-          f"(target {preset.minutes:.0f})", flush=True)
-    return {"max_epochs": fit.epochs, "train_fraction": fit.train_fraction, "warmup_epochs": fit.warmup_epochs,
-            "throughput": budget_lib.to_attr(tp), "target_minutes": preset.minutes,
-            "estimate_minutes": round(fit.minutes, 1)}
-
-
-def at_report_budget(cfg: TrainConfig, attrs: dict[str, Any], epochs: int | None = None,
-                     seeds: int = REPORT_SEEDS) -> TrainConfig:
-    """``cfg`` at the budget the report retrains at: the whole train split, the preset's epochs
-    (sized to the measured machine where the study was), the trial's warm-up share kept.
-
-    ``attrs``: the study's user attributes (preset, budget).
-    """
-    preset = attrs.get("preset", "cpu")
-    budget = attrs.get("budget") or {}
-    throughput = budget_lib.from_attr(budget.get("throughput"))
-    overrides: dict[str, float] = {"train_fraction": 1.0}
-    if epochs is None:
-        epochs = REPORT_EPOCHS.get(preset, 10)
-        if throughput and preset in REPORT_MINUTES:
-            epochs = budget_lib.report_epochs(throughput, cfg, 2 * seeds, REPORT_MINUTES[preset], epochs)
-    if throughput:  # a sized study scaled the warm-up with its epochs; the report keeps that share
-        overrides["warmup_epochs"] = round(epochs * budget["warmup_epochs"] / budget["max_epochs"], 3)
-    return apply_overrides(cfg, {**overrides, "epochs": epochs})
+    size = budget_lib.size_study(tp, base, preset.minutes, preset.min_trials, preset.n_trials,
+                                 REPORT_CANDIDATES, REPORT_SEEDS)
+    print(f"{tp.train:.0f} train / {tp.eval:.0f} eval images/s on {tp.device}: a target run of {base.epochs} "
+          f"epochs takes about {size.run_minutes:.1f} min; {size.n_trials} trials, about "
+          f"{size.study_minutes:.0f} min, then the report's {size.report_runs} runs, about "
+          f"{size.report_minutes:.0f} min (the job's target: {preset.minutes:.0f} min)", flush=True)
+    return {"n_trials": size.n_trials, "throughput": budget_lib.to_attr(tp), "target_minutes": preset.minutes,
+            "estimate_minutes": round(size.study_minutes + size.report_minutes, 1),
+            "run_minutes": round(size.run_minutes, 2)}

@@ -1,12 +1,14 @@
 """``python -m study run``: validate the command line, create or resume the study, run it, summarise.
 
 Everything is checked before the study is created or changed (a bad flag is
-one line and exit status 2, the database untouched). A new study gets the
-preset's trial budget, sized to the machine where the preset says so, and the
-baseline as its enqueued trial 0; a resumed one keeps what it was created with.
+one line and exit status 2, the database untouched). A new study gets its
+target (the preset's, or ``--target-epochs``): every trial is a run of that many
+epochs on the whole train split that the pruner may stop early. Where the preset
+says so, the number of trials is sized to the machine. The baseline is the
+enqueued trial 0; a resumed study keeps what it was created with.
 
 Usage:
-    python -m study run [--preset auto|smoke|cpu|gpu] [--n-trials 30] [--workers 2]
+    python -m study run [--preset auto|smoke|cpu|gpu] [--target-epochs 4] [--n-trials 30] [--workers 2]
     python -m study run --storage postgresql://host/db --study-name cifar-cpu
 """
 
@@ -26,7 +28,7 @@ from cifar.config import TrainConfig, apply_overrides
 from cifar.data import DataError, check_data
 from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
-from study.presets import BUDGET_FIELDS, PRESETS, pick_preset, trial_budget
+from study.presets import PRESETS, pick_preset, target_budget
 from study.search_space import SPACES, params_of
 from study.storage import (
     DEFAULT_STORAGE,
@@ -49,7 +51,7 @@ class Prepared:
     """A validated command line and the study it created or loaded."""
     job: Job
     study: optuna.Study
-    base: TrainConfig      # the base config at the study's trial budget
+    base: TrainConfig      # the base config at the study's target
     results_dir: str       # the study's summary goes to results_dir/<study name>
     raw: RawCifar          # the data source as checked (a single worker reuses it)
 
@@ -60,11 +62,15 @@ def build_parser() -> ArgParser:
                    help="default: the storage's only study, or cifar-<preset> in an empty storage")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL")
     p.add_argument("--preset", default="auto", choices=("auto", *PRESETS))
-    p.add_argument("--config", default=str(ROOT / "configs" / "baseline.json"), help="base config")
+    p.add_argument("--config", default=str(ROOT / "configs" / "fast.json"),
+                   help="base config: the baseline, trial 0")
+    p.add_argument("--target-epochs", type=int, default=None,
+                   help="epochs of the target run: each trial's, and the report's (default: preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config field (repeatable)")
     p.add_argument("--space", default="default", choices=SPACES)
-    p.add_argument("--n-trials", type=int, default=None, help="finished trials to reach (default: preset)")
+    p.add_argument("--n-trials", type=int, default=None,
+                   help="finished trials to reach (default: preset, sized to the machine where it says so)")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default: preset)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
@@ -86,18 +92,19 @@ def prepare(argv: Sequence[str]) -> Prepared:
     args = build_parser().parse_args(argv)
     preset_name = pick_preset(args.preset)
     preset = PRESETS.get(preset_name)
-    n_trials = preset.n_trials if args.n_trials is None else args.n_trials
-    if n_trials <= 0:
-        raise UsageError(f"--n-trials must be > 0, got {n_trials}")
+    if args.n_trials is not None and args.n_trials <= 0:
+        raise UsageError(f"--n-trials must be > 0, got {args.n_trials}")
+    if args.target_epochs is not None and args.target_epochs <= 0:
+        raise UsageError(f"--target-epochs must be > 0, got {args.target_epochs}")
     if args.workers <= 0:
         raise UsageError(f"--workers must be > 0, got {args.workers}")
     if args.heartbeat_interval <= 0 or args.grace_period <= args.heartbeat_interval:
         raise UsageError("need 0 < --heartbeat-interval < --grace-period")
-    # The preset sets the trial budget; --set may still change it (recorded either way).
     sets = dict(split_set(kv) for kv in args.set)
+    if "epochs" in sets:
+        raise UsageError("a study trains at its target: set the epochs with --target-epochs, not --set epochs")
     try:
-        base = apply_overrides(TrainConfig.from_json(args.config),
-                               {"epochs": preset.max_epochs, "train_fraction": preset.train_fraction} | sets)
+        base = apply_overrides(TrainConfig.from_json(args.config), sets)
         baseline_params = params_of(base, args.space)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -112,8 +119,15 @@ def prepare(argv: Sequence[str]) -> Prepared:
     if study_name in existing and existing[study_name].direction != optuna.study.StudyDirection.MAXIMIZE:
         raise UsageError(f"study {study_name!r} in {args.storage} minimizes; this one maximizes val_acc: "
                          "choose another --study-name")
-    stored = existing[study_name].user_attrs.get("budget", {}) if study_name in existing else None
-    base, budget = trial_budget(preset, base, stored, BUDGET_FIELDS.keys() & sets.keys())
+    stored = existing[study_name].user_attrs.get("budget") if study_name in existing else None
+    if stored and args.target_epochs and args.target_epochs != stored.get("target_epochs"):
+        raise UsageError(f"study {study_name!r} trains at a target of {stored.get('target_epochs')} epochs; "
+                         "a new --target-epochs needs a new --study-name")
+    if study_name in existing and not stored:
+        raise UsageError(f"study {study_name!r} in {args.storage} has no target budget (made by an older "
+                         "version?): choose another --study-name")
+    base, budget = target_budget(preset, base, stored, args.target_epochs)
+    n_trials = args.n_trials or budget.get("n_trials", preset.n_trials)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                 load_if_exists=True)
     if study_name not in existing:
@@ -204,8 +218,9 @@ def main_distributed(argv: Sequence[str]) -> int:
 def announce(prepared: Prepared, processes: str = "") -> None:
     job, base = prepared.job, prepared.base
     print(f"study {job.study_name!r} in {job.storage}: {job.workers} worker(s){processes} x {job.threads} "
-          f"thread(s), up to {job.n_trials} trials, {base.epochs} epochs max on {base.data.train_fraction:.0%} "
-          f"of the train split, sampler {job.sampler}, pruner {job.pruner}", flush=True)
+          f"thread(s), up to {job.n_trials} trials at a target of {base.epochs} epochs on "
+          f"{base.data.train_fraction:.0%} of the train split, sampler {job.sampler}, pruner {job.pruner}",
+          flush=True)
 
 
 def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
@@ -225,8 +240,9 @@ def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
         params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
         lines[:0] = [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}"]
         lines += [f"report:  python -m reports build --storage {job.storage}{name}   (make study runs it next)",
-                  f"train the winner at the report's budget: python -m cifar.train --config {out}/best_config.json "
-                  f"--out runs/best   ({out}/best_trial_config.json: as the trial ran)"]
+                  f"train the best trial's config at the target: python -m cifar.train --config "
+                  f"{out}/best_config.json --out runs/best   (the report picks the winner among the top "
+                  "trials on more seeds)"]
     print("\n".join(lines), flush=True)
     return 0
 

@@ -1,14 +1,20 @@
-"""The search space, declared once as data: every parameter a study searches, named after its config field.
+"""The search space, declared once as data: every parameter a study searches, and the config fields it sets.
 
-Each ``Param`` says its kind, its range or choices, log scale, and when it
-applies (``when``: only if another parameter has a given value). Three readers
-use the one table: ``suggest_config`` (a trial's config), ``params_of`` (the
-trial parameters of a config, checked to lie inside the space, so the baseline
-can be enqueued as trial 0) and ``space_table`` (the README's table, checked by
-a test). ``space="default"`` searches learning rate, batch size, optimizer and
-dropout; ``space="extended"`` adds weight decay, label smoothing, block type,
-widths and schedule. The learning-rate range depends on the optimizer (SGD wants
-~100x the rate of the adaptive ones).
+Each ``Param`` has one distribution, whatever the other parameters are, so that
+multivariate TPE and GP model them jointly (Optuna's intersection search space
+keeps only parameters whose distribution never changes). The learning rate and
+the weight decay are therefore searched as log-scale multipliers of the
+optimizer's reference values (``lr_scale``, ``wd_scale``): for the base config's
+own optimizer its own values, for another optimizer the values in ``REFERENCE``.
+SGD is searched in its per-1024 parametrisation (``sgd1024``), where batch size,
+learning rate and weight decay are independent.
+
+Three readers use the one table: ``suggest_config`` (a trial's config),
+``params_of`` (the trial parameters of a config, checked to lie inside the space,
+so the baseline is enqueued as trial 0) and ``space_table`` (the README's table,
+checked by a test). ``space="default"`` searches learning rate, batch size,
+optimizer and dropout; ``space="extended"`` adds weight decay, label smoothing,
+the weight average's decay, widths, cutout, translate and the warm-up share.
 
 Usage:
     cfg = suggest_config(optuna.trial.FixedTrial({...}), base)
@@ -23,87 +29,100 @@ from typing import Any
 
 import optuna
 
-from cifar.config import SCHEDULES, TrainConfig, apply_overrides, flatten
-from cifar.model import BLOCKS
+from cifar.config import TrainConfig, apply_overrides, flatten
 from cifar.registry import Registry
+
+# An optimizer's reference values where it is not the base config's own: the centre of its
+# lr_scale and wd_scale ranges, and the BatchNorm learning-rate scale it trains with.
+REFERENCE = {
+    "sgd1024": {"lr": 11.5, "weight_decay": 0.0153, "bias_lr_scale": 64.0},  # the fast recipe's (airbench)
+    "adamw": {"lr": 2e-3, "weight_decay": 0.05, "bias_lr_scale": 1.0},      # decoupled decay
+    "adam": {"lr": 2e-3, "weight_decay": 0.0, "bias_lr_scale": 1.0},
+}
+
+
+def reference(optimizer: str, base: TrainConfig) -> dict[str, float]:
+    """The values a multiplier of 1 stands for: the base config's own for its optimizer."""
+    if optimizer == base.optimizer:
+        return {"lr": base.lr, "weight_decay": base.weight_decay, "bias_lr_scale": base.bias_lr_scale}
+    return dict(REFERENCE[optimizer])
 
 
 @dataclass(frozen=True)
 class Param:
-    name: str                                  # the trial parameter and the config field it sets
+    name: str                                  # the trial parameter
     choices: tuple = ()                        # categorical: the values to choose from
     low: float | None = None                   # float: the range [low, high]
     high: float | None = None
     log: bool = False                          # float: sample on a log scale
-    range_by: tuple[str, dict[str, tuple[float, float]]] | None = None  # (param, its value -> range)
-    when: tuple[str, Any] | None = None        # applies only when param == value
+    scales: str | None = None                  # a multiplier of this field's reference value
     encode: Callable[[Any], Any] = field(default=lambda v: v, compare=False)  # config value -> trial value
 
-    def applies(self, values: dict[str, Any]) -> bool:
-        return self.when is None or values.get(self.when[0]) == self.when[1]
+    @property
+    def sets(self) -> str:
+        """The config field the parameter sets."""
+        return self.scales or self.name
 
-    def bounds(self, values: dict[str, Any]) -> tuple[float, float]:
-        if self.range_by:
-            by, ranges = self.range_by
-            return ranges[values[by]]
-        return self.low, self.high
-
-    def suggest(self, trial: optuna.trial.BaseTrial, values: dict[str, Any]) -> Any:
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         if self.choices:
             return trial.suggest_categorical(self.name, self.choices)
-        return trial.suggest_float(self.name, *self.bounds(values), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
-    def contains(self, value: Any, values: dict[str, Any]) -> bool:
+    def contains(self, value: Any) -> bool:
         if self.choices:
             return value in self.choices
-        low, high = self.bounds(values)
-        return low <= value <= high
+        return self.low * (1 - 1e-9) <= value <= self.high * (1 + 1e-9)
 
 
-LR_RANGES = {"sgd": (0.02, 1.0), "adam": (2e-4, 1e-2), "adamw": (2e-4, 1e-2), "rmsprop": (1e-4, 3e-3)}
-BATCH_SIZES = (64, 128, 256, 512)
-WIDTHS = ("32,64,128", "48,96,192", "64,128,256", "96,192,384")
+SCALE = (0.2, 5.0)   # multipliers of the reference learning rate and weight decay (25x in all)
+BATCH_SIZES = (256, 512, 1024)
+WIDTHS = ("48,96,96", "64,128,128", "96,192,192", "64,256,256")
 
 # In suggestion order: the order fixes what a seeded sampler draws.
 DEFAULT = (
-    Param("optimizer", choices=tuple(LR_RANGES)),  # the optimizers with a learning-rate range here
-    Param("lr", log=True, range_by=("optimizer", LR_RANGES)),
+    Param("optimizer", choices=tuple(REFERENCE)),
+    Param("lr_scale", low=SCALE[0], high=SCALE[1], log=True, scales="lr"),
     Param("batch_size", choices=BATCH_SIZES),
-    Param("dropout", low=0.0, high=0.5),
-    Param("nesterov", choices=(True, False), when=("optimizer", "sgd")),
+    Param("dropout", low=0.0, high=0.3),
 )
 EXTENDED = DEFAULT + (
-    Param("weight_decay", low=1e-5, high=5e-3, log=True),
-    Param("label_smoothing", low=0.0, high=0.2),
-    Param("block", choices=BLOCKS.names),
+    Param("wd_scale", low=SCALE[0], high=SCALE[1], log=True, scales="weight_decay"),
+    Param("label_smoothing", low=0.0, high=0.3),
+    Param("lookahead_decay", low=0.6, high=0.95),
     Param("widths", choices=WIDTHS, encode=lambda widths: ",".join(map(str, widths))),
-    Param("schedule", choices=SCHEDULES),
+    Param("cutout", choices=(0, 8, 12)),
+    Param("crop_padding", choices=(0, 2, 4)),
+    Param("warmup_fraction", low=0.1, high=0.4),
 )
 SPACES: Registry[tuple[Param, ...]] = Registry("search space", {"default": DEFAULT, "extended": EXTENDED})
+PARAMS = {p.name: p for p in EXTENDED}  # every parameter of every space
+
+
+def overrides_of(values: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
+    """The config fields that trial parameters ``values`` set on ``base``."""
+    ref = reference(values.get("optimizer", base.optimizer), base)
+    out: dict[str, Any] = {"optimizer": values.get("optimizer", base.optimizer), **ref}
+    for name, value in values.items():
+        p = PARAMS[name]
+        out[p.sets] = ref[p.scales] * value if p.scales else value
+    return out
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: str = "default") -> TrainConfig:
     """The trial's config: ``base`` with the suggested fields replaced."""
-    values: dict[str, Any] = {}
-    for p in SPACES.get(space):
-        if p.applies(values):
-            values[p.name] = p.suggest(trial, values)
-    return apply_overrides(base, values)
+    values = {p.name: p.suggest(trial) for p in SPACES.get(space)}
+    return apply_overrides(base, overrides_of(values, base))
 
 
 def params_of(cfg: TrainConfig, space: str = "default") -> dict[str, Any]:
-    """The trial parameters that reproduce ``cfg`` (to enqueue the baseline as a trial).
+    """The trial parameters that reproduce ``cfg`` as a base config (to enqueue the baseline as a trial):
+    its own optimizer, so multipliers of 1.
 
     Raises ValueError naming every parameter whose value lies outside the space.
     """
     fields = flatten(cfg)
-    params: dict[str, Any] = {}
-    bad = []
-    for p in SPACES.get(space):
-        if p.applies(params):
-            params[p.name] = p.encode(fields[p.name])
-            if not p.contains(params[p.name], params):
-                bad.append(p.name)
+    params = {p.name: 1.0 if p.scales else p.encode(fields[p.name]) for p in SPACES.get(space)}
+    bad = [p.name for p in SPACES.get(space) if not p.contains(params[p.name])]
     if bad:
         raise ValueError(f"base config is outside the {space} search space in {', '.join(bad)} "
                          f"({', '.join(f'{k}={params[k]}' for k in bad)}); see study/search_space.py")
@@ -113,17 +132,22 @@ def params_of(cfg: TrainConfig, space: str = "default") -> dict[str, Any]:
 def space_table(space: str = "extended") -> str:
     """The space as a Markdown table (the README's), one row per parameter."""
     default = {p.name for p in DEFAULT}
-    rows = ["| parameter | values | scale | applies | space |", "|---|---|---|---|---|"]
+    rows = ["| parameter | values | scale | sets | space |", "|---|---|---|---|---|"]
     for p in SPACES.get(space):
         if p.choices:
             values, scale = ", ".join(f"`{c}`" for c in p.choices), "categorical"
-        elif p.range_by:
-            by, ranges = p.range_by
-            values = "; ".join(f"{k}: {lo:g} to {hi:g}" for k, (lo, hi) in ranges.items())
-            scale = "log" if p.log else "linear"
         else:
             values, scale = f"{p.low:g} to {p.high:g}", "log" if p.log else "linear"
-        applies = f"{p.when[0]} = {p.when[1]}" if p.when else "always"
-        rows.append(f"| `{p.name}` | {values} | {scale} | {applies} | "
+        sets = (f"`{p.scales}` = reference x value" if p.scales else f"`{p.sets}`")
+        rows.append(f"| `{p.name}` | {values} | {scale} | {sets} | "
                     f"{'default' if p.name in default else 'extended'} |")
     return "\n".join(rows)
+
+
+def reference_table() -> str:
+    """The reference values of each optimizer, as a Markdown table."""
+    rows = ["| optimizer | reference lr | reference weight decay | BatchNorm lr scale |", "|---|---|---|---|"]
+    rows += [f"| `{k}` | {v['lr']:g} | {v['weight_decay']:g} | {v['bias_lr_scale']:g} |"
+             for k, v in REFERENCE.items()]
+    return "\n".join(rows)
+

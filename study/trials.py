@@ -2,9 +2,9 @@
 
 ``trials_table`` is the one trials table: ``study show`` prints it and the
 report reads it. ``summarise`` writes a study's results folder: ``summary.json``,
-``trials.csv``, ``best_trial_config.json`` (the best trial's config as it ran, at
-the trial budget) and ``best_config.json`` (the same config at the report's budget:
-the whole train split and the report's epochs, ready for ``cifar.train --config``).
+``trials.csv`` and ``best_config.json`` (the best trial's config: the study's
+target budget, ready for ``cifar.train --config``; the report's winner, chosen on
+more seeds, is in the report).
 
 Usage:
     table = trials_table(study)
@@ -22,7 +22,6 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
-from study.presets import at_report_budget
 from study.search_space import suggest_config
 
 
@@ -64,8 +63,7 @@ def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path)
     if complete:
         best = study.best_trial
         cfg = suggest_config(optuna.trial.FixedTrial(best.params), base, space)
-        cfg.to_json(out_dir / "best_trial_config.json")  # as the trial ran: the study's trial budget
-        at_report_budget(cfg, study.user_attrs).to_json(out_dir / "best_config.json")  # to train the winner
+        cfg.to_json(out_dir / "best_config.json")  # as the trial ran: at the study's target
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

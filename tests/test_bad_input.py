@@ -55,6 +55,8 @@ CASES = [
     ("study run", "--n-trials 0", "--n-trials must be > 0, got 0", "nothing to do"),
     ("study run", "--n-trials -3", "--n-trials must be > 0, got -3", "negative count"),
     ("study run", "--workers 0", "--workers must be > 0, got 0", "no workers"),
+    ("study run", "--target-epochs 0", "--target-epochs must be > 0, got 0", "no target"),
+    ("study run", "--set epochs=3", "set the epochs with --target-epochs", "epochs that are not the target's"),
     ("study run", "--heartbeat-interval 5 --grace-period 5", "0 < --heartbeat-interval < --grace-period",
      "grace period not longer than the heartbeat"),
     ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
@@ -68,7 +70,7 @@ CASES = [
     ("study show", "--study-name s --storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
     ("study show", "--study-name nope --storage sqlite:///{db}", "no study 'nope'", "unknown study"),
     ("reports build", "--seeds 1", "--seeds must be >= 2 for a test, got 1", "one seed"),
-    ("reports build", "--epochs 0", "--epochs must be > 0, got 0", "no epochs"),
+    ("reports build", "--candidates 0", "--candidates must be >= 1, got 0", "nothing to select among"),
     ("reports build", "--storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
     ("reports build", "--study-name nope --storage sqlite:///{db}", "no study 'nope'", "unknown study"),
 ]
@@ -101,8 +103,8 @@ def places(tmp_path_factory, tiny_run):
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", direction="maximize")
     study.tell(study.ask(), 0.5)
     folder = make_image_folder(root / "imgs", n_train=60, n_test=9)
-    tiny_config(data_dir=str(folder), cache_dir=str(root / "cache"), val_size=12, batch_size=64).to_json(
-        root / "tiny.json")
+    tiny_config(data_dir=str(folder), cache_dir=str(root / "cache"), val_size=12, batch_size=256,
+                optimizer="sgd1024", lr=8.8).to_json(root / "tiny.json")
     return {"run": str(tiny_run), "junk": str(root / "junk"), "db": str(db), "tiny": str(root / "tiny.json")}
 
 

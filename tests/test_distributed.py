@@ -84,10 +84,14 @@ def test_ddp_needs_an_out_dir_and_a_divisible_batch(ddp_config, tmp_path):
     assert r.returncode != 0 and "does not split over 2 processes" in r.stderr
 
 
+# The study's search space has sgd1024 and batches of 256 to 1024 (the tiny config: plain SGD, 64).
+IN_SPACE = ("--set", "optimizer=sgd1024", "--set", "lr=8.8", "--set", "batch_size=256")
+
+
 def test_ddp_study_trials_prune_on_every_rank(ddp_config, tmp_path):
     db = tmp_path / "s.db"
     r = torchrun("-m", "study", "run", "--storage", f"sqlite:///{db}", "--study-name", "d", "--config",
-                 str(ddp_config), "--preset", "smoke", "--set", "epochs=3", "--n-trials", "6",
+                 str(ddp_config), "--preset", "smoke", "--target-epochs", "3", *IN_SPACE, "--n-trials", "6",
                  "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "x 2 processes (DDP)" in r.stdout and "done after" in r.stdout
@@ -100,7 +104,7 @@ def test_ddp_study_trials_prune_on_every_rank(ddp_config, tmp_path):
     assert (tmp_path / "results" / "d" / "best_config.json").is_file()
     # A second run resumes the same study.
     r = torchrun("-m", "study", "run", "--storage", f"sqlite:///{db}", "--study-name", "d", "--config",
-                 str(ddp_config), "--preset", "smoke", "--set", "epochs=3", "--n-trials", "7",
+                 str(ddp_config), "--preset", "smoke", "--target-epochs", "3", *IN_SPACE, "--n-trials", "7",
                  "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(optuna.load_study(study_name="d", storage=f"sqlite:///{db}").trials) == 7
@@ -108,5 +112,5 @@ def test_ddp_study_trials_prune_on_every_rank(ddp_config, tmp_path):
 
 def test_ddp_study_refuses_several_workers(ddp_config, tmp_path):
     r = torchrun("-m", "study", "run", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--config", str(ddp_config),
-                 "--preset", "smoke", "--workers", "2")
+                 "--preset", "smoke", *IN_SPACE, "--workers", "2")
     assert r.returncode != 0 and "--workers must be 1 under torchrun" in r.stderr

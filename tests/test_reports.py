@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -153,36 +154,54 @@ def test_figures_build():
 
 
 def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F811
-    assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "3"]) == 0
+    assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "4", "--pruner", "none"]) == 0
     # No --study-name: the storage's only study is the one.
-    argv = ["--storage", study_env["url"], "--seeds", "2", "--epochs", "2",
+    argv = ["--storage", study_env["url"], "--seeds", "2", "--candidates", "2",
             "--out", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "report-runs")]
-    # --runs-only trains the runs (on a GPU machine, say) and writes no report ...
+    # --runs-only trains the runs (on a GPU machine, say), reads no test set and writes no report ...
+    capsys.readouterr()
     assert build_main(argv + ["--runs-only"]) == 0
+    assert "baseline seed 0: the study's run" in capsys.readouterr().out  # trial 0 is not trained again
     assert not (tmp_path / "reports").exists()
-    assert list((tmp_path / "report-runs").glob("*/test_predictions.pt"))
+    runs = list((tmp_path / "report-runs").glob("*/results.json"))
+    assert runs and not list((tmp_path / "report-runs").glob("*/test_predictions.pt"))
     # ... and the report is then built from them without retraining.
     capsys.readouterr()
     assert build_main(argv) == 0
-    assert "all 4 runs cached" in capsys.readouterr().out
+    assert f"all {len(runs)} runs trained" in capsys.readouterr().out
     out = tmp_path / "reports" / "r"
     for name in ("report.html", "summary.md", "comparison.csv", "comparison.json", "plotly.min.js"):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / "comparison.csv")
     assert sorted(table["config"]) == ["baseline", "baseline", "tuned", "tuned"]
+    comparison = json.loads((out / "comparison.json").read_text())
+    # Every candidate was selected on validation; the test set was read for two configs only.
+    assert set(comparison["validation"]) == {c["name"] for c in comparison["candidates"]}
+    assert len(comparison["candidates"]) == len(runs) // 2
+    assert [r["config"] for r in comparison["test_reads"]] == ["baseline", comparison["best"]]
+    means = {name: np.mean(v) for name, v in comparison["validation"].items() if name != "baseline"}
+    assert comparison["best"] == max(means, key=means.get)
+    assert comparison["winner"] in (comparison["best"], "baseline")
+    assert len(list((tmp_path / "report-runs").glob("*/test_predictions.pt"))) == 4
     pngs = {p.stem for p in (out / "figures").glob("*.png")}
-    assert {"curves", "per_class", "history", "intermediate", "confusion_tuned", "fixed_by_tuning"} <= pngs
+    assert {"curves", "per_class", "history", "intermediate", "confusion_tuned", "fixed_by_tuning",
+            "differences", "rung_scatter"} <= pngs
     page = (out / "report.html").read_text()
     assert "https://" not in page.split("<body>")[0]  # plotly.js comes from the file beside it
     summary = (out / "summary.md").read_text()
-    assert "95% CI" in summary and "test accuracy" in summary
+    assert "paired-t 95% CI" in summary and "sign-flip" in summary and "Selection (validation only" in summary
+    # The verdict is in the study too, where optuna-dashboard shows it.
+    import optuna_dashboard
+
+    study = optuna.load_study(study_name="r", storage=study_env["url"])
+    assert "Selection (validation only" in optuna_dashboard.get_note(study)
 
     # A rebuild reuses the cached runs.
     capsys.readouterr()
     start = time.perf_counter()
     assert build_main(argv) == 0
     assert time.perf_counter() - start < 30
-    assert "all 4 runs cached" in capsys.readouterr().out
+    assert f"all {len(runs)} runs trained" in capsys.readouterr().out
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium); the browser check needs it")
@@ -204,6 +223,52 @@ def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F81
                     "--virtual-time-budget=20000", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000
+
+
+def test_the_report_reads_the_test_set_only_after_selection(study_env, tmp_path, monkeypatch):  # noqa: F811
+    """Every read of the test images or labels comes after the winner was chosen on validation."""
+    import reports.build as build
+
+    assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "3", "--pruner", "none"]) == 0
+    events = []
+
+    class Spy:  # the test split, recording every read of its tensors
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return len(self.split)
+
+        def __getattr__(self, name):
+            events.append("test read")
+            return getattr(self.split, name)
+
+    real_prepare, real_select = build.prepare_data, build.select
+
+    def prepare(*args, **kwargs):
+        data = real_prepare(*args, **kwargs)
+        data.test = Spy(data.test)
+        return data
+
+    monkeypatch.setattr(build, "prepare_data", prepare)
+    monkeypatch.setattr(build, "select", lambda dirs: events.append("selected") or real_select(dirs))
+    assert build_main(["--storage", study_env["url"], "--seeds", "2", "--out", str(tmp_path / "reports"),
+                       "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "selected" in events and "test read" in events
+    assert "test read" not in events[:events.index("selected")]
+
+
+def test_a_locked_test_set_cannot_be_read(tiny_data):
+    from cifar.data import TestSetLocked
+
+    tiny_data.lock_test("selection is not done")
+    try:
+        assert len(tiny_data.test) > 0  # its size is no secret
+        with pytest.raises(TestSetLocked, match="selection is not done"):
+            _ = tiny_data.test.x
+    finally:
+        tiny_data.unlock_test()
+    assert tiny_data.test.x.shape[1:] == (3, 32, 32)
 
 
 @pytest.mark.parametrize("setup, message", [

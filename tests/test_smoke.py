@@ -65,11 +65,11 @@ def test_the_main_job_with_default_names_changes_no_tracked_file(image_folder, t
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tree"]):
         subprocess.run(git + cmd, cwd=copy, check=True, capture_output=True)
     config = tmp_path / "tiny.json"
-    tiny_config(val_size=6, batch_size=64).to_json(config)
+    tiny_config(val_size=6, batch_size=256, optimizer="sgd1024", lr=8.8).to_json(config)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CIFAR10_DIR": str(image_folder)}
     outputs = []
     for args in (["study", "run", "--preset", "smoke", "--config", str(config), "--n-trials", "2"],
-                 ["reports", "build", "--seeds", "2", "--epochs", "1"]):
+                 ["reports", "build", "--seeds", "2", "--candidates", "1"]):
         done = subprocess.run([sys.executable, "-m", *args], cwd=copy, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]

@@ -18,7 +18,7 @@ from cifar.config import TrainConfig
 from cifar.rundir import load_checkpoint
 from study.objective import PruningCallback
 from study.run import main
-from study.search_space import LR_RANGES, params_of, suggest_config
+from study.search_space import params_of, suggest_config
 from study.show import main as show_main
 from tests.conftest import make_image_folder, tiny_config
 
@@ -30,14 +30,16 @@ POSTGRES_ENV = "CIFAR_TEST_POSTGRES_URL"
 def study_env(tmp_path):
     """A tiny base config on a tiny image folder, and the paths a study writes to."""
     folder = make_image_folder(tmp_path / "imgs", n_train=60, n_test=9)
-    cfg = tiny_config(data_dir=str(folder), cache_dir=str(tmp_path / "cache"), val_size=12, batch_size=64)
+    # sgd1024 (the space's SGD) at lr 8.8 per 1024 examples: plain SGD's 0.05 at batch 16.
+    cfg = tiny_config(data_dir=str(folder), cache_dir=str(tmp_path / "cache"), val_size=12, batch_size=256,
+                      optimizer="sgd1024", lr=8.8)
     config = tmp_path / "base.json"
     cfg.to_json(config)
     db = tmp_path / "study.db"
     return {
         "db": db, "url": f"sqlite:///{db}", "tmp": tmp_path,
         "args": ["--storage", f"sqlite:///{db}", "--config", str(config), "--preset", "smoke",
-                 "--set", "train_fraction=1.0", "--runs-dir", str(tmp_path / "runs"),
+                 "--runs-dir", str(tmp_path / "runs"),
                  "--results-dir", str(tmp_path / "results")],
     }
 
@@ -49,40 +51,59 @@ def load(env, name="s"):
 # ---------------------------------------------------------------- search space
 
 
-@pytest.mark.parametrize("params", [
-    {"optimizer": "sgd", "lr": 0.3, "batch_size": 128, "dropout": 0.2, "nesterov": False},   # SGD
-    {"optimizer": "adamw", "lr": 1e-3, "batch_size": 512, "dropout": 0.0},                  # adaptive
+FAST = TrainConfig.from_json(ROOT / "configs" / "fast.json")
+
+
+@pytest.mark.parametrize("params, lr, weight_decay, bias_lr_scale", [
+    # The base config's own optimizer: multiples of its own values.
+    ({"optimizer": "sgd1024", "lr_scale": 2.0, "batch_size": 512, "dropout": 0.2}, 23.0, 0.0153, 64.0),
+    # Another optimizer: multiples of its reference values.
+    ({"optimizer": "adamw", "lr_scale": 0.5, "batch_size": 256, "dropout": 0.0}, 1e-3, 0.05, 1.0),
 ])
-def test_suggest_config_default_space(params):
-    cfg = suggest_config(optuna.trial.FixedTrial(params), TrainConfig())
-    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.model.dropout) == \
-        (params["optimizer"], params["lr"], params["batch_size"], params["dropout"])
-    assert cfg.nesterov == params.get("nesterov", TrainConfig().nesterov)
-    assert cfg.model.widths == TrainConfig().model.widths  # not searched in the default space
+def test_suggest_config_default_space(params, lr, weight_decay, bias_lr_scale):
+    cfg = suggest_config(optuna.trial.FixedTrial(params), FAST)
+    assert (cfg.optimizer, cfg.batch_size, cfg.model.dropout) == \
+        (params["optimizer"], params["batch_size"], params["dropout"])
+    assert (cfg.lr, cfg.weight_decay, cfg.bias_lr_scale) == (pytest.approx(lr), weight_decay, bias_lr_scale)
+    assert cfg.model.widths == FAST.model.widths  # not searched in the default space
 
 
 def test_suggest_config_extended_space():
-    params = {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "dropout": 0.1, "weight_decay": 1e-4,
-              "label_smoothing": 0.05, "block": "residual", "widths": "32,64,128", "schedule": "cosine"}
-    cfg = suggest_config(optuna.trial.FixedTrial(params), TrainConfig(), space="extended")
-    assert cfg.model.block == "residual" and cfg.model.widths == (32, 64, 128)
-    assert (cfg.weight_decay, cfg.label_smoothing, cfg.schedule) == (1e-4, 0.05, "cosine")
+    params = {"optimizer": "adam", "lr_scale": 1.0, "batch_size": 256, "dropout": 0.1, "wd_scale": 2.0,
+              "label_smoothing": 0.05, "lookahead_decay": 0.9, "widths": "48,96,96", "cutout": 8,
+              "crop_padding": 4, "warmup_fraction": 0.3}
+    cfg = suggest_config(optuna.trial.FixedTrial(params), FAST, space="extended")
+    assert cfg.model.widths == (48, 96, 96) and (cfg.data.cutout, cfg.data.crop_padding) == (8, 4)
+    assert (cfg.lr, cfg.weight_decay, cfg.label_smoothing, cfg.lookahead_decay, cfg.warmup_fraction) == \
+        (2e-3, 0.0, 0.05, 0.9, 0.3)  # adam's reference decay is 0: 2 x 0
 
 
 @pytest.mark.parametrize("space", ["default", "extended"])
 def test_params_of_baseline_round_trips(space):
-    base = TrainConfig.from_json(ROOT / "configs" / "baseline.json")
-    assert suggest_config(optuna.trial.FixedTrial(params_of(base, space)), base, space) == base
+    assert suggest_config(optuna.trial.FixedTrial(params_of(FAST, space)), FAST, space) == FAST
 
 
-def test_lr_range_follows_optimizer():
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(40):
+def test_a_base_config_outside_the_space_is_named():
+    # Plain SGD's learning rate depends on the batch size; the space searches sgd1024 instead.
+    with pytest.raises(ValueError, match="outside the default search space in optimizer"):
+        params_of(TrainConfig.from_json(ROOT / "configs" / "smallcnn.json"))
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_samplers_model_the_learning_rate(sampler):
+    """Every parameter keeps one distribution, so the multivariate samplers' joint model
+    (Optuna's intersection search space) holds all of them, the learning rate included."""
+    from study.storage import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler("random", 0))
+    for _ in range(12):
         trial = study.ask()
-        cfg = suggest_config(trial, TrainConfig())
-        lo, hi = LR_RANGES[cfg.optimizer]
-        assert lo <= cfg.lr <= hi
-        study.tell(trial, 0.0)
+        study.tell(trial, suggest_config(trial, FAST, "extended").lr)
+    space = optuna.search_space.intersection_search_space(study.get_trials(deepcopy=False))
+    assert {"lr_scale", "optimizer", "batch_size", "dropout", "wd_scale"} <= set(space)
+    assert len({t.params["optimizer"] for t in study.trials}) > 1
+    # The study's own samplers see the same space.
+    assert "lr_scale" in make_sampler(sampler, 0).infer_relative_search_space(study, study.trials[-1])
 
 
 # ---------------------------------------------------------------- pruning
@@ -121,7 +142,7 @@ def test_pruning_callback_lets_good_trials_go_on():
 
 
 def test_study_end_to_end_then_resume(study_env, capsys):
-    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=4", "--pruner", "median",
+    args = study_env["args"] + ["--study-name", "s", "--target-epochs", "4", "--pruner", "median",
                                 "--sampler", "random"]
     assert main(args + ["--n-trials", "8"]) == 0
     out = capsys.readouterr().out
@@ -131,7 +152,8 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states
     assert study.trials[0].user_attrs.get("baseline") is True
     assert study.metric_names == ["val_acc"]
-    assert study.user_attrs["budget"] == {"max_epochs": 4, "train_fraction": 1.0, "warmup_epochs": 0.5}
+    assert study.user_attrs["budget"] == {"target_epochs": 4}
+    assert all(TrainConfig.from_json(Path(t.user_attrs["run_dir"]) / "config.json").epochs == 4 for t in study.trials)
     first = study.trials[0]
     for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir"):
         assert key in first.user_attrs, key
@@ -141,9 +163,8 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert "trial   7" in out and "ETA" in out and "best val_acc" in out
     assert "epoch   1/4" not in out  # a line per trial, not per epoch (unless -v)
     results = study_env["tmp"] / "results" / "s"
-    assert TrainConfig.from_json(results / "best_trial_config.json").epochs == 4  # as the trial ran
-    best = TrainConfig.from_json(results / "best_config.json")  # at the report's budget
-    assert (best.epochs, best.data.train_fraction) == (2, 1.0)
+    best = TrainConfig.from_json(results / "best_config.json")  # at the study's target
+    assert (best.epochs, best.data.train_fraction) == (4, 1.0)
     # The last lines name what exists: the results folder, the best config, the report command.
     assert f"results: {results}/" in out and f"--config {results}/best_config.json" in out
     assert "python -m reports build --storage" in out and "optuna-dashboard" in out
@@ -189,7 +210,7 @@ def test_four_workers_on_sqlite(study_env):
 @pytest.mark.parametrize("extra, kind", [
     (["--sampler", "gp"], "GPSampler"),                    # Gaussian-process sampler
     (["--pruner", "halving"], "SuccessiveHalvingPruner"),  # successive halving
-    (["--space", "extended", "--set", "widths=32,64,128"], None),  # the extended space, end to end
+    (["--space", "extended", "--set", "widths=48,96,96"], None),  # the extended space, end to end
 ])
 def test_other_samplers_pruners_and_spaces_run_a_study(study_env, extra, kind, monkeypatch):
     import study.workers as workers
@@ -197,13 +218,14 @@ def test_other_samplers_pruners_and_spaces_run_a_study(study_env, extra, kind, m
     used = []
     real_load = workers.load_study
     monkeypatch.setattr(workers, "load_study", lambda job, i: used.append(s := real_load(job, i)) or s)
-    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=3", "--n-trials", "5", *extra]) == 0
+    assert main(study_env["args"] + ["--study-name", "s", "--target-epochs", "3", "--n-trials", "5", *extra]) == 0
     study = load(study_env)
     assert len(study.trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
     if kind:
         assert kind in (type(used[0].sampler).__name__, type(used[0].pruner).__name__)
     else:
-        assert all({"weight_decay", "label_smoothing", "block", "widths", "schedule"} <= t.params.keys()
+        assert all({"wd_scale", "label_smoothing", "lookahead_decay", "widths", "cutout", "crop_padding",
+                    "warmup_fraction"} <= t.params.keys()
                    for t in study.trials)
         assert len({t.params["widths"] for t in study.trials}) >= 2  # the space was really searched
 
@@ -211,24 +233,30 @@ def test_other_samplers_pruners_and_spaces_run_a_study(study_env, extra, kind, m
 def test_a_real_divergence_ends_as_a_pruned_trial_and_the_study_goes_on(study_env):
     # A weight decay that SGD's weights cannot survive (lr x decay >> 2: each step multiplies them by
     # about -1e10, so they overflow within a few steps): the baseline trial's loss becomes NaN, for real.
-    assert main(study_env["args"] + ["--study-name", "s", "--set", "weight_decay=1e12", "--set", "epochs=6",
+    assert main(study_env["args"] + ["--study-name", "s", "--set", "weight_decay=1e12", "--target-epochs", "6",
                                      "--n-trials", "3"]) == 0
     trials = load(study_env).trials
-    assert trials[0].params["optimizer"] == "sgd" and trials[0].state == TrialState.PRUNED
+    assert trials[0].params["optimizer"] == "sgd1024" and trials[0].state == TrialState.PRUNED
     assert "diverged" in trials[0].user_attrs["end"] and "training loss became nan" in trials[0].user_attrs["end"]
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials)  # and the study went on
 
 
-def test_killed_worker_trial_is_retried_and_resumes_from_its_last_epoch(tmp_path):
-    # Enough images that an epoch takes a moment, so the kill lands inside the trial.
-    folder = make_image_folder(tmp_path / "imgs", n_train=600, n_test=9)
-    cfg = tiny_config(data_dir=str(folder), cache_dir=str(tmp_path / "cache"), val_size=60, batch_size=64)
+def slow_study(tmp_path: Path, n_train: int, target_epochs: int) -> tuple[str, list[str]]:
+    """A study "s" over enough images that its trials take a moment (for faults mid-trial): URL, arguments."""
+    folder = make_image_folder(tmp_path / "imgs", n_train=n_train, n_test=9)
+    cfg = tiny_config(data_dir=str(folder), cache_dir=str(tmp_path / "cache"), val_size=60, batch_size=256,
+                      optimizer="sgd1024", lr=8.8)
     cfg.to_json(tmp_path / "base.json")
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    args = ["--storage", url, "--config", str(tmp_path / "base.json"), "--preset", "smoke", "--study-name", "s",
-            "--set", "train_fraction=1.0", "--set", "epochs=12", "--pruner", "none", "--runs-dir",
-            str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
-            "--heartbeat-interval", "1", "--grace-period", "3"]
+    return url, ["--storage", url, "--config", str(tmp_path / "base.json"), "--preset", "smoke",
+                 "--study-name", "s", "--target-epochs", str(target_epochs), "--pruner", "none",
+                 "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+
+
+def test_killed_worker_trial_is_retried_and_resumes_from_its_last_epoch(tmp_path):
+    # Enough images that an epoch takes a moment, so the kill lands inside the trial.
+    url, args = slow_study(tmp_path, n_train=600, target_epochs=12)
+    args += ["--heartbeat-interval", "1", "--grace-period", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "study", "run", *args, "--n-trials", "1"], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -291,9 +319,10 @@ def test_two_workers_on_postgresql(study_env):
         optuna.delete_study(study_name=name, storage=url)
 
 
-def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
-    # More epochs than the trial can finish before the signal, however slow the polling below.
-    args = study_env["args"] + ["--study-name", "s", "--set", "epochs=100000", "--pruner", "none"]
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path):
+    # Enough images that the trial's 3 epochs outlast the polling below.
+    url, args = slow_study(tmp_path, n_train=1500, target_epochs=3)
+    study_env = {"url": url}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A shell that starts jobs in the background (nohup ... &) ignores SIGINT in them, and
     # Python then never raises KeyboardInterrupt: give the study the default, as a terminal would.
@@ -316,6 +345,6 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(study_env):
         proc.kill()  # never left running, whatever happened
     assert proc.returncode == 130 and "run the same command again" in err and "Traceback" not in err
     assert load(study_env).trials[0].state == TrialState.FAIL  # not left RUNNING
-    # The resumed study would keep its stored budget; --set gives the second trial a short one.
-    assert main(study_env["args"] + ["--study-name", "s", "--set", "epochs=2", "--n-trials", "2"]) == 0
+    # The same command resumes the study at its target.
+    assert main(args + ["--n-trials", "2"]) == 0
     assert load(study_env).trials[1].state == TrialState.COMPLETE

@@ -1,0 +1,137 @@
+"""Benchmark: does a cheaper fidelity rank configs as the target does? (proxy transfer, measured)
+
+Trains configs drawn from the study's search space (a seeded random sampler,
+one seed each) and the baseline (3 seeds: the noise floor) at the target
+budget, recording validation accuracy after every epoch; then, for each
+cheaper fidelity, the rank correlation (Spearman, Kendall) with the target's
+validation accuracy and the regret at the target of the fidelity's top pick.
+The fidelities: each epoch of the target run (the pruner's rungs), and, with
+``--subset``, the target's epochs on a third of the train split. Validation
+only: the test set is never read here.
+
+Each run is cached in its run folder and its record in the results file, so a
+stopped benchmark continues where it stopped when run again (also in a later
+session, from the committed results file).
+
+    CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/fidelity.py [--configs 12] [--target-epochs 4] [--subset]
+
+Writes results/bench/fidelity.json after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+
+from bench.common import write_result  # noqa: E402
+from bench.time_to_accuracy import machine  # noqa: E402
+from cifar.config import TrainConfig, apply_overrides  # noqa: E402
+from cifar.data import prepare_data  # noqa: E402
+from cifar.rundir import RunDir  # noqa: E402
+from cifar.train import train  # noqa: E402
+from reports.fidelity import rung_correlations  # noqa: E402
+from study.presets import PRESETS  # noqa: E402
+from study.search_space import params_of, suggest_config  # noqa: E402
+
+SUBSET = 1 / 3  # the data-subset fidelity: this share of the train split, the target's epochs
+
+
+def plan(base: TrainConfig, n_configs: int, space: str, subset: bool) -> list[tuple[str, str, dict, TrainConfig]]:
+    """(name, fidelity, trial params, config) of every run: the target runs first, the baseline's
+    seeds among them, then the cheaper fidelity's."""
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    study = optuna.create_study(sampler=sampler)
+    drawn = []
+    for i in range(n_configs):
+        trial = study.ask()
+        cfg = suggest_config(trial, base, space)
+        drawn.append((f"config-{i + 1:02d}", trial.params, cfg))
+        study.tell(trial, 0.0)
+    baseline = [(f"baseline-seed{s}", params_of(base, space), apply_overrides(base, {"seed": s})) for s in range(3)]
+    runs = [(n, "target", p, c) for n, p, c in baseline[:1] + drawn[: n_configs // 2] + baseline[1:2]
+            + drawn[n_configs // 2:] + baseline[2:]]
+    if subset:
+        runs += [(n, "subset", p, apply_overrides(c, {"train_fraction": SUBSET})) for n, p, c in baseline[:1] + drawn]
+    return runs
+
+
+def run_dir(root: Path, name: str, cfg: TrainConfig) -> RunDir:
+    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    return RunDir(root / f"{name}-{key}")
+
+
+def execute(name: str, fidelity: str, params: dict, cfg: TrainConfig, root: Path, data_cache: dict) -> dict:
+    rd = run_dir(root, name, cfg)
+    if not rd.results.is_file():
+        frac = cfg.data.train_fraction
+        if frac not in data_cache:
+            data_cache[frac] = prepare_data(cfg.data)
+        data = data_cache[frac]
+        data.lock_test("the fidelity benchmark selects on validation only")
+        train(cfg, data, rd.path, resume=rd.last.is_file(), quiet=True)
+    history, results = rd.read_history(), rd.read_results()
+    return {"key": rd.path.name, "name": name, "fidelity": fidelity, "params": params, "seed": cfg.seed,
+            "status": results.status, "val_acc": {int(r["epoch"]): r["val_acc"] for r in history},
+            "train_seconds": round(history[-1]["elapsed_seconds"], 1) if history else 0.0,
+            "train_fraction": cfg.data.train_fraction, "epochs": cfg.epochs}
+
+
+def analyse(records: list[dict], target: int) -> dict:
+    """Rank correlations of every fidelity with the target, over the seed-0 configs that have both."""
+    final = {r["name"]: r["val_acc"].get(target) for r in records if r["fidelity"] == "target"}
+    curves = {}
+    for name, at_target in final.items():
+        if at_target is None or name.startswith("baseline-seed") and name != "baseline-seed0":
+            continue
+        curve = {f"epoch {e}": v for r in records if r["name"] == name and r["fidelity"] == "target"
+                 for e, v in r["val_acc"].items() if e != target}
+        sub = next((r for r in records if r["name"] == name and r["fidelity"] == "subset"), None)
+        if sub and sub["val_acc"]:
+            curve[f"subset {SUBSET:.2f}, {target} epochs"] = sub["val_acc"][max(sub["val_acc"])]
+        curves[name] = {**curve, "target": at_target}
+    base = [v for n, v in final.items() if n.startswith("baseline-seed") and v is not None]
+    return {"configs": len(curves), "correlations": rung_correlations(curves, "target"),
+            "noise_floor": {"baseline_val_acc": base, "std": statistics.stdev(base) if len(base) > 1 else None},
+            "ranking_at_target": sorted(((v["target"], n) for n, v in curves.items()), reverse=True)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "fast.json"), help="the baseline")
+    parser.add_argument("--target-epochs", type=int, default=PRESETS.get("cpu").target_epochs)
+    parser.add_argument("--configs", type=int, default=12, help="configs drawn from the search space")
+    parser.add_argument("--space", default="default")
+    parser.add_argument("--subset", action="store_true", help="also the data-subset fidelity")
+    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "fidelity"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "fidelity.json"))
+    args = parser.parse_args(argv)
+    base = apply_overrides(TrainConfig.from_json(args.config), {"epochs": args.target_epochs})
+    out = Path(args.out)
+    known = {r["key"]: r for r in json.loads(out.read_text())["runs"]} if out.is_file() else {}
+    runs = plan(base, args.configs, args.space, args.subset)
+    data_cache: dict = {}
+    records = []
+    for i, (name, fidelity, params, cfg) in enumerate(runs, 1):
+        key = run_dir(Path(args.runs_dir), name, cfg).path.name
+        print(f"[{i}/{len(runs)}] {name} ({fidelity}){' cached' if key in known else ''}", flush=True)
+        records.append(known.get(key) or execute(name, fidelity, params, cfg, Path(args.runs_dir), data_cache))
+        known[key] = records[-1]
+        write_result({"command": "python bench/fidelity.py " + " ".join(argv or sys.argv[1:]),
+                      "target_epochs": args.target_epochs, "machine": machine() if i == len(runs) else None,
+                      "written": time.strftime("%Y-%m-%d %H:%M:%S"), **analyse(records, args.target_epochs),
+                      "runs": records}, out, detail="runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
