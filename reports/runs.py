@@ -76,8 +76,10 @@ def ensure_trained(configs: dict[str, TrainConfig], seeds: int, runs_root: Path,
     started = time.time()
     for i, (name, cfg, path) in enumerate(todo):
         eta = f", ETA {(time.time() - started) / i * (len(todo) - i) / 60:.0f} min" if i else ""
-        print(f"[{i + 1}/{len(todo)}] training {name} seed {cfg.seed} ({cfg.epochs} epochs{eta})", flush=True)
-        result = train(cfg, data, path)
+        resume = RunDir(path).last.is_file()  # a run stopped part-way continues from its last epoch
+        print(f"[{i + 1}/{len(todo)}] {'resuming' if resume else 'training'} {name} seed {cfg.seed} "
+              f"({cfg.epochs} epochs{eta})", flush=True)
+        result = train(cfg, data, path, resume=resume)
         if result.status == "diverged":
             raise UsageError(f"{name} seed {cfg.seed} diverged in {path}: {result.message}")
     if not todo:

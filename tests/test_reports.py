@@ -299,3 +299,27 @@ def test_pngs_are_skipped_with_a_message_where_no_browser_is_installed(tmp_path,
     assert render.write_pngs({"per_class": fig}, tmp_path / "figures") is False
     assert "no Chromium found" in capsys.readouterr().out
     assert not (tmp_path / "figures").exists()
+
+
+def test_a_report_run_stopped_part_way_continues_from_its_last_epoch(tiny_data, tmp_path):
+    from cifar.rundir import RunDir
+    from cifar.train import train
+    from reports.runs import ensure_trained, run_dir_for
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(epochs=3)
+    path = run_dir_for(cfg, tmp_path)
+
+    class Stop:
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_data, path, callbacks=[Stop()], quiet=True)
+    stopped = RunDir(path).read_history()
+    assert [r["epoch"] for r in stopped] in ([1], [1, 2]) and not RunDir(path).results.is_file()
+    ensure_trained({"baseline": cfg}, 1, tmp_path, tiny_data)
+    history = RunDir(path).read_history()
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[0]["elapsed_seconds"] == stopped[0]["elapsed_seconds"]  # epoch 1 was not trained again

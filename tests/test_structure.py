@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cifar.registry import Registry
-from study.search_space import space_table
+from study.search_space import reference_table, space_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cifar", "study", "reports")
@@ -74,6 +74,8 @@ def test_readme_structure_lists_every_module_and_only_those():
 def test_readme_search_space_table_is_the_declared_one():
     block = doc_block("docs/study.md", "<!-- space-table", "<!-- /space-table -->")
     assert block.split("\n", 1)[1].strip() == space_table()
+    assert doc_block("docs/study.md", "<!-- reference-table", "<!-- /reference-table -->").split(
+        "\n", 1)[1].strip() == reference_table()
 
 
 def test_registry_lists_the_choices_for_an_unknown_name():
