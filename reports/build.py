@@ -46,7 +46,7 @@ from reports.runs import ensure_tested, ensure_trained, select
 from reports.stats import paired
 from study.presets import REPORT_CANDIDATES, REPORT_SEEDS
 from study.storage import DEFAULT_STORAGE, ArgParser, UsageError
-from study.trials import compute_spent, trials_table
+from study.trials import compute_spent, job_minutes, record_session, trials_table
 
 
 def run_figures(runs: Runs, data: CifarData) -> dict:
@@ -109,6 +109,7 @@ def to_dashboard(study, title: str, sections: list[Section], figures: dict) -> N
 def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Path, runs_root: Path) -> Path:
     from reports.figures import differences_figure, rung_scatter_figure, study_figures  # plotly
 
+    started = time.time()
     study = open_study(storage, study_name)
     baseline, candidates = candidates_of(study, k)
     everyone = [baseline, *candidates]
@@ -139,6 +140,8 @@ def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Pa
             "spent": compute_spent(trials_table(study)), "device": runs["tuned"][0].dir.read_provenance()["device"],
             "selection_done_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(selection.done_at)),
             "test_reads": reads}
+    record_session(study, "report", started)
+    meta["job_minutes"] = job_minutes(study)  # every study and report command on record, this one included
     sections = report_sections(cmp, table, config_table(baseline.config, tuned.config), meta, list(figures),
                                selection, everyone, fidelity)
     out = out_root / study.study_name

@@ -137,10 +137,12 @@ def budget_text(meta: dict) -> str:
     return text
 
 
-def spent_text(spent: dict) -> str:
+def spent_text(spent: dict, job: dict[str, float]) -> str:
     return (f"The study: {spent['trials']} trials ({spent['complete']} complete, {spent['pruned']} pruned = "
             f"{spent['pruned_share']:.0%} of finished, {spent['failed']} failed), {spent['trial_epochs']} "
-            f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training.")
+            f"trial-epochs, {spent['train_seconds'] / 3600:.2f} h of training. Wall time on record: study "
+            f"{job.get('study', 0):.1f} min, report {job.get('report', 0):.1f} min (every command, resumed ones "
+            "included, up to this report).")
 
 
 def candidates_table(selection: Selection, candidates: list[Candidate]) -> Table:
@@ -185,7 +187,7 @@ def report_sections(cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, met
     return [
         Section(None, [headline_table(cmp, table), Paragraph(verdict(cmp), strong=True),
                        Paragraph(selection_text(selection)), Paragraph(budget_text(meta)),
-                       Paragraph(spent_text(meta["spent"]))]),
+                       Paragraph(spent_text(meta["spent"], meta["job_minutes"]))]),
         Section("Candidates, selected on validation", [candidates_table(selection, candidates)]),
         Section("Did the study's early epochs rank the configs as the target does?", [
             Paragraph("Rank correlation between each epoch and the target over the study's completed trials "

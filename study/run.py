@@ -40,7 +40,7 @@ from study.storage import (
     check_storage_url,
     make_storage,
 )
-from study.trials import summarise
+from study.trials import record_session, summarise
 from study.workers import Job, distributed_worker, run_workers, short
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,8 +226,9 @@ def announce(prepared: Prepared, processes: str = "") -> None:
 def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
     job = prepared.job
     out = Path(prepared.results_dir) / job.study_name
-    summary = summarise(prepared.study, prepared.base, job.space, out)
     minutes = (time.time() - started) / 60
+    record_session(prepared.study, "study", started)
+    summary = summarise(prepared.study, prepared.base, job.space, out)
     print(f"{'stopped' if interrupted else 'done'} after {minutes:.1f} min: {summary['trials']} trials, "
           f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['fail']} failed")
     if interrupted:

@@ -14,6 +14,8 @@ Usage:
 from __future__ import annotations
 
 import json
+import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,23 @@ def compute_spent(trials: pd.DataFrame) -> dict[str, float]:
         "trial_epochs": int(trials["epochs_run"].sum()),
         "train_seconds": float(trials["train_seconds"].sum()),
     }
+
+
+def record_session(study: optuna.Study, step: str, started: float) -> None:
+    """Append this command's wall time to the study's ``sessions`` user attribute, so the main job's
+    total time (every study and report session, resumed or not) is on record."""
+    sessions = list(study.user_attrs.get("sessions", []))
+    sessions.append({"step": step, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                     "minutes": round((time.time() - started) / 60, 2), "host": platform.node()})
+    study.set_user_attr("sessions", sessions)
+
+
+def job_minutes(study: optuna.Study) -> dict[str, float]:
+    """Minutes spent by the study and report commands on record, by step."""
+    out: dict[str, float] = {}
+    for s in study.user_attrs.get("sessions", []):
+        out[s["step"]] = round(out.get(s["step"], 0.0) + s["minutes"], 2)
+    return out
 
 
 def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path) -> dict[str, Any]:

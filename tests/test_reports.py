@@ -182,6 +182,7 @@ def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F81
     means = {name: np.mean(v) for name, v in comparison["validation"].items() if name != "baseline"}
     assert comparison["best"] == max(means, key=means.get)
     assert comparison["winner"] in (comparison["best"], "baseline")
+    assert set(comparison["job_minutes"]) == {"study", "report"}  # the main job's time, on record
     assert len(list((tmp_path / "report-runs").glob("*/test_predictions.pt"))) == 4
     pngs = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"curves", "per_class", "history", "intermediate", "confusion_tuned", "fixed_by_tuning",
@@ -195,6 +196,8 @@ def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F81
 
     study = optuna.load_study(study_name="r", storage=study_env["url"])
     assert "Selection (validation only" in optuna_dashboard.get_note(study)
+    for graph in ("differences", "rung_scatter"):  # saved with save_plotly_graph_object under these ids
+        assert any(f"{graph}:" in key for key in study._storage.get_study_system_attrs(study._study_id)), graph
 
     # A rebuild reuses the cached runs.
     capsys.readouterr()
