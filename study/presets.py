@@ -32,16 +32,19 @@ class Preset:
     n_trials: int           # trials of a default study (where sized: the most)
     target_epochs: int      # epochs of the target run: a complete trial, and each run of the report
     timeout: float | None   # seconds; a safety stop for the study
-    # Sized to the machine (study/budget.py): the main job's minutes (study and report), and
-    # the fewest trials worth a study.
+    # Sized to the machine (study/budget.py): the main job's minutes (study and report), the
+    # fewest trials worth a study, and a longer target where enough trials still fit (up to
+    # max_target_epochs, while at least good_trials do).
     minutes: float | None = None
     min_trials: int = 6
+    max_target_epochs: int | None = None
+    good_trials: int = 20
 
 
 PRESETS: Registry[Preset] = Registry("preset", {
     "smoke": Preset(n_trials=6, target_epochs=2, timeout=None),
-    # 4 epochs of the fast recipe: 84.6% test accuracy with TTA (results/bench/time_to_accuracy.json).
-    "cpu": Preset(n_trials=30, target_epochs=4, timeout=None, minutes=170),
+    # 4 epochs of the fast recipe: 84.6% test accuracy with TTA; 6: 87.4% (results/bench/time_to_accuracy.json).
+    "cpu": Preset(n_trials=30, target_epochs=4, timeout=None, minutes=170, max_target_epochs=6),
     "gpu": Preset(n_trials=100, target_epochs=10, timeout=None),
 })
 
@@ -62,28 +65,37 @@ def target_budget(preset: Preset, base: TrainConfig, stored: dict[str, Any] | No
     """The base config at the study's target, and the budget to store with the study.
 
     A resumed study (``stored``: its budget attribute) keeps its target; a new one takes
-    ``target_epochs`` (given by hand) or the preset's, and is sized to the machine
-    (the number of trials) where the preset says so.
+    ``target_epochs`` (given by hand) or the preset's, and is sized to the machine where the
+    preset says so (the number of trials, and the target unless given by hand).
     """
     if stored is not None:
         return apply_overrides(base, {"epochs": stored["target_epochs"]}), stored
     base = apply_overrides(base, {"epochs": target_epochs or preset.target_epochs})
-    budget: dict[str, Any] = {"target_epochs": base.epochs}
+    budget: dict[str, Any] = {}
     if preset.minutes:
-        budget |= fit_budget(preset, base)
-    return base, budget
+        base, budget = fit_budget(preset, base, sized_target=target_epochs is None)
+    return base, {"target_epochs": base.epochs, **budget}
 
 
-def fit_budget(preset: Preset, base: TrainConfig) -> dict[str, Any]:
-    """Measure this machine and size the study so that the main job fits the preset's minutes."""
+def fit_budget(preset: Preset, base: TrainConfig, sized_target: bool) -> tuple[TrainConfig, dict[str, Any]]:
+    """Measure this machine and size the study so that the main job fits the preset's minutes:
+    the number of trials, and (``sized_target``) the longest target, up to the preset's most,
+    at which at least ``good_trials`` trials still fit."""
     print("measuring this machine's training speed to size the study...", flush=True)
     tp = budget_lib.measure_throughput(base)
-    size = budget_lib.size_study(tp, base, preset.minutes, preset.min_trials, preset.n_trials,
-                                 REPORT_CANDIDATES, REPORT_SEEDS)
-    print(f"{tp.train:.0f} train / {tp.eval:.0f} eval images/s on {tp.device}: a target run of {base.epochs} "
-          f"epochs takes about {size.run_minutes:.1f} min; {size.n_trials} trials, about "
-          f"{size.study_minutes:.0f} min, then the report's {size.report_runs} runs, about "
-          f"{size.report_minutes:.0f} min (the job's target: {preset.minutes:.0f} min)", flush=True)
-    return {"n_trials": size.n_trials, "throughput": budget_lib.to_attr(tp), "target_minutes": preset.minutes,
-            "estimate_minutes": round(size.study_minutes + size.report_minutes, 1),
-            "run_minutes": round(size.run_minutes, 2)}
+
+    def size(epochs: int) -> budget_lib.StudySize:
+        return budget_lib.size_study(tp, apply_overrides(base, {"epochs": epochs}), preset.minutes,
+                                     preset.min_trials, preset.n_trials, REPORT_CANDIDATES, REPORT_SEEDS)
+
+    epochs = base.epochs
+    while sized_target and epochs < (preset.max_target_epochs or 0) and size(epochs + 1).n_trials >= preset.good_trials:
+        epochs += 1
+    base, fit = apply_overrides(base, {"epochs": epochs}), size(epochs)
+    print(f"{tp.train:.0f} train / {tp.eval:.0f} eval images/s on {tp.device}: a target run of {epochs} "
+          f"epochs takes about {fit.run_minutes:.1f} min; {fit.n_trials} trials, about "
+          f"{fit.study_minutes:.0f} min, then the report's {fit.report_runs} runs, about "
+          f"{fit.report_minutes:.0f} min (the job's target: {preset.minutes:.0f} min)", flush=True)
+    return base, {"n_trials": fit.n_trials, "throughput": budget_lib.to_attr(tp), "target_minutes": preset.minutes,
+                  "estimate_minutes": round(fit.study_minutes + fit.report_minutes, 1),
+                  "run_minutes": round(fit.run_minutes, 2)}

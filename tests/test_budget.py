@@ -78,3 +78,19 @@ def test_a_cpu_study_is_sized_once_and_resumes_with_its_budget(study_env, monkey
     # A different target for the same study is refused, the study unchanged.
     assert main(cpu_args(study_env, n_trials=4) + ["--target-epochs", "3"]) == 2
     assert len(load(study_env).trials) == 3
+
+
+@pytest.mark.parametrize("train, target, sized", [
+    (3000.0, 6, True),    # a fast machine: the longest target at which 20 or more trials fit
+    (300.0, 4, True),     # a 2-core machine: the preset's target (9 trials fit at 4 epochs)
+    (3000.0, 4, False),   # a target given by hand is kept
+])
+def test_the_target_is_sized_where_enough_trials_fit(train, target, sized, monkeypatch):
+    from study.presets import fit_budget
+
+    monkeypatch.setattr(budget, "measure_throughput",
+                        lambda cfg, seconds=6.0: Throughput(train=train, eval=4 * train, device="cpu"))
+    cfg, attrs = fit_budget(CPU, BASE, sized_target=sized)
+    assert cfg.epochs == target
+    n = size_study(Throughput(train, 4 * train, "cpu"), cfg, CPU.minutes, CPU.min_trials, CPU.n_trials, 3, 3).n_trials
+    assert attrs["n_trials"] == n and (n >= CPU.good_trials or target == CPU.target_epochs)
