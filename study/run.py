@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import torch
 
 from cifar.cli import fail, split_set
 from cifar.config import TrainConfig, apply_overrides
@@ -72,7 +73,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--n-trials", type=int, default=None,
                    help="finished trials to reach (default: preset, sized to the machine where it says so)")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default: preset)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: preset; gpu: 4 per GPU, cpu: 1); 1 under torchrun")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     p.add_argument("--pruner", default="hyperband", choices=PRUNERS)
     p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
@@ -96,8 +98,9 @@ def prepare(argv: Sequence[str]) -> Prepared:
         raise UsageError(f"--n-trials must be > 0, got {args.n_trials}")
     if args.target_epochs is not None and args.target_epochs <= 0:
         raise UsageError(f"--target-epochs must be > 0, got {args.target_epochs}")
-    if args.workers <= 0:
+    if args.workers is not None and args.workers <= 0:
         raise UsageError(f"--workers must be > 0, got {args.workers}")
+    workers = args.workers or (1 if launched_by_torchrun() else preset.workers * max(1, torch.cuda.device_count()))
     if args.heartbeat_interval <= 0 or args.grace_period <= args.heartbeat_interval:
         raise UsageError("need 0 < --heartbeat-interval < --grace-period")
     sets = dict(split_set(kv) for kv in args.set)
@@ -128,6 +131,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
                          "version?): choose another --study-name")
     base, budget = target_budget(preset, base, stored, args.target_epochs)
     n_trials = args.n_trials or budget.get("n_trials", preset.n_trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                 load_if_exists=True)
     if study_name not in existing:
@@ -140,13 +144,13 @@ def prepare(argv: Sequence[str]) -> Prepared:
     elif study.user_attrs.get("space", args.space) != args.space:
         raise UsageError(f"study {study_name!r} searched the {study.user_attrs['space']!r} space; "
                          f"resume it with --space {study.user_attrs['space']}")
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = max(1, (os.cpu_count() or 1) // workers)
     job = Job(storage=args.storage, study_name=study_name, base=base.to_dict(), space=args.space,
               sampler=args.sampler, pruner=args.pruner, seed=args.seed, n_trials=n_trials,
               timeout=preset.timeout if args.timeout is None else args.timeout, threads=threads,
               heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
               runs_root=str(Path(args.runs_dir) / study_name),
-              artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=args.workers,
+              artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=workers,
               verbose=args.verbose)
     return Prepared(job, study, base, args.results_dir, raw)
 

@@ -1,7 +1,8 @@
 """Study workers: processes that load the study and run trials until the shared count is reached.
 
 ``--workers N`` starts N processes on one storage (spawned, each with its own
-sampler seed and a share of the CPU threads); the same command on other
+sampler seed and a share of the CPU threads; on GPUs, worker i trains on GPU
+i mod the number of GPUs, so several trials share each GPU); the same command on other
 machines with one PostgreSQL URL joins the study. Under torchrun, rank 0 runs
 the study and every rank trains each trial through a TorchDistributedTrial.
 ``Progress`` prints one line per finished trial with the study's ETA.
@@ -126,6 +127,8 @@ def make_objective(job: Job, uploads: bool = True, raw: RawCifar | None = None) 
 def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
     """One worker process: load the study and run trials until the shared count is reached."""
     torch.set_num_threads(job.threads)
+    if torch.cuda.is_available():  # workers share the GPUs round-robin: worker i on GPU i mod count
+        torch.cuda.set_device(index % torch.cuda.device_count())
     optimize(load_study(job, index), make_objective(job, raw=raw), job)
 
 

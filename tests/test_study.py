@@ -349,3 +349,21 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path):
     # The same command resumes the study at its target.
     assert main(args + ["--n-trials", "2"]) == 0
     assert load(study_env).trials[1].state == TrialState.COMPLETE
+
+
+def test_workers_share_the_gpus_round_robin(monkeypatch):
+    import study.workers as workers
+
+    chosen = []
+    monkeypatch.setattr(workers.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(workers.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(workers.torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(workers, "load_study", lambda job, index: None)
+    monkeypatch.setattr(workers, "make_objective", lambda job, raw=None: None)
+    monkeypatch.setattr(workers, "optimize", lambda study, objective, job: None)
+    job = workers.Job(storage="sqlite://", study_name="s", base={}, space="default", sampler="tpe",
+                      pruner="none", seed=0, n_trials=1, timeout=None, threads=1, heartbeat_interval=30,
+                      grace_period=120, runs_root="runs", artifact_dir="a", workers=4)
+    for index in range(4):
+        workers.worker(job, index)
+    assert chosen == [0, 1, 0, 1]
