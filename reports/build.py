@@ -37,6 +37,7 @@ from reports.content import (
     per_class_frame,
     report_sections,
     selection_text,
+    tuned_label,
     verdict,
 )
 from reports.fidelity import rung_correlations, study_curves
@@ -136,7 +137,8 @@ def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Pa
     meta = {"study": study.study_name, "epochs": target, "seeds": seeds, "preset": study.user_attrs.get("preset"),
             "baseline_trial": baseline.trial, "best_trial": tuned.trial, "best": selection.best,
             "winner": selection.winner,
-            "train_images": len(data.train), "study_budget": study.user_attrs.get("budget"),
+            "train_images": len(data.train), "train_fraction": baseline.config.data.train_fraction,
+            "study_budget": study.user_attrs.get("budget"),
             "spent": compute_spent(trials_table(study)), "device": runs["tuned"][0].dir.read_provenance()["device"],
             "selection_done_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(selection.done_at)),
             "test_reads": reads}
@@ -150,7 +152,7 @@ def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Pa
                  {**cmp.to_dict(), **meta, "validation": selection.val, "fidelity": fidelity,
                   "candidates": [{"name": c.name, "trial": c.trial, "study_val_acc": c.val_acc} for c in everyone]})
     to_dashboard(study, title, sections, figures)
-    head = headline_table(cmp, table)
+    head = headline_table(cmp, table, tuned_label(selection, tuned))
     print("\n".join(" | ".join(row) for row in [head.header, *head.rows]) + "\n\n" + selection_text(selection)
           + "\n" + verdict(cmp))
     return out

@@ -91,11 +91,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def headline_table(cmp: Paired, table: pd.DataFrame) -> Table:
+def headline_table(cmp: Paired, table: pd.DataFrame, tuned: str = "tuned") -> Table:
     g = table.groupby("config")
     params, flops, seconds = g["params"].first(), g["flops"].first(), g["train_seconds"].mean()
     tta_mean, tta_std = g["test_acc_tta"].mean(), g["test_acc_tta"].std()
-    return Table(["", "baseline", "tuned"], [
+    return Table(["", "baseline", tuned], [
         [f"test accuracy (mean ± std, seeds 0-{cmp.n - 1})",
          f"{_pct(cmp.baseline_mean)} ± {_pct(cmp.baseline_std)}", f"{_pct(cmp.tuned_mean)} ± {_pct(cmp.tuned_std)}"],
         ["the same with test-time augmentation (mirror + translate)",
@@ -127,12 +127,14 @@ def verdict(cmp: Paired) -> str:
 
 def budget_text(meta: dict) -> str:
     budget = meta["study_budget"] or {}
-    text = (f"Budget: every run is the study's target, {meta['epochs']} epochs on the whole train split "
+    share = meta.get("train_fraction", 1.0)
+    where = "the whole train split" if share == 1.0 else f"{share:.0%} of the train split"
+    text = (f"Budget: every run is the study's target, {meta['epochs']} epochs on {where} "
             f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}, on {meta['device']}. The study's "
             f"trials ran the same target; the pruner could stop them at an earlier epoch.")
     if "throughput" in budget:
         text += (f" The study was sized to the {budget['throughput']['train']:.0f} training images/s measured "
-                 f"when it was created: {budget['n_trials']} trials, the main job estimated at "
+                 f"when it was created: {budget['n_trials']} trials by default, the main job estimated at "
                  f"{budget['estimate_minutes']:.0f} min (target {budget['target_minutes']:.0f} min).")
     return text
 
@@ -156,6 +158,12 @@ def candidates_table(selection: Selection, candidates: list[Candidate]) -> Table
         marks.append(bool(mark))
     return Table(["config", "trial", "study val_acc (seed 0)", f"val_acc, {len(selection.val['baseline'])} seeds",
                   "", "differs from the baseline in"], rows, highlight=marks)
+
+
+def tuned_label(selection: Selection, tuned: Candidate) -> str:
+    """The headline's name for the compared config: the winner, or the best candidate that lost."""
+    role = "tuned" if selection.winner == tuned.name else "best candidate (lost on validation)"
+    return f"{role}: {tuned.name}, trial {tuned.trial}"
 
 
 def selection_text(selection: Selection) -> str:
@@ -185,7 +193,7 @@ def report_sections(cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, met
     """The whole report, once: headline and verdict, selection, budget, configurations, figures."""
     tuned = next(c for c in candidates if c.name == selection.best)
     return [
-        Section(None, [headline_table(cmp, table), Paragraph(verdict(cmp), strong=True),
+        Section(None, [headline_table(cmp, table, tuned_label(selection, tuned)), Paragraph(verdict(cmp), strong=True),
                        Paragraph(selection_text(selection)), Paragraph(budget_text(meta)),
                        Paragraph(spent_text(meta["spent"], meta["job_minutes"]))]),
         Section("Candidates, selected on validation", [candidates_table(selection, candidates)]),

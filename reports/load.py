@@ -70,6 +70,9 @@ def candidates_of(study: optuna.Study, k: int) -> tuple[Candidate, list[Candidat
         if c.config not in seen and len(out) < k:
             seen.append(c.config)
             out.append(c)
+    if not out:
+        raise UsageError(f"study {study.study_name!r} has no complete trial with a config other than the "
+                         "baseline's: run more trials first")
     return baseline, out
 
 

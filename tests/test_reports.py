@@ -278,9 +278,13 @@ def test_a_locked_test_set_cannot_be_read(tiny_data):
     ("unknown", "no study 'r'"),                          # nothing of that name
     ("two_studies", "choose one with --study-name"),      # no name, and no single study
     ("no_complete", "has no complete trial"),             # only a failed trial
+    ("only_baseline", "no complete trial with a config other than the baseline's"),  # nothing to select
 ])
 def test_bad_input_exits_2(study_env, setup, message, capsys):  # noqa: F811
-    if setup == "no_complete":
+    if setup == "only_baseline":
+        assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "1"]) == 0
+        capsys.readouterr()
+    elif setup == "no_complete":
         study = optuna.create_study(study_name="r", storage=study_env["url"], direction="maximize")
         study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     else:
