@@ -49,8 +49,8 @@ SUBSET = 1 / 3  # the data-subset fidelity: this share of the train split, the t
 def plan(base: TrainConfig, n_configs: int, space: str, subset: bool) -> list[tuple[str, str, dict, TrainConfig]]:
     """(name, fidelity, trial params, config) of every run: the target runs first, the baseline's
     seeds among them, then the cheaper fidelity's."""
-    sampler = optuna.samplers.RandomSampler(seed=0)
-    study = optuna.create_study(sampler=sampler)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     drawn = []
     for i in range(n_configs):
         trial = study.ask()
