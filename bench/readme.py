@@ -22,6 +22,9 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.time_to_accuracy import ABLATIONS  # noqa: E402
 
 
 def _bench(name: str) -> dict:
@@ -52,6 +55,26 @@ def time_to_accuracy() -> str:
                                       if isinstance(t["best"], dict) else f"not measured yet ({t['best']})")
              for t in result["targets"]]
     return "\n".join(rows)
+
+
+def ablation_table() -> str:
+    """Each technique's measured effect: the recipe at 6 epochs (2 seeds) minus the run without it (1 seed)."""
+    rows = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}
+    full = rows["fast-6ep"]
+    out = ["| without | test acc (seed 0) | effect of the technique | with TTA | effect with TTA |",
+           "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if name.startswith("fast-6ep-no-"):
+            out.append(f"| {name.removeprefix('fast-6ep-no-').replace('_', ' ')} | {100 * r['test_acc'][0]:.2f}% | "
+                       f"{100 * (full['test_acc'][0] - r['test_acc'][0]):+.2f} | {100 * r['test_acc_tta'][0]:.2f}% | "
+                       f"{100 * (full['test_acc_tta'][0] - r['test_acc_tta'][0]):+.2f} |")
+    # One seed against the mean of n: the difference's standard deviation is std x sqrt(1 + 1/n).
+    sd = (full["test_acc"][1] or 0) * (1 + 1 / len(full["seeds"])) ** 0.5
+    out += ["", f"Effect = the full recipe at 6 epochs ({_pct(full['test_acc'])}, {_pct(full['test_acc_tta'])} "
+            f"with TTA, {len(full['seeds'])} seeds) minus the run without the technique (one seed each: a "
+            f"difference within about {200 * sd:.1f} points, two standard deviations of such a difference, "
+            f"is noise). {len(out) - 2} of the {len(ABLATIONS)} techniques measured so far."]
+    return "\n".join(out)
 
 
 def baseline_throughput() -> str:
@@ -265,6 +288,7 @@ def full_trial_minutes() -> str:
 
 
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
+          "ablation_table": lambda: f"\n{ablation_table()}\n",
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,
