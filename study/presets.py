@@ -36,7 +36,7 @@ class Preset:
     # fewest trials worth a study, and a longer target where enough trials still fit (up to
     # max_target_epochs, while at least good_trials do).
     minutes: float | None = None
-    min_trials: int = 6
+    min_trials: int = 4     # the baseline and the report's 3 candidates
     max_target_epochs: int | None = None
     good_trials: int = 20
     workers: int = 1        # worker processes of a default study (on a GPU: several share each device)

@@ -24,16 +24,16 @@ def test_size_study_fits_the_minutes():
     assert budget.run_seconds(tp, BASE) == pytest.approx(run)
     # The report: (3 candidates + baseline) x 2 more seeds = 8 runs, and 6 test evaluations of 7 views.
     report = 60 + 8 * run + 6 * 10_000 * 7 / 1200
-    size = size_study(tp, BASE, 170, 6, 30, REPORT_CANDIDATES, REPORT_SEEDS)
+    size = size_study(tp, BASE, 170, 4, 30, REPORT_CANDIDATES, REPORT_SEEDS)
     n = int((170 * 60 - 60 - report) // (0.85 * run))  # 0.85: Hyperband's measured share at 3+ epochs
     assert size.report_runs == 8 and size.report_minutes == pytest.approx(report / 60)
     assert size.n_trials == n == 9
     assert size.study_minutes + size.report_minutes <= 170
 
 
-@pytest.mark.parametrize("train, n_trials", [(3000.0, 30), (60.0, 6)])
+@pytest.mark.parametrize("train, n_trials", [(3000.0, 30), (60.0, 4)])
 def test_size_study_keeps_to_the_presets_bounds(train, n_trials):
-    size = size_study(Throughput(train=train, eval=4 * train, device="cpu"), BASE, 170, 6, 30, 3, 3)
+    size = size_study(Throughput(train=train, eval=4 * train, device="cpu"), BASE, 170, 4, 30, 3, 3)
     assert size.n_trials == n_trials  # a fast machine: the most; a slow one: the fewest worth a study
 
 
