@@ -133,7 +133,7 @@ def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Pa
     figures = {**run_figures(runs, data), **study_figures(study),
                "differences": differences_figure(list(cmp.differences), cmp.noise_floor),
                "rung_scatter": rung_scatter_figure(curves, target)}
-    tuned = next(c for c in candidates if c.name == selection.best) if candidates else baseline
+    tuned = next(c for c in candidates if c.name == selection.best)  # the best candidate, winner or not
     meta = {"study": study.study_name, "epochs": target, "seeds": seeds, "preset": study.user_attrs.get("preset"),
             "baseline_trial": baseline.trial, "best_trial": tuned.trial, "best": selection.best,
             "winner": selection.winner,
