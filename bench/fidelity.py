@@ -83,6 +83,7 @@ def execute(name: str, fidelity: str, params: dict, cfg: TrainConfig, root: Path
     return {"key": rd.path.name, "name": name, "fidelity": fidelity, "params": params, "seed": cfg.seed,
             "status": results.status, "val_acc": {int(r["epoch"]): r["val_acc"] for r in history},
             "train_seconds": round(history[-1]["elapsed_seconds"], 1) if history else 0.0,
+            "images_per_s": round(statistics.fmean(r["images_per_s"] for r in history), 1) if history else None,
             "train_fraction": cfg.data.train_fraction, "epochs": cfg.epochs}
 
 
@@ -121,13 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     runs = plan(base, args.configs, args.space, args.subset)
     data_cache: dict = {}
     records = []
+    measured = json.loads(out.read_text()).get("machine") if out.is_file() else None
     for i, (name, fidelity, params, cfg) in enumerate(runs, 1):
         key = run_dir(Path(args.runs_dir), name, cfg).path.name
         print(f"[{i}/{len(runs)}] {name} ({fidelity}){' cached' if key in known else ''}", flush=True)
+        if key not in known:
+            measured = measured or machine()  # the machine that trains, measured before its first run
         records.append(known.get(key) or execute(name, fidelity, params, cfg, Path(args.runs_dir), data_cache))
         known[key] = records[-1]
         write_result({"command": "python bench/fidelity.py " + " ".join(argv or sys.argv[1:]),
-                      "target_epochs": args.target_epochs, "machine": machine() if i == len(runs) else None,
+                      "target_epochs": args.target_epochs, "machine": measured,
                       "written": time.strftime("%Y-%m-%d %H:%M:%S"), **analyse(records, args.target_epochs),
                       "runs": records}, out, detail="runs")
     return 0
