@@ -68,7 +68,9 @@ def test_the_main_job_with_default_names_changes_no_tracked_file(image_folder, t
     tiny_config(val_size=6, batch_size=256, optimizer="sgd1024", lr=8.8).to_json(config)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CIFAR10_DIR": str(image_folder)}
     outputs = []
-    for args in (["study", "run", "--preset", "smoke", "--config", str(config), "--n-trials", "2"],
+    # No pruning: trial 1 completes, so the report has a candidate besides the baseline.
+    for args in (["study", "run", "--preset", "smoke", "--config", str(config), "--n-trials", "2",
+                  "--pruner", "none"],
                  ["reports", "build", "--seeds", "2", "--candidates", "1"]):
         done = subprocess.run([sys.executable, "-m", *args], cwd=copy, env=env, capture_output=True, text=True,
                               timeout=300)
