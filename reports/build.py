@@ -107,17 +107,26 @@ def to_dashboard(study, title: str, sections: list[Section], figures: dict) -> N
             optuna_dashboard.save_plotly_graph_object(study, figures[name], graph_object_id=name)
 
 
+def train_candidates(study, k: int, seeds: int, runs_root: Path, why: str):
+    """The baseline and the study's top ``k`` candidates trained at the target, the test set locked
+    (``why``: the lock's message): (baseline, candidates, data, run directories by name)."""
+    baseline, candidates = candidates_of(study, k)
+    everyone = [baseline, *candidates]
+    data = prepare_data(baseline.config.data)
+    data.lock_test(why)
+    dirs = ensure_trained({c.name: c.config for c in everyone}, seeds, runs_root, data,
+                          reuse={c.name: c.run_dir for c in everyone})
+    return baseline, candidates, data, dirs
+
+
 def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Path, runs_root: Path) -> Path:
     from reports.figures import differences_figure, rung_scatter_figure, study_figures  # plotly
 
     started = time.time()
     study = open_study(storage, study_name)
-    baseline, candidates = candidates_of(study, k)
+    baseline, candidates, data, dirs = train_candidates(
+        study, k, seeds, runs_root, "the report reads it after selecting the winner on validation")
     everyone = [baseline, *candidates]
-    data = prepare_data(baseline.config.data)
-    data.lock_test("the report reads it after selecting the winner on validation")
-    dirs = ensure_trained({c.name: c.config for c in everyone}, seeds, runs_root, data,
-                          reuse={c.name: c.run_dir for c in everyone})
     selection = select(dirs)
     data.unlock_test()
     reads = ensure_tested(dirs, ["baseline", selection.best], data)
@@ -176,11 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.candidates < 1:
             raise UsageError(f"--candidates must be >= 1, got {args.candidates}")
         if args.runs_only:
-            baseline, candidates = candidates_of(open_study(args.storage, args.study_name), args.candidates)
-            data = prepare_data(baseline.config.data)
-            data.lock_test("--runs-only trains; it never reads the test set")
-            ensure_trained({c.name: c.config for c in (baseline, *candidates)}, args.seeds, Path(args.runs_dir),
-                           data, reuse={c.name: c.run_dir for c in (baseline, *candidates)})
+            train_candidates(open_study(args.storage, args.study_name), args.candidates, args.seeds,
+                             Path(args.runs_dir), "--runs-only trains; it never reads the test set")
             print(f"runs ready in {args.runs_dir}; build the report from them without --runs-only")
             return 0
         out = build(args.study_name, args.storage, args.seeds, args.candidates, Path(args.out),

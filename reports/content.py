@@ -20,11 +20,11 @@ import pandas as pd
 from cifar.config import TrainConfig, flatten
 from reports.load import Candidate, LoadedRun
 from reports.render import FigureRef, Paragraph, Section, Table
-from reports.runs import Selection
+from reports.runs import DATA_LOCATION, Selection
 from reports.stats import Paired
 
 Runs = dict[str, list[LoadedRun]]  # "baseline" / "tuned" -> one run per seed
-NOT_COMPARED = ("seed", "data_dir", "cache_dir")  # config fields that are not part of a configuration
+NOT_COMPARED = ("seed", *DATA_LOCATION)  # config fields that are not part of a configuration
 
 
 def comparison_frame(runs: Runs) -> pd.DataFrame:

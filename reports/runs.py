@@ -18,19 +18,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar.config import TrainConfig, apply_overrides
+from cifar.config import TrainConfig, apply_overrides, flatten
 from cifar.data import CifarData
 from cifar.evaluate import evaluate_run
 from cifar.rundir import RunDir
 from cifar.train import train
+from reports.stats import mean_std
 from study.storage import UsageError
 
-NOT_COMPARED = ("data_dir", "cache_dir")  # where the data is, not what a run trains on
+DATA_LOCATION = ("data_dir", "cache_dir")  # where the data is, not what a run trains on
 
 
 def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
@@ -40,11 +40,8 @@ def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
 
 def same_run(a: TrainConfig, b: TrainConfig) -> bool:
     """Whether two configs train the same run, wherever their data lies."""
-    da, db = a.to_dict(), b.to_dict()
-    for d in (da, db):
-        for k in NOT_COMPARED:
-            d["data"].pop(k, None)
-    return da == db
+    fa, fb = flatten(a), flatten(b)
+    return all(fa[k] == fb[k] for k in fa if k not in DATA_LOCATION)
 
 
 def finished(run_dir: Path, cfg: TrainConfig) -> bool:
@@ -67,10 +64,12 @@ def ensure_trained(configs: dict[str, TrainConfig], seeds: int, runs_root: Path,
     for name, cfg in plan:
         path = run_dir_for(cfg, runs_root)
         trial_dir = (reuse or {}).get(name) if cfg.seed == 0 else None
-        if not finished(path, cfg) and trial_dir and finished(Path(trial_dir), cfg):
+        done = finished(path, cfg)
+        if not done and trial_dir and finished(Path(trial_dir), cfg):
             shutil.copytree(trial_dir, path, dirs_exist_ok=True)
             print(f"{name} seed 0: the study's run {trial_dir}", flush=True)
-        if not finished(path, cfg):
+            done = True
+        if not done:
             todo.append((name, cfg, path))
         out[name].append(path)
     started = time.time()
@@ -95,14 +94,13 @@ class Selection:
     done_at: float                # time.time() when the selection was made
 
     def mean_std(self, name: str) -> tuple[float, float]:
-        v = self.val[name]
-        return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else float("nan")
+        return mean_std(self.val[name])
 
 
 def select(dirs: dict[str, list[Path]]) -> Selection:
     """The winner by mean validation accuracy over the seeds (ties keep the baseline)."""
     val = {name: [RunDir(p).read_results().best_val_acc for p in paths] for name, paths in dirs.items()}
-    means = {name: statistics.fmean(v) for name, v in val.items()}
+    means = {name: mean_std(v)[0] for name, v in val.items()}
     candidates = [n for n in dirs if n != "baseline"]
     best = max(candidates, key=lambda n: means[n]) if candidates else "baseline"
     winner = best if means[best] > means["baseline"] else "baseline"

@@ -101,7 +101,7 @@ PARAMS = {p.name: p for p in EXTENDED}  # every parameter of every space
 def overrides_of(values: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
     """The config fields that trial parameters ``values`` set on ``base``."""
     ref = reference(values.get("optimizer", base.optimizer), base)
-    out: dict[str, Any] = {"optimizer": values.get("optimizer", base.optimizer), **ref}
+    out: dict[str, Any] = dict(ref)  # a new optimizer brings its reference values; the loop sets the rest
     for name, value in values.items():
         p = PARAMS[name]
         out[p.sets] = ref[p.scales] * value if p.scales else value
