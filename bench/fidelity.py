@@ -21,7 +21,6 @@ Writes results/bench/fidelity.json after every run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -40,6 +39,7 @@ from cifar.data import prepare_data  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
 from cifar.train import train  # noqa: E402
 from reports.fidelity import rung_correlations  # noqa: E402
+from reports.runs import run_dir_for  # noqa: E402
 from study.presets import PRESETS  # noqa: E402
 from study.search_space import params_of, suggest_config  # noqa: E402
 
@@ -66,12 +66,12 @@ def plan(base: TrainConfig, n_configs: int, space: str, subset: bool) -> list[tu
 
 
 def run_dir(root: Path, name: str, cfg: TrainConfig) -> RunDir:
-    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    return RunDir(root / f"{name}-{key}")
+    """The run's folder: the report's cache key (config hash and seed), under the run's name."""
+    return RunDir(run_dir_for(cfg, root / name))
 
 
-def execute(name: str, fidelity: str, params: dict, cfg: TrainConfig, root: Path, data_cache: dict) -> dict:
-    rd = run_dir(root, name, cfg)
+def execute(name: str, fidelity: str, params: dict, cfg: TrainConfig, rd: RunDir, key: str,
+            data_cache: dict) -> dict:
     if not rd.results.is_file():
         frac = cfg.data.train_fraction
         if frac not in data_cache:
@@ -80,7 +80,7 @@ def execute(name: str, fidelity: str, params: dict, cfg: TrainConfig, root: Path
         data.lock_test("the fidelity benchmark selects on validation only")
         train(cfg, data, rd.path, resume=rd.last.is_file(), quiet=True)
     history, results = rd.read_history(), rd.read_results()
-    return {"key": rd.path.name, "name": name, "fidelity": fidelity, "params": params, "seed": cfg.seed,
+    return {"key": key, "name": name, "fidelity": fidelity, "params": params, "seed": cfg.seed,
             "status": results.status, "val_acc": {int(r["epoch"]): r["val_acc"] for r in history},
             "train_seconds": round(history[-1]["elapsed_seconds"], 1) if history else 0.0,
             "images_per_s": round(statistics.fmean(r["images_per_s"] for r in history), 1) if history else None,
@@ -92,7 +92,7 @@ def analyse(records: list[dict], target: int) -> dict:
     final = {r["name"]: r["val_acc"].get(target) for r in records if r["fidelity"] == "target"}
     curves = {}
     for name, at_target in final.items():
-        if at_target is None or name.startswith("baseline-seed") and name != "baseline-seed0":
+        if at_target is None or (name.startswith("baseline-seed") and name != "baseline-seed0"):
             continue
         curve = {f"epoch {e}": v for r in records if r["name"] == name and r["fidelity"] == "target"
                  for e, v in r["val_acc"].items() if e != target}
@@ -118,17 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = apply_overrides(TrainConfig.from_json(args.config), {"epochs": args.target_epochs})
     out = Path(args.out)
-    known = {r["key"]: r for r in json.loads(out.read_text())["runs"]} if out.is_file() else {}
+    # Records of earlier sessions, from the results file (JSON keys are strings: epochs back to ints).
+    known = {r["key"]: {**r, "val_acc": {int(e): v for e, v in r["val_acc"].items()}}
+             for r in json.loads(out.read_text())["runs"]} if out.is_file() else {}
     runs = plan(base, args.configs, args.space, args.subset)
     data_cache: dict = {}
     records = []
     measured = json.loads(out.read_text()).get("machine") if out.is_file() else None
     for i, (name, fidelity, params, cfg) in enumerate(runs, 1):
-        key = run_dir(Path(args.runs_dir), name, cfg).path.name
+        rd = run_dir(Path(args.runs_dir), name, cfg)
+        key = f"{rd.path.parent.name}/{rd.path.name}"
         print(f"[{i}/{len(runs)}] {name} ({fidelity}){' cached' if key in known else ''}", flush=True)
         if key not in known:
             measured = measured or machine()  # the machine that trains, measured before its first run
-        records.append(known.get(key) or execute(name, fidelity, params, cfg, Path(args.runs_dir), data_cache))
+        records.append(known.get(key) or execute(name, fidelity, params, cfg, rd, key, data_cache))
         known[key] = records[-1]
         write_result({"command": "python bench/fidelity.py " + " ".join(argv or sys.argv[1:]),
                       "target_epochs": args.target_epochs, "machine": measured,
