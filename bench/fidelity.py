@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         records.append(known.get(key) or execute(name, fidelity, params, cfg, rd, key, data_cache))
         known[key] = records[-1]
         write_result({"command": "python bench/fidelity.py " + " ".join(argv or sys.argv[1:]),
-                      "target_epochs": args.target_epochs, "machine": measured,
+                      "target_epochs": args.target_epochs, "planned": len(runs), "machine": measured,
                       "written": time.strftime("%Y-%m-%d %H:%M:%S"), **analyse(records, args.target_epochs),
                       "runs": records}, out, detail="runs")
     return 0

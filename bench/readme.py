@@ -287,8 +287,36 @@ def full_trial_minutes() -> str:
     return f"{arm['wall_seconds'] / arm['trials_finished'] / 60:.1f} minutes"
 
 
+def _num(x: float) -> str:
+    """A correlation to 2 decimals; "n/a" where it is undefined (fewer than 3 configs, or ties)."""
+    return "n/a" if x != x else f"{x:.2f}"
+
+
+def fidelity_table() -> str:
+    """Each rung (an epoch of the target run) against the target: rank correlation and regret
+    over the configs of the fidelity benchmark (results/bench/fidelity.json)."""
+    d = _bench("fidelity")
+    target, floor = d["target_epochs"], d["noise_floor"]
+    rows = ["| fidelity | configs | Spearman | Kendall | regret at the target (points) |", "|---|---|---|---|---|"]
+    for r in d["correlations"]:
+        name = f"epoch {r['fidelity']}" if isinstance(r["fidelity"], int) else r["fidelity"]
+        rows.append(f"| {name} | {r['n']} | {_num(r['spearman'])} | {_num(r['kendall'])} | {100 * r['regret']:.2f} |")
+    best, worst = d["ranking_at_target"][0], d["ranking_at_target"][-1]
+    m = d["machine"]
+    spread = (f"{100 * floor['std']:.2f} points over {len(floor['baseline_val_acc'])} seeds"
+              if floor["std"] is not None else "not measured yet (one seed so far)")
+    done = f"{len(d['runs'])} of the {d['planned']} planned runs done" if len(d["runs"]) < d["planned"] else ""
+    progress = f"**In progress: {done}.** " if done else ""
+    rows += ["", progress + f"{d['configs']} configs at the target ({target} epochs, validation accuracy "
+             f"{100 * worst[0]:.2f}% to {100 * best[0]:.2f}%; one seed each, the baseline's seed 0 among them); "
+             f"the baseline's one-run standard deviation at the target (the noise floor): {spread}. "
+             f"Machine: {m['cpu']}, {m['threads']} threads, the baseline model at "
+             f"{m['baseline_images_per_s']:.0f} images/s; written {d['written']}."]
+    return "\n".join(rows)
+
+
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
-          "ablation_table": lambda: f"\n{ablation_table()}\n",
+          "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,
