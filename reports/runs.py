@@ -6,7 +6,10 @@ validation accuracy; only then ``ensure_tested`` reads the test set, for the
 baseline and the best candidate, and records when. Seed 0 of a config whose
 study trial ran to the target is that trial's run (copied into the cache), so
 the report does not train it again. Runs are cached by config and seed under
-``runs/reports/``: a report stopped part-way continues where it stopped.
+``runs/reports/``: a report stopped part-way continues where it stopped. A run
+whose small files (config, history, results) are there but whose checkpoint is
+not (trained on another machine, copied without its weights) counts as trained
+for selection, and is trained again only if the test needs its weights.
 
 This half of the report needs only PyTorch and Optuna (no plotly, no browser),
 so the runs can be trained on one machine, for instance one with a GPU
@@ -112,8 +115,14 @@ def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData
     reads = []
     for name in names:
         todo = [p for p in dirs[name] if not RunDir(p).predictions.is_file()]
+        retrained = [p for p in todo if not RunDir(p).best.is_file()]
         for p in todo:
+            if p in retrained:
+                # Trained on another machine: its small files travelled (selection used them), its
+                # weights did not. The same config and seed again; the test needs weights.
+                print(f"{name}: {p} has no checkpoint here; training it again to test it", flush=True)
+                train(RunDir(p).read_config(), data, p, quiet=True)
             evaluate_run(p, data=data)
         reads.append({"config": name, "runs": [str(p) for p in dirs[name]], "evaluated_now": len(todo),
-                      "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                      "retrained_for_test": len(retrained), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return reads

@@ -330,3 +330,22 @@ def test_a_report_run_stopped_part_way_continues_from_its_last_epoch(tiny_data, 
     history = RunDir(path).read_history()
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[0]["elapsed_seconds"] == stopped[0]["elapsed_seconds"]  # epoch 1 was not trained again
+
+
+def test_a_run_trained_elsewhere_without_its_weights_is_trained_again_only_to_be_tested(tiny_data, tmp_path):
+    from cifar.rundir import RunDir
+    from reports.runs import ensure_tested, ensure_trained, select
+    from tests.conftest import tiny_config
+
+    dirs = ensure_trained({"baseline": tiny_config(epochs=2)}, 2, tmp_path, tiny_data)
+    moved = RunDir(dirs["baseline"][1])
+    recorded = moved.read_results().best_val_acc
+    for weights in (moved.best, moved.last):  # what travels between machines: the small files only
+        weights.unlink()
+    ensure_trained({"baseline": tiny_config(epochs=2)}, 2, tmp_path, tiny_data)  # trained: nothing to do
+    assert not moved.best.is_file()
+    assert select(dirs).val["baseline"][1] == recorded  # selection reads the small files
+    (read,) = ensure_tested(dirs, ["baseline"], tiny_data)
+    assert read["evaluated_now"] == 2 and read["retrained_for_test"] == 1
+    assert moved.best.is_file() and moved.predictions.is_file()
+    assert moved.read_results().best_val_acc == recorded  # the same config and seed trains the same run
