@@ -270,8 +270,14 @@ def memory_line() -> str:
     d = _bench("memory")
     epochs = d["training_epoch_mb"]
     runs = ", ".join(f"{v / 1024:.2f} GB at batch {k}" for k, v in epochs.items())
+    saved = d["saved_for_backward"]
+    biggest = max(saved, key=int)
+    kinds = ", ".join(f"{kind} {mb:.0f} MB" for kind, mb in saved[biggest]["largest_mb"].items())
     return (f"{runs} (one epoch on 10% of the split, `{d['config']}`); `import torch` alone: "
-            f"{d['import_torch_mb'] / 1024:.2f} GB, with the data set: {d['import_torch_and_data_mb'] / 1024:.2f} GB")
+            f"{d['import_torch_mb'] / 1024:.2f} GB, with the data set: {d['import_torch_and_data_mb'] / 1024:.2f} GB. "
+            f"The activations autograd keeps for one backward pass: "
+            + ", ".join(f"{v['total_mb'] / 1024:.2f} GB at batch {k}" for k, v in saved.items())
+            + f"; the largest kinds at batch {biggest} (per image: dtype, channels x height x width): {kinds}")
 
 
 def study_bench_trials() -> str:
