@@ -83,8 +83,11 @@ def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
     return Throughput(train=train, eval=rate(cfg.eval_batch_size, eval_step), device=str(device))
 
 
-def epoch_share(epochs: int) -> float:
-    """The measured share for the nearest target at or below ``epochs`` (one epoch: nothing to prune)."""
+def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
+    """Under Hyperband, the measured share for the nearest target at or below ``epochs`` (one
+    epoch: nothing to prune); under any other pruner, 1 (the most a trial can cost)."""
+    if pruner != "hyperband":
+        return 1.0
     return EPOCH_SHARE[max(k for k in EPOCH_SHARE if k <= epochs)]
 
 
@@ -95,14 +98,15 @@ def run_seconds(tp: Throughput, base: TrainConfig) -> float:
 
 
 def size_study(tp: Throughput, base: TrainConfig, minutes: float, min_trials: int, max_trials: int,
-               candidates: int, seeds: int) -> StudySize:
+               candidates: int, seeds: int, pruner: str = "hyperband") -> StudySize:
     """The most trials (``min_trials`` to ``max_trials``) such that the study, then its report,
     fit in ``minutes``. The report trains ``candidates`` configs and the baseline at ``seeds`` seeds,
-    seed 0 of each reused from the study, and tests the baseline and the winner at every seed."""
+    seed 0 of each reused from the study, and tests the baseline and the winner at every seed.
+    A trial costs the share of a target run that ``pruner`` leaves it (``epoch_share``)."""
     run = run_seconds(tp, base)
     report_runs = (candidates + 1) * (seeds - 1)
     report = STARTUP_S + report_runs * run + 2 * seeds * CIFAR10_TEST_IMAGES * TEST_VIEWS / tp.eval
-    per_trial = epoch_share(base.epochs) * run
+    per_trial = epoch_share(base.epochs, pruner) * run
     fit = math.floor((minutes * 60 - STARTUP_S - report) / per_trial)
     n_trials = max(min_trials, min(max_trials, fit))
     return StudySize(n_trials=n_trials, run_minutes=run / 60, study_minutes=(STARTUP_S + n_trials * per_trial) / 60,

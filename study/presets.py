@@ -12,7 +12,7 @@ the study's ``budget`` user attribute, so a resumed study and its report keep th
 
 Usage:
     preset = PRESETS.get(pick_preset("auto"))
-    base, budget = target_budget(preset, base, stored=None, target_epochs=None)
+    base, budget = target_budget(preset, base, stored=None, target_epochs=None, pruner="hyperband")
 """
 
 from __future__ import annotations
@@ -63,23 +63,25 @@ def pick_preset(name: str) -> str:
 
 
 def target_budget(preset: Preset, base: TrainConfig, stored: dict[str, Any] | None,
-                  target_epochs: int | None) -> tuple[TrainConfig, dict[str, Any]]:
+                  target_epochs: int | None, pruner: str) -> tuple[TrainConfig, dict[str, Any]]:
     """The base config at the study's target, and the budget to store with the study.
 
     A resumed study (``stored``: its budget attribute) keeps its target; a new one takes
     ``target_epochs`` (given by hand) or the preset's, and is sized to the machine where the
-    preset says so (the number of trials, and the target unless given by hand).
+    preset says so (the number of trials, and the target unless given by hand), a trial costing
+    what ``pruner`` leaves of a target run.
     """
     if stored is not None:
         return apply_overrides(base, {"epochs": stored["target_epochs"]}), stored
     base = apply_overrides(base, {"epochs": target_epochs or preset.target_epochs})
     budget: dict[str, Any] = {}
     if preset.minutes:
-        base, budget = fit_budget(preset, base, sized_target=target_epochs is None)
+        base, budget = fit_budget(preset, base, sized_target=target_epochs is None, pruner=pruner)
     return base, {"target_epochs": base.epochs, **budget}
 
 
-def fit_budget(preset: Preset, base: TrainConfig, sized_target: bool) -> tuple[TrainConfig, dict[str, Any]]:
+def fit_budget(preset: Preset, base: TrainConfig, sized_target: bool,
+               pruner: str = "hyperband") -> tuple[TrainConfig, dict[str, Any]]:
     """Measure this machine and size the study so that the main job fits the preset's minutes:
     the number of trials, and (``sized_target``) the longest target, up to the preset's most,
     at which at least ``good_trials`` trials still fit."""
@@ -88,7 +90,7 @@ def fit_budget(preset: Preset, base: TrainConfig, sized_target: bool) -> tuple[T
 
     def size(epochs: int) -> budget_lib.StudySize:
         return budget_lib.size_study(tp, apply_overrides(base, {"epochs": epochs}), preset.minutes,
-                                     preset.min_trials, preset.n_trials, REPORT_CANDIDATES, REPORT_SEEDS)
+                                     preset.min_trials, preset.n_trials, REPORT_CANDIDATES, REPORT_SEEDS, pruner)
 
     epochs = base.epochs
     while sized_target and epochs < (preset.max_target_epochs or 0) and size(epochs + 1).n_trials >= preset.good_trials:

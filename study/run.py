@@ -32,6 +32,7 @@ from cifar.sources import RawCifar
 from study.presets import PRESETS, pick_preset, target_budget
 from study.search_space import SPACES, params_of
 from study.storage import (
+    DEFAULT_PRUNER,
     DEFAULT_STORAGE,
     PRUNERS,
     SAMPLERS,
@@ -76,7 +77,8 @@ def build_parser() -> ArgParser:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: preset; gpu: 4 per GPU, cpu: 1); 1 under torchrun")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
-    p.add_argument("--pruner", default="hyperband", choices=PRUNERS)
+    p.add_argument("--pruner", default=None, choices=PRUNERS,
+                   help=f"default: a resumed study's own, else {DEFAULT_PRUNER} (measured: docs/study.md)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
     p.add_argument("--heartbeat-interval", type=int, default=30, help="seconds")
     p.add_argument("--grace-period", type=int, default=120, help="seconds without heartbeat -> FAIL")
@@ -129,14 +131,16 @@ def prepare(argv: Sequence[str]) -> Prepared:
     if study_name in existing and not stored:
         raise UsageError(f"study {study_name!r} in {args.storage} has no target budget (made by an older "
                          "version?): choose another --study-name")
-    base, budget = target_budget(preset, base, stored, args.target_epochs)
+    # A resumed study keeps its pruner unless another is given.
+    pruner = args.pruner or (existing[study_name].user_attrs.get("pruner") if stored else None) or DEFAULT_PRUNER
+    base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
     n_trials = args.n_trials or budget.get("n_trials", preset.n_trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                 load_if_exists=True)
     if study_name not in existing:
         for key, value in {"preset": preset_name, "budget": budget, "space": args.space,
-                           "base_config": base.to_dict(), "sampler": args.sampler, "pruner": args.pruner}.items():
+                           "base_config": base.to_dict(), "sampler": args.sampler, "pruner": pruner}.items():
             study.set_user_attr(key, value)
         # The baseline is always trial 0, so every study contains it.
         study.enqueue_trial(baseline_params, user_attrs={"baseline": True})
@@ -146,7 +150,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
                          f"resume it with --space {study.user_attrs['space']}")
     threads = max(1, (os.cpu_count() or 1) // workers)
     job = Job(storage=args.storage, study_name=study_name, base=base.to_dict(), space=args.space,
-              sampler=args.sampler, pruner=args.pruner, seed=args.seed, n_trials=n_trials,
+              sampler=args.sampler, pruner=pruner, seed=args.seed, n_trials=n_trials,
               timeout=preset.timeout if args.timeout is None else args.timeout, threads=threads,
               heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
               runs_root=str(Path(args.runs_dir) / study_name),

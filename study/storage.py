@@ -26,10 +26,22 @@ from cifar.cli import ArgParser, UsageError
 from cifar.registry import Registry
 
 __all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "make_storage", "resolve_study_name", "artifact_dir_for",
-           "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR"]
+           "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR", "FIRST_RUNG_SHARE",
+           "DEFAULT_PRUNER", "first_rung"]
 
 DEFAULT_STORAGE = "sqlite:///results/study.db"
 REDUCTION_FACTOR = 3  # of the Hyperband and successive-halving pruners: one rung = 3x the epochs
+# The pruners' first rung, as a share of the target run. The rule (docs/study.md, fixed before
+# bench/fidelity.py ran): the earliest epoch whose ranking of configs agrees with the target's,
+# Spearman >= 0.6; None where no epoch does, and then a default study does not prune.
+# Until that benchmark has run to its end: epoch 1 of the CPU target's 4, as before it.
+FIRST_RUNG_SHARE: float | None = 0.25
+DEFAULT_PRUNER = "hyperband" if FIRST_RUNG_SHARE else "none"
+
+
+def first_rung(max_epochs: int) -> int:
+    """The first epoch at which a pruner may stop a trial of a ``max_epochs`` target (at least 1)."""
+    return max(1, min(max_epochs, round((FIRST_RUNG_SHARE or 0.0) * max_epochs)))
 
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", {
@@ -41,10 +53,11 @@ SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sam
 # name -> pruner, given the most epochs a trial runs
 PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner", {
     "hyperband": lambda max_epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max_epochs, reduction_factor=REDUCTION_FACTOR),
+        min_resource=first_rung(max_epochs), max_resource=max_epochs, reduction_factor=REDUCTION_FACTOR),
     "halving": lambda max_epochs: optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=1, reduction_factor=REDUCTION_FACTOR),
-    "median": lambda max_epochs: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        min_resource=first_rung(max_epochs), reduction_factor=REDUCTION_FACTOR),
+    "median": lambda max_epochs: optuna.pruners.MedianPruner(
+        n_startup_trials=5, n_warmup_steps=first_rung(max_epochs)),  # it may prune at that step
     "none": lambda max_epochs: optuna.pruners.NopPruner(),
 })
 

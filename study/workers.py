@@ -44,7 +44,7 @@ class Progress:
 
     def __init__(self, n_trials: int | None, workers: int, max_epochs: int, pruner: str = "hyperband"):
         self.n_trials, self.workers, self.max_epochs = n_trials, workers, max_epochs
-        self.share = budget_lib.epoch_share(max_epochs) if pruner == "hyperband" else 1.0
+        self.share = budget_lib.epoch_share(max_epochs, pruner)
 
     def eta_minutes(self, done: list[optuna.trial.FrozenTrial]) -> float | None:
         seconds = sum(t.duration.total_seconds() for t in done if t.duration)

@@ -94,3 +94,10 @@ def test_the_target_is_sized_where_enough_trials_fit(train, target, sized, monke
     assert cfg.epochs == target
     n = size_study(Throughput(train, 4 * train, "cpu"), cfg, CPU.minutes, CPU.min_trials, CPU.n_trials, 3, 3).n_trials
     assert attrs["n_trials"] == n and (n >= CPU.good_trials or target == CPU.target_epochs)
+
+
+def test_a_study_that_does_not_prune_is_sized_at_whole_target_runs():
+    tp = Throughput(train=300.0, eval=1200.0, device="cpu")
+    pruned, whole = (size_study(tp, BASE, 170, 4, 30, 3, 3, pruner) for pruner in ("hyperband", "none"))
+    run = budget.run_seconds(tp, BASE)
+    assert whole.n_trials == int((170 * 60 - 60 - whole.report_minutes * 60) // run) < pruned.n_trials

@@ -367,3 +367,35 @@ def test_workers_share_the_gpus_round_robin(monkeypatch):
     for index in range(4):
         workers.worker(job, index)
     assert chosen == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("share, target, rung", [(0.25, 4, 1), (0.5, 4, 2), (0.5, 10, 5), (0.75, 4, 3), (None, 4, 1)])
+def test_the_pruners_never_stop_a_trial_before_the_first_rung(share, target, rung, monkeypatch):
+    import random
+
+    from study import storage
+
+    monkeypatch.setattr(storage, "FIRST_RUNG_SHARE", share)
+    assert storage.first_rung(target) == rung
+    rng = random.Random(0)
+    for name in ("hyperband", "halving", "median"):
+        study = optuna.create_study(direction="maximize", pruner=storage.make_pruner(name, target))
+        stopped_at = []
+        for _ in range(40):
+            trial, quality = study.ask(), rng.random()
+            for epoch in range(1, target + 1):
+                trial.report(quality + 0.1 * rng.random(), epoch)
+                if epoch < target and trial.should_prune():
+                    stopped_at.append(epoch)
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    break
+            else:
+                study.tell(trial, quality)
+        assert stopped_at and min(stopped_at) == rung, name  # it prunes, and from the first rung on
+
+
+def test_a_resumed_study_keeps_its_pruner(study_env):
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "1", "--pruner", "median"]) == 0
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
+    study = load(study_env)
+    assert study.user_attrs["pruner"] == "median" and len(study.trials) == 2
