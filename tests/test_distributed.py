@@ -92,6 +92,7 @@ def test_ddp_study_trials_prune_on_every_rank(ddp_config, tmp_path):
     db = tmp_path / "s.db"
     r = torchrun("-m", "study", "run", "--storage", f"sqlite:///{db}", "--study-name", "d", "--config",
                  str(ddp_config), "--preset", "smoke", "--target-epochs", "3", *IN_SPACE, "--n-trials", "6",
+                 "--pruner", "hyperband",
                  "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "x 2 processes (DDP)" in r.stdout and "done after" in r.stdout
