@@ -38,7 +38,7 @@ from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
 from cifar.train import train  # noqa: E402
-from reports.fidelity import rung_correlations  # noqa: E402
+from reports.fidelity import first_rung_by_rule, rung_correlations  # noqa: E402
 from reports.runs import run_dir_for  # noqa: E402
 from study.presets import PRESETS  # noqa: E402
 from study.search_space import params_of, suggest_config  # noqa: E402
@@ -101,7 +101,8 @@ def analyse(records: list[dict], target: int) -> dict:
             curve[f"subset {SUBSET:.2f}, {target} epochs"] = sub["val_acc"][max(sub["val_acc"])]
         curves[name] = {**curve, "target": at_target}
     base = [v for n, v in final.items() if n.startswith("baseline-seed") and v is not None]
-    return {"configs": len(curves), "correlations": rung_correlations(curves, "target"),
+    rows = rung_correlations(curves, "target")
+    return {"configs": len(curves), "correlations": rows, "first_rung_by_rule": first_rung_by_rule(rows),
             "noise_floor": {"baseline_val_acc": base, "std": statistics.stdev(base) if len(base) > 1 else None},
             "ranking_at_target": sorted(((v["target"], n) for n, v in curves.items()), reverse=True)}
 

@@ -313,16 +313,30 @@ def fidelity_table() -> str:
               if floor["std"] is not None else "not measured yet (one seed so far)")
     done = f"{len(d['runs'])} of the {d['planned']} planned runs done" if len(d["runs"]) < d["planned"] else ""
     progress = f"**In progress: {done}.** " if done else ""
-    rows += ["", progress + f"{d['configs']} configs at the target ({target} epochs, validation accuracy "
-             f"{100 * worst[0]:.2f}% to {100 * best[0]:.2f}%; one seed each, the baseline's seed 0 among them); "
+    rows += ["", progress + f"{d['configs'] - 1} configs and the baseline at the target ({target} epochs, "
+             f"validation accuracy "
+             f"{100 * worst[0]:.2f}% to {100 * best[0]:.2f}%; one seed each, the baseline's seed 0); "
              f"the baseline's one-run standard deviation at the target (the noise floor): {spread}. "
              f"Machine: {m['cpu']}, {m['threads']} threads, the baseline model at "
              f"{m['baseline_images_per_s']:.0f} images/s; written {d['written']}."]
     return "\n".join(rows)
 
 
+def fidelity_line() -> str:
+    """The README's sentence on which epochs may prune (results/bench/fidelity.json)."""
+    d = _bench("fidelity")
+    corr = ", ".join(f"{r['fidelity']} {_num(r['spearman'])}" for r in d["correlations"])
+    rung = d["first_rung_by_rule"]
+    choice = (f"the first that reaches 0.6 is epoch {rung}, so the pruner may stop a trial from there on"
+              if rung else "none reaches 0.6, so a default study does not prune")
+    return (f"over {d['configs'] - 1} configs and the baseline trained to the {d['target_epochs']}-epoch target, "
+            f"each epoch's Spearman "
+            f"correlation with the target is {corr}; {choice}")
+
+
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
+          "fidelity_line": fidelity_line,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,

@@ -8,6 +8,7 @@ reached the target), or ``bench/fidelity.py``'s configs trained to the target.
 
 Usage:
     rows = rung_correlations({"a": {1: 0.41, 2: 0.60, 4: 0.80}, "b": {...}}, target=4)
+    first_rung_by_rule(rows)  # the rule that chose the pruners' first rung (docs/study.md)
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def rung_correlations(curves: Mapping[Hashable, Mapping[int | str, float]], targ
             row["regret"] = max(y) - y[max(range(len(x)), key=x.__getitem__)]
         rows.append(row)
     return rows
+
+
+RULE_SPEARMAN = 0.6  # the least rank correlation with the target at which a rung may prune
+
+
+def first_rung_by_rule(rows: list[dict], threshold: float = RULE_SPEARMAN) -> int | None:
+    """The earliest epoch (fidelities named ``epoch K``, from ``rung_correlations``) whose Spearman
+    correlation with the target is at least ``threshold``; None where none is."""
+    epochs = sorted(int(r["fidelity"].removeprefix("epoch ")) for r in rows
+                    if str(r["fidelity"]).startswith("epoch ") and r["spearman"] >= threshold)
+    return epochs[0] if epochs else None
 
 
 def study_curves(trials) -> dict[int, dict[int, float]]:

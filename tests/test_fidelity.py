@@ -67,3 +67,29 @@ def test_fidelity_benchmark_analysis():
     subset = next(k for k in rows if k.startswith("subset"))
     assert rows[subset]["spearman"] == pytest.approx(0.5)  # baseline 0.6 > 01 0.5 > 02 0.4
     assert rows[subset]["regret"] == pytest.approx(0.0)
+
+
+def test_the_rule_picks_the_earliest_epoch_that_ranks_as_the_target_does():
+    from reports.fidelity import first_rung_by_rule
+
+    rows = [{"fidelity": f"epoch {e}", "spearman": rho} for e, rho in ((1, 0.1), (2, 0.65), (3, 0.55))]
+    assert first_rung_by_rule(rows) == 2
+    assert first_rung_by_rule(rows, threshold=0.7) is None
+    assert first_rung_by_rule([{"fidelity": "epoch 1", "spearman": math.nan}]) is None
+
+
+def test_the_pruners_first_rung_follows_the_rule_on_the_committed_benchmark():
+    import json
+
+    from reports.fidelity import first_rung_by_rule
+    from study import storage
+
+    result = json.loads((ROOT / "results" / "bench" / "fidelity.json").read_text())
+    if len({r["name"] for r in result["runs"] if not r["name"].startswith("baseline-seed")}) < 10:
+        pytest.skip("the fidelity benchmark has not finished its 10 configs yet")
+    rung = first_rung_by_rule(result["correlations"])
+    assert rung == result["first_rung_by_rule"]
+    if rung is None:
+        assert storage.FIRST_RUNG_SHARE is None and storage.DEFAULT_PRUNER == "none"
+    else:
+        assert storage.first_rung(result["target_epochs"]) == rung and storage.DEFAULT_PRUNER == "hyperband"
