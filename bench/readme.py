@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.time_to_accuracy import ABLATIONS  # noqa: E402
+from reports.fidelity import RULE_SPEARMAN  # noqa: E402
 
 
 def _bench(name: str) -> dict:
@@ -305,8 +306,8 @@ def fidelity_table() -> str:
     target, floor = d["target_epochs"], d["noise_floor"]
     rows = ["| fidelity | configs | Spearman | Kendall | regret at the target (points) |", "|---|---|---|---|---|"]
     for r in d["correlations"]:
-        name = f"epoch {r['fidelity']}" if isinstance(r["fidelity"], int) else r["fidelity"]
-        rows.append(f"| {name} | {r['n']} | {_num(r['spearman'])} | {_num(r['kendall'])} | {100 * r['regret']:.2f} |")
+        rows.append(f"| {r['fidelity']} | {r['n']} | {_num(r['spearman'])} | {_num(r['kendall'])} | "
+                    f"{100 * r['regret']:.2f} |")
     best, worst = d["ranking_at_target"][0], d["ranking_at_target"][-1]
     m = d["machine"]
     spread = (f"{100 * floor['std']:.2f} points over {len(floor['baseline_val_acc'])} seeds"
@@ -327,8 +328,8 @@ def fidelity_line() -> str:
     d = _bench("fidelity")
     corr = ", ".join(f"{r['fidelity']} {_num(r['spearman'])}" for r in d["correlations"])
     rung = d["first_rung_by_rule"]
-    choice = (f"the first that reaches 0.6 is epoch {rung}, so the pruner may stop a trial from there on"
-              if rung else "none reaches 0.6, so a default study does not prune")
+    choice = (f"the first that reaches {RULE_SPEARMAN} is epoch {rung}, so the pruner may stop a trial from there on"
+              if rung else f"none reaches {RULE_SPEARMAN}, so a default study does not prune")
     return (f"over {d['configs'] - 1} configs and the baseline trained to the {d['target_epochs']}-epoch target, "
             f"each epoch's Spearman "
             f"correlation with the target is {corr}; {choice}")
