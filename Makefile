@@ -10,7 +10,7 @@ STORAGE ?= sqlite:///results/study.db
 STUDY_ARGS ?=
 PORT ?= 8080
 
-.PHONY: help setup test lint baseline train study report dashboard dashboard-screenshot bench serve readme clean
+.PHONY: help setup test lint baseline train study report dashboard dashboard-screenshot report-screenshot bench serve readme clean
 
 help: ## list the targets (the default)
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,17 @@ dashboard-screenshot: setup ## a PNG of optuna-dashboard (needs Debian's chromiu
 	    --disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
 	    --window-size=1400,1000 --virtual-time-budget=20000 --hide-scrollbars \
 	    --screenshot=$(SHOT) http://127.0.0.1:8765/dashboard/studies/1
+
+# A PNG of a report's first screen, taken the same way.
+REPORT_HTML ?= results/reports/$(STUDY_NAME)/report.html
+REPORT_SHOT ?= results/reports/report.png
+report-screenshot: ## a PNG of a report's first screen (REPORT_HTML=..., REPORT_SHOT=...; needs chromium)
+	@test -f $(REPORT_HTML) || { echo "error: no report $(REPORT_HTML): make report builds one (or give REPORT_HTML=path)" >&2; exit 2; }
+	mkdir -p $(dir $(REPORT_SHOT))
+	chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+	    --disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
+	    --window-size=1400,1000 --virtual-time-budget=20000 --hide-scrollbars \
+	    --screenshot=$(REPORT_SHOT) file://$(abspath $(REPORT_HTML))
 
 train: setup ## python -m cifar.train with ARGS="..." (python -m cifar.train --help lists them)
 	$(PY) -m cifar.train $(ARGS)

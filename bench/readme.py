@@ -147,20 +147,31 @@ def sized_study_throughput() -> str:
     return f"{_study_budget()['throughput']['train']:.0f} training images/s"
 
 
+def _param(name: str, value: str) -> str:
+    """A trial parameter as the tables print it: the optimizer bare, numbers to 3 significant digits."""
+    if name == "optimizer":
+        return value
+    label = {"batch_size": "batch", "lr_scale": "lr x"}.get(name, name)
+    try:
+        return f"{label} {float(value):.3g}"
+    except ValueError:
+        return f"{label} {value}"
+
+
 def study_table(study: str, where: str) -> str:
     """A reference study in numbers (its summary.json, trials.csv and database)."""
     folder = ROOT / "results" / "reference" / "studies" / study
     summary = json.loads((folder / "summary.json").read_text())
     with (folder / "trials.csv").open() as f:
         trials = list(csv.DictReader(f))
-    budget = summary["user_attrs"].get("budget") or {"max_epochs": summary["user_attrs"]["base_config"]["epochs"]}
+    budget = summary["user_attrs"].get("budget") or {}
+    most = budget.get("max_epochs") or budget.get("target_epochs") or summary["user_attrs"]["base_config"]["epochs"]
     pruned_at = [int(t["epochs_run"]) for t in trials if t["state"] == "PRUNED"]
     epochs = sum(int(t["epochs_run"]) for t in trials)
     base, best = trials[0], next(t for t in trials if int(t["number"]) == summary["best_trial"])
 
-    def params(t: dict) -> str:
-        return (f"{t['optimizer']}, lr {float(t['lr']):.3g}, batch {t['batch_size']}, "
-                f"dropout {float(t['dropout']):.3g}")
+    def params(t: dict) -> str:  # the study's own parameters, in its order (the lr is a multiplier in newer ones)
+        return ", ".join(_param(k, t[k]) for k in summary["best_params"] if t.get(k, "") != "")
 
     by_epoch = ", ".join(f"{pruned_at.count(e)} at epoch {e}" for e in sorted(set(pruned_at)))
     return "\n".join([
@@ -170,8 +181,8 @@ def study_table(study: str, where: str) -> str:
                                          if "estimate_minutes" in budget else "") + f", {where} |",
         f"| trials | {summary['trials']}: {summary['complete']} complete, **{summary['pruned']} pruned** "
         f"({by_epoch}), {summary['fail']} failed |",
-        f"| compute | {epochs} trial-epochs: {epochs / len(trials):.2f} per trial against {budget['max_epochs']} "
-        f"without pruning (ratio {epochs / len(trials) / budget['max_epochs']:.2f}) |",
+        f"| compute | {epochs} trial-epochs: {epochs / len(trials):.2f} per trial against {most} "
+        f"without pruning (ratio {epochs / len(trials) / most:.2f}) |",
         f"| baseline (trial 0) | val_acc {float(base['value']):.4f} ({params(base)}) |",
         f"| best (trial {summary['best_trial']}) | **val_acc {summary['best_value']:.4f}**: {params(best)} |",
     ])
@@ -185,6 +196,77 @@ def report_result(study: str) -> str:
             f"{d['epochs']} epochs per run on {d['train_images']:,} images), difference "
             f"**{100 * d['difference']:+.2f} points**, 95% CI [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}] "
             f"(Welch), p = {d['p_value']:.2g}")
+
+
+TARGET_STUDY = "cifar-cpu-target"  # the reference main job of the current design: study, then report
+
+
+def _comparison(study: str) -> dict:
+    return json.loads((ROOT / "results" / "reference" / "reports" / study / "comparison.json").read_text())
+
+
+def job_line(study: str = TARGET_STUDY) -> str:
+    """The README's figure for the main job: its minutes by step (every session on record) and the machine."""
+    d = _comparison(study)
+    minutes, budget = d["job_minutes"], d["study_budget"]
+    return (f"{sum(minutes.values()):.0f} min on our 2-core AMD EPYC, which trains the fast recipe at "
+            f"{budget['throughput']['train']:.0f} images/s: the study {minutes['study']:.0f} min "
+            f"({_summary(study)['trials']} trials at a {d['epochs']}-epoch target), "
+            f"the report {minutes['report']:.0f} min")
+
+
+def _summary(study: str) -> dict:
+    return json.loads((ROOT / "results" / "reference" / "studies" / study / "summary.json").read_text())
+
+
+def _tta(study: str) -> dict[str, tuple[float, float]]:
+    """Mean and std of test accuracy with TTA per arm, from the report's comparison.csv."""
+    with (ROOT / "results" / "reference" / "reports" / study / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for arm in ("baseline", "tuned"):
+        v = [float(r["test_acc_tta"]) for r in rows if r["config"] == arm and r["test_acc_tta"] != ""]
+        if v:
+            mean = sum(v) / len(v)
+            out[arm] = (mean, (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0)
+    return out
+
+
+def selection_line(study: str = TARGET_STUDY) -> str:
+    """Which candidate the report selected on validation, and the baseline's and its validation means."""
+    d = _comparison(study)
+
+    def mean(v: list) -> str:
+        m = sum(v) / len(v)
+        return f"{100 * m:.2f}% ± {100 * (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5:.2f}"
+
+    trial = {c["name"]: c["trial"] for c in d["candidates"]}
+    others = ", ".join(f"trial {trial[n]} {mean(v)}" for n, v in d["validation"].items()
+                       if n not in ("baseline", d["best"]))
+    kept = ("it beats the baseline there, so it is the winner" if d["winner"] != "baseline"
+            else "it does not beat the baseline there, so the baseline stays")
+    return (f"on validation ({d['seeds']} seeds each, {d['epochs']} epochs), the baseline scored "
+            f"{mean(d['validation']['baseline'])} and the best candidate, trial {d['best_trial']}, "
+            f"{mean(d['validation'][d['best']])} (the others: {others}); {kept}")
+
+
+def paired_result(study: str = TARGET_STUDY) -> str:
+    """The report's paired test comparison of the baseline and the best candidate (comparison.json, .csv)."""
+    d = _comparison(study)
+    tta = _tta(study)
+    ci = ("undefined" if d["ci_low"] is None or d["ci_low"] != d["ci_low"]
+          else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
+    text = (f"baseline **{100 * d['baseline_mean']:.2f}% ± {100 * d['baseline_std']:.2f}**, trial {d['best_trial']} "
+            f"**{100 * d['tuned_mean']:.2f}% ± {100 * d['tuned_std']:.2f}** ({d['n']} seeds each, the same seeds, "
+            f"{d['epochs']} epochs per run on {d['train_images']:,} images); difference **{100 * d['difference']:+.2f} "
+            f"points** (per seed {', '.join(f'{100 * x:+.2f}' for x in d['differences'])}; better on {d['wins']} of "
+            f"{d['n']}), paired-t 95% CI {ci}, exact sign-flip p = {d['sign_flip_p']:.3g} (the smallest {d['n']} "
+            f"seeds allow: {d['smallest_sign_flip_p']:.3g}); "
+            f"{'significant' if d['significant'] else 'not significant'}")
+    if tta:
+        text += (f". With TTA: baseline {100 * tta['baseline'][0]:.2f}% ± {100 * tta['baseline'][1]:.2f}, trial "
+                 f"{d['best_trial']} {100 * tta['tuned'][0]:.2f}% ± {100 * tta['tuned'][1]:.2f}")
+    return text
 
 
 def pipeline_table() -> str:
@@ -349,7 +431,9 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_thr
           "study_bench_h200": lambda: f"\n{study_bench_table('study-h200')}\n",
           "amp_table": lambda: f"\n{amp_rows()}\n", "memory_line": memory_line,
           "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
-          "full_trial_minutes": full_trial_minutes, "study_bench_trials": study_bench_trials}
+          "full_trial_minutes": full_trial_minutes, "study_bench_trials": study_bench_trials,
+          "target_study_table": lambda: f"\n{study_table(TARGET_STUDY, 'this CPU')}\n",
+          "target_job": job_line, "target_selection": selection_line, "target_report": paired_result}
 
 
 def render(text: str) -> str:
