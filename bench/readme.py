@@ -153,9 +153,17 @@ def _param(name: str, value: str) -> str:
         return value
     label = {"batch_size": "batch", "lr_scale": "lr x"}.get(name, name)
     try:
-        return f"{label} {float(value):.3g}"
+        x = float(value)
+        return f"{label} {int(x)}" if x.is_integer() and abs(x) >= 1 else f"{label} {x:.3g}"
     except ValueError:
         return f"{label} {value}"
+
+
+def _estimate(budget: dict) -> str:
+    """What the sizing predicted: the study alone in the earlier design, study and report since."""
+    if "target_epochs" in budget:
+        return f" (the estimate when sized: {budget['estimate_minutes']} min for the study and its report)"
+    return f" (estimate when sized: {budget['estimate_minutes']})"
 
 
 def study_table(study: str, where: str) -> str:
@@ -177,13 +185,12 @@ def study_table(study: str, where: str) -> str:
     return "\n".join([
         "| | |", "|---|---|",
         f"| wall time | **{sized_study_minutes(study)}** (first trial start to last end in its database) for "
-        f"{summary['trials']} trials" + (f" (estimate when sized: {budget['estimate_minutes']})"
-                                         if "estimate_minutes" in budget else "") + f", {where} |",
+        f"{summary['trials']} trials" + (_estimate(budget) if "estimate_minutes" in budget else "") + f", {where} |",
         f"| trials | {summary['trials']}: {summary['complete']} complete, **{summary['pruned']} pruned** "
         f"({by_epoch}), {summary['fail']} failed |",
         f"| compute | {epochs} trial-epochs: {epochs / len(trials):.2f} per trial against {most} "
         f"without pruning (ratio {epochs / len(trials) / most:.2f}) |",
-        f"| baseline (trial 0) | val_acc {float(base['value']):.4f} ({params(base)}) |",
+        f"| baseline (trial 0) | val_acc {float(base.get('val_acc') or base['value']):.4f} ({params(base)}) |",
         f"| best (trial {summary['best_trial']}) | **val_acc {summary['best_value']:.4f}**: {params(best)} |",
     ])
 
@@ -267,6 +274,15 @@ def paired_result(study: str = TARGET_STUDY) -> str:
         text += (f". With TTA: baseline {100 * tta['baseline'][0]:.2f}% ± {100 * tta['baseline'][1]:.2f}, trial "
                  f"{d['best_trial']} {100 * tta['tuned'][0]:.2f}% ± {100 * tta['tuned'][1]:.2f}")
     return text
+
+
+def study_rungs(study: str = TARGET_STUDY) -> str:
+    """Each epoch against the target over the study's own completed trials (the report's ``fidelity``)."""
+    rows = _comparison(study)["fidelity"]
+    parts = [f"epoch {r['fidelity']}: Spearman {_num(r['spearman'])}, Kendall {_num(r['kendall'])}, regret "
+             f"{_num(100 * r['regret'])} points" for r in rows]
+    return (f"over the study's {rows[0]['n'] if rows else 0} trials that reached the target (survivors of "
+            f"pruning only, a biased sample): " + "; ".join(parts))
 
 
 def pipeline_table() -> str:
@@ -433,7 +449,8 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n", "baseline_thr
           "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
           "full_trial_minutes": full_trial_minutes, "study_bench_trials": study_bench_trials,
           "target_study_table": lambda: f"\n{study_table(TARGET_STUDY, 'this CPU')}\n",
-          "target_job": job_line, "target_selection": selection_line, "target_report": paired_result}
+          "target_job": job_line, "target_selection": selection_line, "target_report": paired_result,
+          "target_rungs": study_rungs}
 
 
 def render(text: str) -> str:

@@ -21,14 +21,11 @@ from cifar.config import TrainConfig
 from cifar.model import SmallCNN
 from cifar.optim import build_optimizer
 from cifar.runtime import resolve_device
+from study.storage import REDUCTION_FACTOR, first_rung
 
 CIFAR10_TRAIN_IMAGES = 50_000
 CIFAR10_TEST_IMAGES = 10_000
 TEST_VIEWS = 7            # a test evaluation: plain, then TTA's 6 views (mirror x 1-pixel translates)
-# Mean share of the target's epochs a trial runs under Hyperband (reduction factor 3),
-# by the nearest target at or below: measured in 30-trial studies, 0.66 with 9 epochs
-# (rungs 1, 3, 9; study cifar-cpu) and 0.84 with 3 (rungs 1, 3; study cifar-cpu-sized).
-EPOCH_SHARE = {9: 0.7, 3: 0.85, 1: 1.0}
 TRIAL_OVERHEAD_S = 5.0   # per run: model build, checkpoints, curve PNG, storage writes
 STARTUP_S = 60.0         # per command: imports, data loading, worker start
 
@@ -83,12 +80,32 @@ def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
     return Throughput(train=train, eval=rate(cfg.eval_batch_size, eval_step), device=str(device))
 
 
+def halving_share(epochs: int, first: int, reduction: int = REDUCTION_FACTOR) -> float:
+    """The share of a ``epochs``-epoch target that a trial runs on average under successive halving
+    with rungs at ``first``, ``first`` x ``reduction``, ... below the target: every trial runs to the
+    first rung and each rung promotes 1/``reduction`` of the trials that reach it (the long-run rate;
+    a study's first trials are promoted more often, so a short study spends a little more)."""
+    rungs = [first]
+    while rungs[-1] * reduction < epochs:
+        rungs.append(rungs[-1] * reduction)
+    stops = [r for r in rungs if r < epochs] + [epochs]
+    spent = stops[0] + sum((b - a) / reduction ** (k + 1) for k, (a, b) in enumerate(zip(stops, stops[1:])))
+    return min(1.0, spent / epochs)
+
+
 def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
-    """Under Hyperband, the measured share for the nearest target at or below ``epochs`` (one
-    epoch: nothing to prune); under any other pruner, 1 (the most a trial can cost)."""
-    if pruner != "hyperband":
+    """The share of the target's epochs a trial runs on average under ``pruner``, from its rungs
+    (``halving_share``): Hyperband averages its brackets, weighted as Optuna allocates trials to
+    them; the median pruner and no pruner count whole runs (the most a trial can cost)."""
+    first = first_rung(epochs)
+    if pruner == "halving":
+        return halving_share(epochs, first)
+    if pruner != "hyperband" or first >= epochs:
         return 1.0
-    return EPOCH_SHARE[max(k for k in EPOCH_SHARE if k <= epochs)]
+    n = math.floor(math.log(epochs / first, REDUCTION_FACTOR)) + 1  # Optuna's number of brackets
+    weights = [math.ceil(n * REDUCTION_FACTOR ** (n - 1 - i) / (n - i)) for i in range(n)]
+    shares = [halving_share(epochs, first * REDUCTION_FACTOR ** i) for i in range(n)]
+    return sum(w * x for w, x in zip(weights, shares)) / sum(weights)
 
 
 def run_seconds(tp: Throughput, base: TrainConfig) -> float:

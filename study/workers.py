@@ -39,7 +39,7 @@ class Progress:
     """Study callback: one line per finished trial, with the study's ETA.
 
     The ETA counts pruning: the seconds per epoch of the finished trials, times the
-    epochs a trial runs on average under Hyperband (study.budget.EPOCH_SHARE, measured),
+    epochs a trial runs on average under the pruner (study.budget.epoch_share, from its rungs),
     times the trials left, shared among the workers."""
 
     def __init__(self, n_trials: int | None, workers: int, max_epochs: int, pruner: str = "hyperband"):

@@ -25,9 +25,10 @@ def test_size_study_fits_the_minutes():
     # The report: (3 candidates + baseline) x 2 more seeds = 8 runs, and 6 test evaluations of 7 views.
     report = 60 + 8 * run + 6 * 10_000 * 7 / 1200
     size = size_study(tp, BASE, 170, 4, 30, REPORT_CANDIDATES, REPORT_SEEDS)
-    n = int((170 * 60 - 60 - report) // (0.85 * run))  # 0.85: Hyperband's measured share at 3+ epochs
+    # Hyperband at 4 epochs: first rung at epoch 2, a third promoted to 4: 2/4 + (2/4) / 3 = 2/3.
+    n = int((170 * 60 - 60 - report) // (2 / 3 * run))
     assert size.report_runs == 8 and size.report_minutes == pytest.approx(report / 60)
-    assert size.n_trials == n == 9
+    assert size.n_trials == n == 11
     assert size.study_minutes + size.report_minutes <= 170
 
 
@@ -82,7 +83,7 @@ def test_a_cpu_study_is_sized_once_and_resumes_with_its_budget(study_env, monkey
 
 @pytest.mark.parametrize("train, target, sized", [
     (3000.0, 6, True),    # a fast machine: the longest target at which 20 or more trials fit
-    (300.0, 4, True),     # a 2-core machine: the preset's target (9 trials fit at 4 epochs)
+    (300.0, 4, True),     # a 2-core machine: the preset's target (11 trials fit at 4 epochs)
     (3000.0, 4, False),   # a target given by hand is kept
 ])
 def test_the_target_is_sized_where_enough_trials_fit(train, target, sized, monkeypatch):
@@ -101,3 +102,32 @@ def test_a_study_that_does_not_prune_is_sized_at_whole_target_runs():
     pruned, whole = (size_study(tp, BASE, 170, 4, 30, 3, 3, pruner) for pruner in ("hyperband", "none"))
     run = budget.run_seconds(tp, BASE)
     assert whole.n_trials == int((170 * 60 - 60 - whole.report_minutes * 60) // run) < pruned.n_trials
+
+
+@pytest.mark.parametrize("pruner", ["hyperband", "halving"])
+@pytest.mark.parametrize("epochs", [4, 9, 10])
+def test_the_epoch_share_is_what_optunas_pruner_spends(pruner, epochs):
+    """``epoch_share`` against the pruner itself: 150 trials of synthetic learning curves (each
+    trial's quality drawn at random, its curve rising with the epochs) run under the study's own
+    pruner, and the epochs they ran counted."""
+    import numpy as np
+    import optuna
+
+    from study.storage import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, epochs),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    spent = []
+    for _ in range(150):
+        trial, quality = study.ask(), rng.uniform(0.3, 0.9)
+        for epoch in range(1, epochs + 1):
+            trial.report(quality * (1 - 0.5 ** epoch) + rng.normal(0, 0.01), epoch)
+            if epoch < epochs and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, quality)
+        spent.append(epoch)
+    assert np.mean(spent) / epochs == pytest.approx(budget.epoch_share(epochs, pruner), abs=0.06)
