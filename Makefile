@@ -54,6 +54,11 @@ ARTIFACTS = $(shell $(PY) -c "from study.storage import artifact_dir_for; print(
 dashboard: setup ## optuna-dashboard on STORAGE at http://127.0.0.1:8080 (PORT=...)
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(PORT) --artifact-dir $(ARTIFACTS)
 
+# Headless Chromium taking a 1400x1000 PNG of a page once its scripts have drawn (append --screenshot=FILE URL).
+SCREENSHOT = chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+	--disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
+	--window-size=1400,1000 --virtual-time-budget=20000 --hide-scrollbars
+
 # A PNG of optuna-dashboard showing study 1, taken with headless Chromium
 # (Debian's `chromium`: apt-get install chromium).
 SHOT ?= results/studies/dashboard.png
@@ -63,10 +68,7 @@ dashboard-screenshot: setup ## a PNG of optuna-dashboard (needs Debian's chromiu
 	    --artifact-dir $(ARTIFACTS) & pid=$$!; \
 	trap "kill $$pid" EXIT; \
 	for i in $$(seq 60); do curl -sf http://127.0.0.1:8765/api/studies >/dev/null && break; sleep 0.5; done; \
-	chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
-	    --disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
-	    --window-size=1400,1000 --virtual-time-budget=20000 --hide-scrollbars \
-	    --screenshot=$(SHOT) http://127.0.0.1:8765/dashboard/studies/1
+	$(SCREENSHOT) --screenshot=$(SHOT) http://127.0.0.1:8765/dashboard/studies/1
 
 # A PNG of a report's first screen, taken the same way.
 REPORT_HTML ?= results/reports/$(STUDY_NAME)/report.html
@@ -74,10 +76,7 @@ REPORT_SHOT ?= results/reports/report.png
 report-screenshot: ## a PNG of a report's first screen (REPORT_HTML=..., REPORT_SHOT=...; needs chromium)
 	@test -f $(REPORT_HTML) || { echo "error: no report $(REPORT_HTML): make report builds one (or give REPORT_HTML=path)" >&2; exit 2; }
 	mkdir -p $(dir $(REPORT_SHOT))
-	chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
-	    --disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
-	    --window-size=1400,1000 --virtual-time-budget=20000 --hide-scrollbars \
-	    --screenshot=$(REPORT_SHOT) file://$(abspath $(REPORT_HTML))
+	$(SCREENSHOT) --screenshot=$(REPORT_SHOT) file://$(abspath $(REPORT_HTML))
 
 train: setup ## python -m cifar.train with ARGS="..." (python -m cifar.train --help lists them)
 	$(PY) -m cifar.train $(ARGS)

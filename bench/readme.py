@@ -26,6 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.time_to_accuracy import ABLATIONS  # noqa: E402
 from reports.fidelity import RULE_SPEARMAN  # noqa: E402
+from reports.stats import mean_std  # noqa: E402
+
+REFERENCE = ROOT / "results" / "reference"  # the committed studies and reports: <kind>/<study>/
 
 
 def _bench(name: str) -> dict:
@@ -115,9 +118,19 @@ def onnx_accuracy() -> str:
 
 def _study_db(study: str, query: str) -> tuple:
     """The first row of ``query`` on a reference study's SQLite database, read-only."""
-    db = ROOT / "results" / "reference" / "studies" / study / "study.db"
+    db = REFERENCE / "studies" / study / "study.db"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         return con.execute(query).fetchone()
+
+
+def _summary(study: str) -> dict:
+    """A reference study's summary.json."""
+    return json.loads((REFERENCE / "studies" / study / "summary.json").read_text())
+
+
+def _comparison(study: str) -> dict:
+    """A reference report's comparison.json."""
+    return json.loads((REFERENCE / "reports" / study / "comparison.json").read_text())
 
 
 def _study_budget(study: str = "cifar-cpu-sized") -> dict:
@@ -168,9 +181,8 @@ def _estimate(budget: dict) -> str:
 
 def study_table(study: str, where: str) -> str:
     """A reference study in numbers (its summary.json, trials.csv and database)."""
-    folder = ROOT / "results" / "reference" / "studies" / study
-    summary = json.loads((folder / "summary.json").read_text())
-    with (folder / "trials.csv").open() as f:
+    summary = _summary(study)
+    with (REFERENCE / "studies" / study / "trials.csv").open() as f:
         trials = list(csv.DictReader(f))
     budget = summary["user_attrs"].get("budget") or {}
     most = budget.get("max_epochs") or budget.get("target_epochs") or summary["user_attrs"]["base_config"]["epochs"]
@@ -197,7 +209,7 @@ def study_table(study: str, where: str) -> str:
 
 def report_result(study: str) -> str:
     """Baseline against tuned on the test set, as a reference report measured it (its comparison.json)."""
-    d = json.loads((ROOT / "results" / "reference" / "reports" / study / "comparison.json").read_text())
+    d = _comparison(study)
     return (f"baseline **{100 * d['baseline_mean']:.2f}% ± {100 * d['baseline_std']:.2f}**, tuned "
             f"**{100 * d['tuned_mean']:.2f}% ± {100 * d['tuned_std']:.2f}** ({d['n_baseline']} seeds each, "
             f"{d['epochs']} epochs per run on {d['train_images']:,} images), difference "
@@ -206,10 +218,6 @@ def report_result(study: str) -> str:
 
 
 TARGET_STUDY = "cifar-cpu-target"  # the reference main job of the current design: study, then report
-
-
-def _comparison(study: str) -> dict:
-    return json.loads((ROOT / "results" / "reference" / "reports" / study / "comparison.json").read_text())
 
 
 def job_line(study: str = TARGET_STUDY) -> str:
@@ -222,21 +230,22 @@ def job_line(study: str = TARGET_STUDY) -> str:
             f"the report {minutes['report']:.0f} min")
 
 
-def _summary(study: str) -> dict:
-    return json.loads((ROOT / "results" / "reference" / "studies" / study / "summary.json").read_text())
-
-
 def _tta(study: str) -> dict[str, tuple[float, float]]:
     """Mean and std of test accuracy with TTA per arm, from the report's comparison.csv."""
-    with (ROOT / "results" / "reference" / "reports" / study / "comparison.csv").open() as f:
+    with (REFERENCE / "reports" / study / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
     out = {}
     for arm in ("baseline", "tuned"):
         v = [float(r["test_acc_tta"]) for r in rows if r["config"] == arm and r["test_acc_tta"] != ""]
         if v:
-            mean = sum(v) / len(v)
-            out[arm] = (mean, (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0)
+            out[arm] = mean_std(v)
     return out
+
+
+def _ci(d: dict) -> str:
+    """A report's paired-t 95% interval in points; "undefined" where the differences have no spread."""
+    low, high = d["ci_low"], d["ci_high"]
+    return "undefined" if low is None or low != low else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 def selection_line(study: str = TARGET_STUDY) -> str:
@@ -244,8 +253,8 @@ def selection_line(study: str = TARGET_STUDY) -> str:
     d = _comparison(study)
 
     def mean(v: list) -> str:
-        m = sum(v) / len(v)
-        return f"{100 * m:.2f}% ± {100 * (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5:.2f}"
+        m, sd = mean_std(v)
+        return f"{100 * m:.2f}% ± {100 * sd:.2f}"
 
     trial = {c["name"]: c["trial"] for c in d["candidates"]}
     others = ", ".join(f"trial {trial[n]} {mean(v)}" for n, v in d["validation"].items()
@@ -261,13 +270,11 @@ def paired_result(study: str = TARGET_STUDY) -> str:
     """The report's paired test comparison of the baseline and the best candidate (comparison.json, .csv)."""
     d = _comparison(study)
     tta = _tta(study)
-    ci = ("undefined" if d["ci_low"] is None or d["ci_low"] != d["ci_low"]
-          else f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
     text = (f"baseline **{100 * d['baseline_mean']:.2f}% ± {100 * d['baseline_std']:.2f}**, trial {d['best_trial']} "
             f"**{100 * d['tuned_mean']:.2f}% ± {100 * d['tuned_std']:.2f}** ({d['n']} seeds each, the same seeds, "
             f"{d['epochs']} epochs per run on {d['train_images']:,} images); difference **{100 * d['difference']:+.2f} "
             f"points** (per seed {', '.join(f'{100 * x:+.2f}' for x in d['differences'])}; better on {d['wins']} of "
-            f"{d['n']}), paired-t 95% CI {ci}, exact sign-flip p = {d['sign_flip_p']:.3g} (the smallest {d['n']} "
+            f"{d['n']}), paired-t 95% CI {_ci(d)}, exact sign-flip p = {d['sign_flip_p']:.3g} (the smallest {d['n']} "
             f"seeds allow: {d['smallest_sign_flip_p']:.3g}); "
             f"{'significant' if d['significant'] else 'not significant'}")
     if tta:
@@ -281,7 +288,7 @@ def paired_short(study: str = TARGET_STUDY) -> str:
     d = _comparison(study)
     return (f"test accuracy {100 * d['baseline_mean']:.2f}% for the baseline, {100 * d['tuned_mean']:.2f}% for "
             f"trial {d['best_trial']} ({d['n']} seeds each), {100 * d['difference']:+.2f} points, paired-t 95% CI "
-            f"[{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]")
+            f"{_ci(d)}")
 
 
 def study_rungs(study: str = TARGET_STUDY) -> str:
