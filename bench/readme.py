@@ -219,12 +219,24 @@ def report_result(study: str) -> str:
 
 TARGET_STUDY = "cifar-cpu-target"  # the reference main job of the current design: study, then report
 
+# The machine of reference jobs made before a study's sessions recorded it (``sessions[i]["machine"]``),
+# as `lscpu` named it in the session that ran each job.
+MACHINES = {"cifar-cpu-target": "2-core AMD EPYC", "cifar-cpu-main": "2-core Intel(R) Xeon(R) Processor"}
+
+
+def job_machine(study: str) -> str:
+    """The machine a reference job ran on: its sessions' record, or the note above for older jobs."""
+    named = {s["machine"] for s in _summary(study)["user_attrs"].get("sessions", []) if s.get("machine")}
+    if len(named) > 1:
+        return " and ".join(sorted(named))
+    return named.pop() if named else MACHINES[study]
+
 
 def job_line(study: str = TARGET_STUDY) -> str:
     """The README's figure for the main job: its minutes by step (every session on record) and the machine."""
     d = _comparison(study)
     minutes, budget = d["job_minutes"], d["study_budget"]
-    return (f"{sum(minutes.values()):.0f} min on our 2-core AMD EPYC (the study measured the fast recipe there at "
+    return (f"{sum(minutes.values()):.0f} min on our {job_machine(study)} (the study measured the fast recipe there at "
             f"{budget['throughput']['train']:.0f} training images/s): the study {minutes['study']:.0f} min "
             f"({_summary(study)['trials']} trials at a {d['epochs']}-epoch target), "
             f"the report {minutes['report']:.0f} min")

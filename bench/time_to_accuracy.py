@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import torch  # noqa: E402
 from bench.common import matmul_gflops, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
+from cifar.runtime import device_name  # noqa: E402
 from study.budget import measure_throughput  # noqa: E402
 
 FAST, SMALLCNN = ROOT / "configs" / "fast.json", ROOT / "configs" / "smallcnn.json"
@@ -109,10 +109,9 @@ def run_process(args: list[str]) -> float:
 
 def machine() -> dict:
     """This machine's speed right now: fp32 matmul, and the baseline model's training images/s."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     base = TrainConfig.from_json(SMALLCNN)
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "matmul_gflops": round(matmul_gflops(2048, 10), 1),
+    return {"cpu": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
+            "matmul_gflops": round(matmul_gflops(2048, 10), 1),
             "baseline_images_per_s": round(measure_throughput(base, seconds=4.0).train, 1)}
 
 

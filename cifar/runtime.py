@@ -78,6 +78,27 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else None
 
 
+def device_name(device: torch.device) -> str:
+    """The model of the chip behind ``device``: the GPU's name, or the CPU's as /proc/cpuinfo gives it
+    (``platform.processor()``, its fallback, is often empty on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def describe_machine() -> str:
+    """The machine in words, for records read by people: "2-core Intel(R) Xeon(R) Processor", plus
+    the GPUs where there are any ("..., 1 x NVIDIA H200")."""
+    text = f"{os.cpu_count()}-core {device_name(torch.device('cpu'))}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return text
+
+
 def describe_runtime(device: torch.device) -> dict[str, Any]:
     """What a run's results depend on besides its config: code version, libraries, machine."""
     try:
@@ -88,7 +109,7 @@ def describe_runtime(device: torch.device) -> dict[str, Any]:
     return {
         "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
     }
 

@@ -24,6 +24,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
+from cifar.runtime import describe_machine
 from study.search_space import suggest_config
 
 
@@ -55,11 +56,13 @@ def compute_spent(trials: pd.DataFrame) -> dict[str, float]:
 
 
 def record_session(study: optuna.Study, step: str, started: float) -> None:
-    """Append this command's wall time to the study's ``sessions`` user attribute, so the main job's
-    total time (every study and report session, resumed or not) is on record."""
+    """Append this command's wall time and the machine it ran on to the study's ``sessions`` user
+    attribute, so the main job's total time (every study and report session, resumed or not) is on
+    record with the machine that took it."""
     sessions = list(study.user_attrs.get("sessions", []))
     sessions.append({"step": step, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                     "minutes": round((time.time() - started) / 60, 2), "host": platform.node()})
+                     "minutes": round((time.time() - started) / 60, 2), "host": platform.node(),
+                     "machine": describe_machine()})
     study.set_user_attr("sessions", sessions)
 
 

@@ -176,6 +176,7 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert len(study.trials) == 10
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
     assert [s["step"] for s in study.user_attrs["sessions"]] == ["study", "study"]  # both runs' wall time
+    assert all(f"{os.cpu_count()}-core " in s["machine"] for s in study.user_attrs["sessions"])  # and machine
 
 
 def test_show_marks_the_best_trial_and_lists_studies(study_env, capsys):

@@ -92,6 +92,7 @@ def test_run_directory_contents(tiny_data, tmp_path):
     assert logged == pytest.approx([float(r["val_acc"]) for r in read_rows(run / "metrics.csv")])
     meta = json.loads((run / "config.json").read_text())
     assert meta["config"]["lr"] == 0.05 and meta["provenance"]["torch"] == torch.__version__
+    assert meta["provenance"]["device_name"]  # the CPU's model is named, not left empty
     assert json.loads((run / "results.json").read_text())["best_val_acc"] == result.best_val_acc
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:6] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
