@@ -15,6 +15,7 @@ Usage:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import random
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -76,6 +78,26 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
                          "this CPU emulates it, which is slower than fp32: use --amp off")
     # auto on CPU stays fp32: bench/amp.py measures whether bf16 pays on a given CPU.
     return torch.bfloat16 if mode == "bf16" else None
+
+
+def keep_freed_memory() -> str:
+    """Have glibc's malloc keep what a training step frees, for the next step to reuse.
+
+    A CPU training step allocates its activations (hundreds of MB at batch 512) and frees them.
+    glibc serves blocks over 32 MB with a fresh ``mmap`` and unmaps them when freed, so every step
+    maps its activations anew and the kernel faults in and zeroes each page again. Disabling
+    ``mmap`` for allocations and the heap's trimming keeps the freed blocks in the heap, where the
+    next step reuses them (``bench/allocator.py`` measures it). The cost: the heap keeps its high
+    water mark. Process-wide and idempotent; ``CIFAR_MALLOC=system`` leaves malloc as it is.
+    What was done, in words, for a run's provenance."""
+    if os.environ.get("CIFAR_MALLOC", "keep") == "system":
+        return "system (CIFAR_MALLOC=system)"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        kept = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):  # not glibc: its own allocator's defaults stay
+        return "system (not glibc)"
+    return "glibc, freed memory kept" if kept else "system (mallopt refused)"
 
 
 def device_name(device: torch.device) -> str:

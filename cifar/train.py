@@ -50,6 +50,7 @@ from cifar.runtime import (
     autocast_factory,
     describe_runtime,
     init_distributed,
+    keep_freed_memory,
     launched_by_torchrun,
     leave_distributed,
     resolve_amp,
@@ -77,12 +78,14 @@ class Parts:
     params: int
     flops: int                     # forward FLOPs per image
     lookahead: Lookahead | None
+    malloc: str                    # what keep_freed_memory did (provenance)
 
 
 def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     """Seed, then build in a fixed order (the order fixes what the seed gives each part)."""
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
+    malloc = keep_freed_memory() if device.type == "cpu" else "system (not a CPU run)"
     seed_everything(cfg.seed, cfg.deterministic)
     net = SmallCNN(cfg.model)
     params, flops = model_cost(cfg.model)
@@ -108,7 +111,7 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     lookahead = Lookahead(cfg, net, cfg.epochs * len(train_batches)) if cfg.lookahead else None
     return Parts(net, model, train_batches, val_batches, optimizer, scheduler, scaler,
-                 autocast_factory(device, amp_dtype), device, amp_dtype, rank, params, flops, lookahead)
+                 autocast_factory(device, amp_dtype), device, amp_dtype, rank, params, flops, lookahead, malloc)
 
 
 def restore(parts: Parts, cfg: TrainConfig, run: RunDir) -> list[dict[str, float]]:
@@ -148,7 +151,7 @@ def provenance(data: CifarData, parts: Parts) -> dict[str, Any]:
         "data_source": data.source,
         "data_sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "data_mean": data.mean, "data_std": data.std, "params": parts.params, "flops": parts.flops,
-        "processes": parts.rank.world,
+        "processes": parts.rank.world, "malloc": parts.malloc,
     }
 
 

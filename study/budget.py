@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from cifar.config import TrainConfig
 from cifar.model import SmallCNN
 from cifar.optim import build_optimizer
-from cifar.runtime import resolve_device
+from cifar.runtime import keep_freed_memory, resolve_device
 from study.storage import REDUCTION_FACTOR, first_rung
 
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -52,6 +52,8 @@ class StudySize:
 def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
     """Images/s of the base config's training and evaluation steps on synthetic 32x32 images."""
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the runs it sizes do
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = SmallCNN(cfg.model).to(device, memory_format=fmt)
     optimizer = build_optimizer(cfg, model)
