@@ -121,15 +121,28 @@ def describe_machine() -> str:
     return text
 
 
+def _code_version() -> tuple[str | None, bool | None]:
+    """The commit checked out, and whether the project's code differs from it."""
+    here = Path(__file__).parent
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=5).stdout.strip()
+        commit = git("rev-parse", "HEAD") or None
+        return commit, bool(git("status", "--porcelain", "--", "cifar", "study", "reports")) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+# Read once, when this process imports the code: a long process (a study) keeps running the code it
+# loaded even when the checkout moves on, so its runs name that code, not the checkout's later HEAD.
+LOADED_COMMIT, LOADED_DIRTY = _code_version()
+
+
 def describe_runtime(device: torch.device) -> dict[str, Any]:
     """What a run's results depend on besides its config: code version, libraries, machine."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
-        "git_commit": commit, "python": platform.python_version(), "torch": torch.__version__,
+        "git_commit": LOADED_COMMIT, "code_changed_since_commit": LOADED_DIRTY,
+        "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),

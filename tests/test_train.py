@@ -93,6 +93,9 @@ def test_run_directory_contents(tiny_data, tmp_path):
     meta = json.loads((run / "config.json").read_text())
     assert meta["config"]["lr"] == 0.05 and meta["provenance"]["torch"] == torch.__version__
     assert meta["provenance"]["device_name"]  # the CPU's model is named, not left empty
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert meta["provenance"]["git_commit"] == (head or None)  # the code this process loaded
+    assert meta["provenance"]["code_changed_since_commit"] in ((True, False) if head else (None,))
     assert json.loads((run / "results.json").read_text())["best_val_acc"] == result.best_val_acc
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:6] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
