@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(runs[-1]), flush=True)
             matmul.append(round(matmul_gflops(2048, 10), 1))
     best_matmul = max(matmul)
+    by_arm = {arm: [x for x in runs if x["arm"] == arm] for arm in ARMS}  # each in round order
     arms = {}
-    for arm in ARMS:
-        mine = [x for x in runs if x["arm"] == arm]
+    for arm, mine in by_arm.items():
         ips = [x["images_per_s"] for x in mine]
         gflops = statistics.fmean(x["train_gflops_per_s"] for x in mine)
         arms[arm] = {"images_per_s": ips, "images_per_s_mean": round(statistics.fmean(ips), 1),
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                      "sys_share_mean": round(statistics.fmean(x["sys_share"] for x in mine), 3),
                      "minor_faults_mean": round(statistics.fmean(x["minor_faults"] for x in mine)),
                      "peak_rss_mb_max": max(x["peak_rss_mb"] for x in mine)}
-    pairs = [k["images_per_s"] / s["images_per_s"] for s, k in
-             zip([x for x in runs if x["arm"] == "system"], [x for x in runs if x["arm"] == "kept"], strict=True)]
+    pairs = [k["images_per_s"] / s["images_per_s"] for s, k in zip(by_arm["system"], by_arm["kept"], strict=True)]
     result = {"command": "python bench/allocator.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"cpu": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
                           "matmul_gflops": matmul, "matmul_gflops_best": best_matmul},

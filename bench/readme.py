@@ -227,9 +227,7 @@ MACHINES = {"cifar-cpu-target": "2-core AMD EPYC", "cifar-cpu-main": "2-core Int
 def job_machine(study: str) -> str:
     """The machine a reference job ran on: its sessions' record, or the note above for older jobs."""
     named = {s["machine"] for s in _summary(study)["user_attrs"].get("sessions", []) if s.get("machine")}
-    if len(named) > 1:
-        return " and ".join(sorted(named))
-    return named.pop() if named else MACHINES[study]
+    return " and ".join(sorted(named)) if named else MACHINES[study]
 
 
 def job_line(study: str = TARGET_STUDY) -> str:

@@ -80,7 +80,7 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else None
 
 
-def keep_freed_memory() -> str:
+def keep_freed_memory(device: torch.device) -> str:
     """Have glibc's malloc keep what a training step frees, for the next step to reuse.
 
     A CPU training step allocates its activations (hundreds of MB at batch 512) and frees them.
@@ -88,8 +88,10 @@ def keep_freed_memory() -> str:
     maps its activations anew and the kernel faults in and zeroes each page again. Disabling
     ``mmap`` for allocations and the heap's trimming keeps the freed blocks in the heap, where the
     next step reuses them (``bench/allocator.py`` measures it). The cost: the heap keeps its high
-    water mark. Process-wide and idempotent; ``CIFAR_MALLOC=system`` leaves malloc as it is.
-    What was done, in words, for a run's provenance."""
+    water mark. Process-wide and idempotent; only for CPU runs (``device``), and
+    ``CIFAR_MALLOC=system`` leaves malloc as it is. What was done, in words, for a run's provenance."""
+    if device.type != "cpu":
+        return "system (not a CPU run)"
     if os.environ.get("CIFAR_MALLOC", "keep") == "system":
         return "system (CIFAR_MALLOC=system)"
     try:

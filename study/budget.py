@@ -52,8 +52,7 @@ class StudySize:
 def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
     """Images/s of the base config's training and evaluation steps on synthetic 32x32 images."""
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # as the runs it sizes do
+    keep_freed_memory(device)  # as the runs it sizes do
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = SmallCNN(cfg.model).to(device, memory_format=fmt)
     optimizer = build_optimizer(cfg, model)
