@@ -104,10 +104,10 @@ def test_run_directory_contents(tiny_data, tmp_path):
 FAULTS_OF_REUSE = """
 import resource, sys, torch
 from cifar.runtime import keep_freed_memory
-print(keep_freed_memory())
+print(keep_freed_memory(torch.device("cpu")))
 torch.ones(64 * 2**20 // 4).sum()  # a first block of 64 MB: its pages are faulted in either way
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):  # freed and allocated again, as a training step's activations are
+for _ in range(40):  # freed and allocated again, as a training step's activations are
     torch.ones(64 * 2**20 // 4).sum()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -116,14 +116,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux's")
 def test_kept_freed_memory_is_reused_without_page_faults():
     """glibc as it is maps a freed 64 MB block afresh each time (16,384 page faults of 4 KB);
-    keep_freed_memory reuses the heap's, so 20 reallocations fault a small fraction of that."""
+    keep_freed_memory reuses the heap's, so 40 reallocations fault a small fraction of that. (Kept,
+    the heap still grows now and then: 32K-115K faults in all, measured over 20 reallocations and
+    over 40 alike, so 40 keep that apart from glibc's 16,384 per reallocation.)"""
     faults = {}
     for mode in ("system", "keep"):
         out = subprocess.run([sys.executable, "-c", FAULTS_OF_REUSE], capture_output=True, text=True, check=True,
                              env={**os.environ, "CIFAR_MALLOC": mode}).stdout.split()
         faults[mode] = int(out[-1])
         assert out[0].startswith("system" if mode == "system" else "glibc")
-    assert faults["system"] > 20 * 16_384 * 0.9  # every reallocation faulted its pages in again
+    assert faults["system"] > 40 * 16_384 * 0.9  # every reallocation faulted its pages in again
     assert faults["keep"] < faults["system"] / 4
 
 
