@@ -132,12 +132,18 @@ def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
     optimize(load_study(job, index), make_objective(job, raw=raw), job)
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
 def optimize(study: optuna.Study, objective, job: Job) -> None:
     callbacks: list = [Progress(job.n_trials, job.workers, job.base["epochs"], job.pruner)]
     if job.n_trials:
+        # MaxTrialsCallback looks only after a trial: a study resumed with its count reached
+        # would otherwise run one more trial.
+        if len(study.get_trials(deepcopy=False, states=FINISHED)) >= job.n_trials:
+            return
         # Counted over every worker: the study stops at n_trials finished trials in total.
-        callbacks.append(optuna.study.MaxTrialsCallback(
-            job.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+        callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=FINISHED))
     # Progress prints every trial, failures with their reason; Optuna's own log would add
     # a traceback for a Ctrl-C.
     optuna.logging.set_verbosity(optuna.logging.ERROR)

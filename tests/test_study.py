@@ -178,6 +178,11 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert [s["step"] for s in study.user_attrs["sessions"]] == ["study", "study"]  # both runs' wall time
     assert all(f"{os.cpu_count()}-core " in s["machine"] for s in study.user_attrs["sessions"])  # and machine
 
+    # Run again with its count reached, the study trains nothing more (the report step of
+    # `make study` runs it first, every time).
+    assert main(args + ["--n-trials", "10"]) == 0
+    assert len(load(study_env).trials) == 10
+
 
 def test_show_marks_the_best_trial_and_lists_studies(study_env, capsys):
     assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "4"]) == 0
