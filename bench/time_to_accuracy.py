@@ -21,7 +21,8 @@ Training compute = 3 x forward FLOPs x images trained. The test set is read only
 to report these figures; no choice in the recipe is made from them here.
 
 Usage:
-    CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/time_to_accuracy.py [--only recipe,baseline] [--list]
+    CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/time_to_accuracy.py \
+        [--only recipe,fast-wide-10ep] [--seeds 0] [--list]
 Writes results/bench/time_to_accuracy.json after every run.
 """
 
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 from bench.common import matmul_gflops, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
-from cifar.runtime import device_name  # noqa: E402
+from cifar.runtime import device_name, resolve_device  # noqa: E402
 from study.budget import measure_throughput  # noqa: E402
 
 FAST, SMALLCNN = ROOT / "configs" / "fast.json", ROOT / "configs" / "smallcnn.json"
@@ -108,11 +109,14 @@ def run_process(args: list[str]) -> float:
 
 
 def machine() -> dict:
-    """This machine's speed right now: fp32 matmul, and the baseline model's training images/s."""
+    """This machine's speed right now: the CPU's fp32 matmul, and the baseline model's training
+    images/s on the device the runs train on (the GPU, where there is one)."""
     base = TrainConfig.from_json(SMALLCNN)
-    return {"cpu": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
-            "matmul_gflops": round(matmul_gflops(2048, 10), 1),
-            "baseline_images_per_s": round(measure_throughput(base, seconds=4.0).train, 1)}
+    measured = {"cpu": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
+                "matmul_gflops": round(matmul_gflops(2048, 10), 1),
+                "baseline_images_per_s": round(measure_throughput(base, seconds=4.0).train, 1)}
+    device = resolve_device(base.device)
+    return {**measured, "gpu": device_name(device)} if device.type == "cuda" else measured
 
 
 def execute(run: Run, root: Path, known: dict[str, dict]) -> dict:
@@ -200,17 +204,23 @@ def targets(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=None, help="comma-separated groups: recipe, wide, baseline, ablation")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated groups (recipe, wide, baseline, ablation) or run names (fast-10ep)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds to run (default: the plan's)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "tta"))
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "time_to_accuracy.json"))
     parser.add_argument("--list", action="store_true", help="print the plan and what is cached, train nothing")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key of every run (e.g. amp=off on a GPU; use another --out)")
     args = parser.parse_args(argv)
-    groups = set(args.only.split(",")) if args.only else None
+    picked = set(args.only.split(",")) if args.only else None
+    seeds = {int(s) for s in args.seeds.split(",")} if args.seeds else None
     root = Path(args.runs_dir)
     common = dict(kv.split("=", 1) for kv in args.set)
-    runs = [r for r in plan(common) if groups is None or r.group in groups]
+    runs = [r for r in plan(common) if (picked is None or picked & {r.group, r.name})
+            and (seeds is None or r.seed in seeds)]
+    if not runs:
+        parser.error(f"--only {args.only} --seeds {args.seeds} picks no run of the plan (see --list)")
     out = Path(args.out)
     # Runs finished in earlier sessions live in the committed results file (runs/ is not kept).
     known = {r.get("key") or Path(r["run_dir"]).name: r for r in json.loads(out.read_text())["runs"]} \
