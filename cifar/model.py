@@ -118,7 +118,8 @@ class PatchWhitening(nn.Conv2d):
     def fit(self, images: torch.Tensor, chunk: int = 500) -> None:
         """``images``: normalised float (N, 3, H, W) train images (read ``chunk`` at a time: little memory)."""
         k, d = WHITEN_KERNEL, 3 * WHITEN_KERNEL**2
-        n, total, outer = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+        sums = {"dtype": torch.float64, "device": images.device}  # on the images' device (a GPU's too)
+        n, total, outer = 0, torch.zeros(d, **sums), torch.zeros(d, d, **sums)
         for part in images.split(chunk):
             patches = part.float().unfold(2, k, 1).unfold(3, k, 1)                   # N, 3, H', W', k, k
             flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, d).double()  # one row per patch
