@@ -162,8 +162,10 @@ def _study_budget(study: str = "cifar-cpu-sized") -> dict:
 
 
 def sized_study_minutes(study: str = "cifar-cpu-sized") -> str:
-    """First trial start to last trial end of a reference study (its SQLite database)."""
-    start, end = _study_db(study, "SELECT min(datetime_start), max(datetime_complete) FROM trials")
+    """First trial start to last trial end of a reference study (its SQLite database), over its
+    complete and pruned trials (a failed one may have been closed by hand, long after)."""
+    start, end = _study_db(study, "SELECT min(datetime_start), max(datetime_complete) FROM trials "
+                                  "WHERE state IN ('COMPLETE', 'PRUNED')")
     fmt = "%Y-%m-%d %H:%M:%S.%f"
     minutes = (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds() / 60
     return f"{minutes:.1f} min"
@@ -209,7 +211,9 @@ def study_table(study: str, where: str) -> str:
     budget = summary["user_attrs"].get("budget") or {}
     most = budget.get("max_epochs") or budget.get("target_epochs") or summary["user_attrs"]["base_config"]["epochs"]
     pruned_at = [int(t["epochs_run"]) for t in trials if t["state"] == "PRUNED"]
-    epochs = sum(int(t["epochs_run"]) for t in trials)
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    epochs = sum(int(t["epochs_run"]) for t in finished)
+    failed = [t["number"] for t in trials if t["state"] == "FAIL"]
     base, best = trials[0], next(t for t in trials if int(t["number"]) == summary["best_trial"])
 
     def params(t: dict) -> str:  # the study's own parameters, in its order (the lr is a multiplier in newer ones)
@@ -219,11 +223,13 @@ def study_table(study: str, where: str) -> str:
     return "\n".join([
         "| | |", "|---|---|",
         f"| wall time | **{sized_study_minutes(study)}** (first trial start to last end in its database) for "
-        f"{summary['trials']} trials" + (_estimate(budget) if "estimate_minutes" in budget else "") + f", {where} |",
+        f"{len(finished)} complete or pruned trials" + (_estimate(budget) if "estimate_minutes" in budget else "")
+        + f", {where} |",
         f"| trials | {summary['trials']}: {summary['complete']} complete, **{summary['pruned']} pruned** "
-        f"({by_epoch}), {summary['fail']} failed |",
-        f"| compute | {epochs} trial-epochs: {epochs / len(trials):.2f} per trial against {most} "
-        f"without pruning (ratio {epochs / len(trials) / most:.2f}) |",
+        f"({by_epoch}), {summary['fail']} failed" + (f" (trial {', '.join(failed)}, see below)" if failed else "")
+        + " |",
+        f"| compute | {epochs} trial-epochs: {epochs / len(finished):.2f} per complete or pruned trial against "
+        f"{most} without pruning (ratio {epochs / len(finished) / most:.2f}) |",
         f"| baseline (trial 0) | val_acc {float(base.get('val_acc') or base['value']):.4f} ({params(base)}) |",
         f"| best (trial {summary['best_trial']}) | **val_acc {summary['best_value']:.4f}**: {params(best)} |",
     ])
