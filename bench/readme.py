@@ -83,6 +83,19 @@ def gpu_time_to_accuracy() -> str:
     return "\n".join(rows)
 
 
+def baseline_decision() -> str:
+    """The fast recipe at 10 epochs against the SmallCNN at 14 (time_to_accuracy.json, its -cuda-off twin)."""
+    cpu = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}
+    gpu = {r["name"]: r for r in _bench("time_to_accuracy-cuda-off")["summary"]}
+    fast, fast_gpu, small = cpu["fast-10ep"], gpu["fast-10ep"], gpu["smallcnn-14ep"]
+    return (f"the fast recipe at 10 epochs reaches {_pct(fast['test_acc'])} ({_pct(fast['test_acc_tta'])} with TTA) "
+            f"on the 2-core CPU and {_pct(fast_gpu['test_acc'])} ({_pct(fast_gpu['test_acc_tta'])}) on the H200, "
+            f"with {fast['train_pflop']:.3f} PFLOP of training; the SmallCNN at its 14 epochs reaches "
+            f"{_pct(small['test_acc'])} ({_pct(small['test_acc_tta'])}) on the H200, with "
+            f"{small['train_pflop']:.3f} PFLOP ({100 * fast['train_pflop'] / small['train_pflop']:.0f}% of it for "
+            "the fast recipe)")
+
+
 def ablation_table() -> str:
     """Each technique's measured effect: the recipe at 6 epochs (2 seeds) minus the run without it (1 seed)."""
     rows = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}
@@ -487,7 +500,8 @@ def fidelity_line() -> str:
 
 
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
-          "gpu_time_to_accuracy": lambda: f"\n{gpu_time_to_accuracy()}\n", "baseline_throughput": baseline_throughput,
+          "gpu_time_to_accuracy": lambda: f"\n{gpu_time_to_accuracy()}\n", "baseline_decision": baseline_decision,
+          "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "fidelity_line": fidelity_line,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
