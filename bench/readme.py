@@ -258,7 +258,8 @@ def report_result(study: str) -> str:
             f"(Welch), p = {d['p_value']:.2g}")
 
 
-TARGET_STUDY = "cifar-cpu-target"  # the reference main job of the current design: study, then report
+TARGET_STUDY = "cifar-cpu-main"  # the reference main job of the final design: study, then report
+FIRST_STUDY = "cifar-cpu-target"  # the first main job of the target-budget design, before the sizing fixes
 
 # The machine of reference jobs made before a study's sessions recorded it (``sessions[i]["machine"]``),
 # as `lscpu` named it in the session that ran each job.
@@ -266,18 +267,29 @@ MACHINES = {"cifar-cpu-target": "2-core AMD EPYC", "cifar-cpu-main": "2-core Int
 
 
 def job_machine(study: str) -> str:
-    """The machine a reference job ran on: its sessions' record, or the note above for older jobs."""
-    named = {s["machine"] for s in _summary(study)["user_attrs"].get("sessions", []) if s.get("machine")}
-    return " and ".join(sorted(named)) if named else MACHINES[study]
+    """The machines a reference job ran on: its sessions' record (the study's database: summary.json is
+    written before the report's session is), plus the note above for sessions that predate the record."""
+    row = _study_db(study, "SELECT value_json FROM study_user_attributes WHERE key = 'sessions'")
+    sessions = json.loads(row[0]) if row else []
+    named = {s["machine"] for s in sessions if s.get("machine")}
+    if not named or any(not s.get("machine") for s in sessions):
+        named.add(MACHINES[study])
+    return named.pop() if len(named) == 1 else f"{len(named)} machines, " + " and ".join(sorted(named))
+
+
+def _finished(study: str) -> int:
+    """A reference study's complete and pruned trials (not a failed one, which the job may not have run)."""
+    summary = _summary(study)
+    return summary["complete"] + summary["pruned"]
 
 
 def job_line(study: str = TARGET_STUDY) -> str:
     """The README's figure for the main job: its minutes by step (every session on record) and the machine."""
     d = _comparison(study)
     minutes, budget = d["job_minutes"], d["study_budget"]
-    return (f"{sum(minutes.values()):.0f} min on our {job_machine(study)} (the study measured the fast recipe there at "
-            f"{budget['throughput']['train']:.0f} training images/s): the study {minutes['study']:.0f} min "
-            f"({_summary(study)['trials']} trials at a {d['epochs']}-epoch target), "
+    return (f"{sum(minutes.values()):.0f} min on our {job_machine(study)} (the study, when created, measured the fast "
+            f"recipe at {budget['throughput']['train']:.0f} training images/s): the study {minutes['study']:.0f} min "
+            f"({_finished(study)} trials at a {d['epochs']}-epoch target), "
             f"the report {minutes['report']:.0f} min")
 
 
@@ -518,7 +530,10 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "full_trial_minutes": full_trial_minutes, "study_bench_trials": study_bench_trials,
           "target_study_table": lambda: f"\n{study_table(TARGET_STUDY, 'this CPU')}\n",
           "target_job": job_line, "target_selection": selection_line, "target_report": paired_result,
-          "target_rungs": study_rungs, "target_report_short": paired_short}
+          "target_rungs": study_rungs, "target_report_short": paired_short,
+          "first_study_table": lambda: f"\n{study_table(FIRST_STUDY, 'this CPU')}\n",
+          "first_job": lambda: job_line(FIRST_STUDY), "first_selection": lambda: selection_line(FIRST_STUDY),
+          "first_report": lambda: paired_result(FIRST_STUDY), "first_rungs": lambda: study_rungs(FIRST_STUDY)}
 
 
 def render(text: str) -> str:
