@@ -96,6 +96,24 @@ def baseline_decision() -> str:
             "the fast recipe)")
 
 
+def allocator_line() -> str:
+    """glibc's malloc as it is against freed memory kept, interleaved rounds (results/bench/allocator.json)."""
+    d = _bench("allocator")
+    system, kept = d["arms"]["system"], d["arms"]["kept"]
+    rounds = d["ratio_kept_to_system_per_round"]
+    return (f"on a {d['machine']['threads']}-thread {d['machine']['cpu']}, {len(rounds)} interleaved rounds of "
+            f"{d['epochs']} epochs of `{d['config']}` on {100 * d['train_fraction']:.0f}% of the split at batch "
+            f"{d['batch_size']}: {system['images_per_s_mean']:.0f} training images/s with malloc as it is, "
+            f"{kept['images_per_s_mean']:.0f} with freed memory kept ({d['ratio_kept_to_system']:.2f}x; per round "
+            f"{min(rounds):.2f}x to {max(rounds):.2f}x); the kernel's share of CPU time "
+            f"{100 * system['sys_share_mean']:.1f}% against {100 * kept['sys_share_mean']:.1f}%, "
+            f"{system['minor_faults_mean'] / kept['minor_faults_mean']:.0f} times fewer page faults, peak memory "
+            f"{kept['peak_rss_mb_max']:.0f} MB against {system['peak_rss_mb_max']:.0f}; "
+            f"training at {kept['train_gflops_per_s']:.0f} GFLOP/s, "
+            f"{100 * kept['share_of_matmul']:.0f}% of the fp32 matmul measured in the same run "
+            f"({d['machine']['matmul_gflops_best']:.0f} GFLOP/s)")
+
+
 def ablation_table() -> str:
     """Each technique's measured effect: the recipe at 6 epochs (2 seeds) minus the run without it (1 seed)."""
     rows = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}
@@ -513,6 +531,7 @@ def fidelity_line() -> str:
 
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_time_to_accuracy": lambda: f"\n{gpu_time_to_accuracy()}\n", "baseline_decision": baseline_decision,
+          "allocator_line": allocator_line,
           "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "fidelity_line": fidelity_line,
