@@ -69,7 +69,10 @@ tta $p2 off fast-wide-10ep 0,1
 # --timeout stops the study starting trials; those running then finish (a trial takes under a minute)
 study_seconds=$(((p3 - (SECONDS - start)) * 65 / 100))
 if ((study_seconds > 30)); then
-    run $p3 $py -m study run --storage "sqlite:///$work/study.db" --study-name cifar-gpu --preset gpu \
+    # a fresh study each run: a machine kept between runs keeps $work, and a study's failed trials
+    # count towards its total, so an earlier run's failures would leave this one nothing to run
+    run $p3 $py -m study run --storage "sqlite:///$work/study.db" --study-name "cifar-gpu-$(date -u +%H%M%S)" \
+        --preset gpu \
         --timeout "$study_seconds" --runs-dir "$work/runs/studies" --out "$work/studies"
 fi
 for amp in off bf16 fp16; do tta $budget $amp fast-10ep 1; done

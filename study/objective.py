@@ -65,7 +65,12 @@ class Objective:
         self.artifact_store, self.space, self.verbose = artifact_store, space, verbose
 
     def __call__(self, trial: optuna.Trial) -> float:
-        return self.run(trial, trial)
+        try:
+            return self.run(trial, trial)
+        except Exception as e:
+            if not isinstance(e, optuna.TrialPruned):  # Optuna keeps no reason for a failed trial: we do
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}".splitlines()[0][:300])
+            raise
 
     def run(self, trial: optuna.trial.BaseTrial, uploads_to: optuna.Trial | None) -> float:
         """One trial. ``trial`` may be a TorchDistributedTrial that every rank of a torchrun job

@@ -43,7 +43,7 @@ from study.storage import (
     make_storage,
 )
 from study.trials import record_session, summarise
-from study.workers import Job, distributed_worker, run_workers, short
+from study.workers import FailingInARow, Job, distributed_worker, run_workers, short
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,12 +177,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(e)
     started = time.time()
     announce(prepared)
-    interrupted = False
+    interrupted, failing = False, None
     try:
         run_workers(prepared.job, prepared.raw)
     except KeyboardInterrupt:
         interrupted = True
-    return finish(prepared, started, interrupted)
+    except FailingInARow as e:
+        failing = e
+    code = finish(prepared, started, interrupted)
+    if failing:
+        print(f"error: {failing}", file=sys.stderr)
+        return 1
+    return code
 
 
 def main_distributed(argv: Sequence[str]) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class Progress:
         done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         eta = self.eta_minutes(done)
         if trial.state == TrialState.FAIL:
-            value = f"({trial.system_attrs.get('fail_reason', 'failed').splitlines()[0][:120]})"
+            value = f"({fail_reason(trial)[:120]})"
         elif trial.value is not None:
             value = f"val_acc {trial.value:.4f}"
         elif trial.intermediate_values:
@@ -75,6 +76,33 @@ class Progress:
         epochs = f" {trial.user_attrs['epochs_run']}/{self.max_epochs} ep" if "epochs_run" in trial.user_attrs else ""
         print(f"trial {trial.number:3d} {trial.state.name:8s} {value}  [{params}]{epochs}  {elapsed:.0f} s  "
               f"| {best}  {len(done)}{total} done{'' if eta is None else f'  ETA {eta:.0f} min'}", flush=True)
+
+
+def fail_reason(trial: optuna.trial.FrozenTrial) -> str:
+    """Why a trial failed: the objective's record, or Optuna's (a stale heartbeat), or "failed"."""
+    reason = trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason") or "failed"
+    return reason.splitlines()[0]
+
+
+class FailingInARow(RuntimeError):
+    """Trials keep failing: stopping beats spending the whole study's count on one broken cause."""
+
+
+class StopOnFailures:
+    """Study callback: stop this worker after ``limit`` of its trials in a row failed."""
+
+    def __init__(self, limit: int = 3):
+        self.limit, self.in_a_row, self.last = limit, 0, ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        self.last = fail_reason(trial) if trial.state == TrialState.FAIL else self.last
+        if self.in_a_row >= self.limit:
+            study.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self.in_a_row >= self.limit
 
 
 def short(v: Any) -> str:
@@ -136,7 +164,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def optimize(study: optuna.Study, objective, job: Job) -> None:
-    callbacks: list = [Progress(job.n_trials, job.workers, job.base["epochs"], job.pruner)]
+    failures = StopOnFailures()
+    callbacks: list = [Progress(job.n_trials, job.workers, job.base["epochs"], job.pruner), failures]
     if job.n_trials:
         # MaxTrialsCallback looks only after a trial: a study resumed with its count reached
         # would otherwise run one more trial.
@@ -149,6 +178,10 @@ def optimize(study: optuna.Study, objective, job: Job) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study.optimize(objective, timeout=job.timeout, callbacks=callbacks, catch=(RuntimeError,),
                    gc_after_trial=True)
+    if failures.stopped:
+        raise FailingInARow(f"{failures.limit} trials in a row failed, the last with {failures.last}; "
+                            "fix the cause and run the same command again (failed trials count towards "
+                            "--n-trials)")
 
 
 def distributed_worker(job: Job, rank: Dist) -> None:
@@ -190,11 +223,17 @@ def distributed_worker(job: Job, rank: Dist) -> None:
         another_trial(False)
 
 
+WORKER_FAILING = 3  # a spawned worker's exit status when its trials kept failing
+
+
 def _worker_entry(job: Job, index: int) -> None:
     try:
         worker(job, index)
     except KeyboardInterrupt:
         pass
+    except FailingInARow as e:
+        print(f"worker {index}: {e}", file=sys.stderr, flush=True)
+        sys.exit(WORKER_FAILING)
 
 
 def run_workers(job: Job, raw: RawCifar | None = None) -> None:
@@ -216,3 +255,8 @@ def run_workers(job: Job, raw: RawCifar | None = None) -> None:
         for p in procs:
             p.join(timeout=30)
         raise
+    failing = sum(p.exitcode == WORKER_FAILING for p in procs)
+    if failing:
+        raise FailingInARow(f"in {failing} of {len(procs)} workers, trials kept failing (the reasons above); "
+                            "fix the cause and run the same command again (failed trials count towards "
+                            "--n-trials)")

@@ -184,6 +184,24 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert len(load(study_env).trials) == 10
 
 
+def test_trials_failing_in_a_row_stop_the_study_with_their_reason(study_env, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Expected all tensors to be on the same device\nsecond line")
+
+    monkeypatch.setattr("study.objective.train", broken)
+    code = main(study_env["args"] + ["--study-name", "s", "--n-trials", "20", "--sampler", "random"])
+    out, err = capsys.readouterr()
+    study = load(study_env)
+    # Three in a row, not the whole count of 20; each trial keeps why it failed, in one line.
+    assert code == 1 and len(study.trials) == 3
+    assert all(t.state == TrialState.FAIL for t in study.trials)
+    assert {t.user_attrs["fail_reason"] for t in study.trials} == {
+        "RuntimeError: Expected all tensors to be on the same device"}
+    assert out.count("(RuntimeError: Expected all tensors to be on the same device)") == 3
+    assert err.startswith("error: 3 trials in a row failed, the last with RuntimeError: Expected all tensors")
+    assert "run the same command again" in err and "Traceback" not in err + out
+
+
 def test_show_marks_the_best_trial_and_lists_studies(study_env, capsys):
     assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "4"]) == 0
     csv_path = study_env["tmp"] / "t.csv"
