@@ -232,7 +232,7 @@ def _worker_entry(job: Job, index: int) -> None:
     except KeyboardInterrupt:
         pass
     except FailingInARow as e:
-        print(f"worker {index}: {e}", file=sys.stderr, flush=True)
+        print(f"worker {index}: {str(e).split(';')[0]}", file=sys.stderr, flush=True)
         sys.exit(WORKER_FAILING)
 
 

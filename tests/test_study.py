@@ -202,6 +202,21 @@ def test_trials_failing_in_a_row_stop_the_study_with_their_reason(study_env, mon
     assert "run the same command again" in err and "Traceback" not in err + out
 
 
+def test_spawned_workers_whose_trials_keep_failing_stop_the_study(study_env):
+    # tests/broken_train/sitecustomize.py breaks training in every process, spawned workers included.
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "broken_train"), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "study", "run", *study_env["args"], "--study-name", "s",
+                           "--n-trials", "30", "--workers", "2"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert len(load(study_env).trials) <= 8  # 3 in a row per worker (and what was running), not 30
+    lines = proc.stderr.strip().splitlines()
+    assert sum(line.startswith("worker ") and "RuntimeError: broken on purpose" in line for line in lines) == 2
+    assert lines[-1].startswith("error: in 2 of 2 workers, trials kept failing")
+    assert "Traceback" not in proc.stderr
+
+
 def test_show_marks_the_best_trial_and_lists_studies(study_env, capsys):
     assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "4"]) == 0
     csv_path = study_env["tmp"] / "t.csv"
