@@ -34,9 +34,10 @@ from cifar.loop import train_one_epoch  # noqa: E402
 from cifar.model import SmallCNN, forward_flops  # noqa: E402
 from cifar.optim import build_optimizer  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
-from cifar.runtime import autocast_factory, cpu_has_native_bf16, resolve_device  # noqa: E402
+from cifar.runtime import autocast_factory, cpu_has_native_bf16, resolve_amp, resolve_device  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def synchronize(device: torch.device) -> None:
@@ -109,7 +110,7 @@ def main() -> None:
         "train_images_per_s": med,
         "train_tflops": {m: v * 3 * flops / 1e12 for m, v in med.items()},
         **{f"ratio_{m}_to_fp32": med[m] / med["fp32"] for m in modes if m != "fp32"},
-        "amp_auto_picks": ("bf16" if native_bf16 else "fp16") if device.type == "cuda" else "fp32",
+        "amp_auto_picks": AUTO_NAMES[resolve_amp("auto", device)],
         "rounds": runs,
     }
     write_result(result, args.out or ROOT / "results" / "bench" / f"amp-{device.type}.json", detail="rounds")

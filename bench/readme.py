@@ -424,6 +424,16 @@ def serve_line() -> str:
             f"{d['errors']} errors")
 
 
+def _auto_pick(device: str) -> str:
+    """What ``--amp auto`` picks on a device kind today (the code's choice, not the one the file recorded)."""
+    import torch
+
+    from bench.amp import AUTO_NAMES
+    from cifar.runtime import resolve_amp
+
+    return AUTO_NAMES[resolve_amp("auto", torch.device(device))]
+
+
 def amp_rows() -> str:
     """fp32 against mixed precision, on this CPU and on a lent H200 (results/bench/amp-*.json)."""
     rows = []
@@ -433,7 +443,7 @@ def amp_rows() -> str:
         fp16 = (f"{ips['fp16']:,.0f} img/s ({d['ratio_fp16_to_fp32']:.2f}x)" if "fp16" in ips else "n/a")
         note = "" if d["native_bf16"] else ", emulated"
         rows.append(f"| {machine} | `{d['command']}` | {ips['fp32']:,.0f} img/s | {ips['bf16']:,.0f} img/s "
-                    f"({d['ratio_bf16_to_fp32']:.2f}x{note}) | {fp16} | {d['amp_auto_picks']} |")
+                    f"({d['ratio_bf16_to_fp32']:.2f}x{note}) | {fp16} | {_auto_pick(d['machine']['device'])} |")
     return "\n".join(["| machine | command | fp32 | bf16 | fp16 | what `auto` picks |",
                       "|---|---|---|---|---|---|", *rows])
 

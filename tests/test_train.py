@@ -286,6 +286,9 @@ def test_amp_resolution_on_cpu(monkeypatch):
 
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu) is None and resolve_amp("auto", cpu) is None
+    cuda = torch.device("cuda")  # a descriptor: no GPU needed to ask what auto and explicit modes pick
+    assert resolve_amp("auto", cuda) is None  # measured: autocast does not pay for these models on an H200
+    assert resolve_amp("bf16", cuda) is torch.bfloat16 and resolve_amp("fp16", cuda) is torch.float16
     with pytest.raises(ValueError, match="needs CUDA"):
         resolve_amp("fp16", cpu)
     # bf16 on a CPU: only where the CPU has it natively; auto stays fp32 either way.
