@@ -23,7 +23,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import matmul_gflops, write_result  # noqa: E402
+from bench.common import matmul_gflops, run_python, write_result  # noqa: E402
 from cifar.runtime import device_name  # noqa: E402
 
 ARMS = {"system": "system", "kept": "keep"}  # arm -> CIFAR_MALLOC
@@ -41,14 +40,10 @@ ARMS = {"system": "system", "kept": "keep"}  # arm -> CIFAR_MALLOC
 
 def one_run(arm: str, out: Path, args: argparse.Namespace) -> dict:
     """Train one run in its own process under ``arm``'s malloc; its speed and resource use."""
-    cmd = [sys.executable, "-m", "cifar.train", "--config", str(ROOT / "configs" / "fast.json"), "--out", str(out),
-           "--set", f"epochs={args.epochs}", "--set", f"data.train_fraction={args.train_fraction}",
-           "--set", f"batch_size={args.batch_size}"]
-    env = {**os.environ, "CIFAR_MALLOC": ARMS[arm]}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"error: {' '.join(cmd)} exited with {os.waitstatus_to_exitcode(status)}")
+    usage = run_python(["-m", "cifar.train", "--config", str(ROOT / "configs" / "fast.json"), "--out", str(out),
+                        "--set", f"epochs={args.epochs}", "--set", f"data.train_fraction={args.train_fraction}",
+                        "--set", f"batch_size={args.batch_size}"],
+                       env={**os.environ, "CIFAR_MALLOC": ARMS[arm]}, quiet=True)
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     provenance = json.loads((out / "config.json").read_text())["provenance"]

@@ -1,13 +1,19 @@
-"""What every benchmark script shares: saving and printing its result, and the machine's matmul speed."""
+"""What every benchmark script shares: saving and printing its result, the machine's matmul speed, and
+running a Python process to its end with its resource use."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_result(result: dict[str, Any], out: str | Path, detail: str | None = None) -> None:
@@ -28,3 +34,14 @@ def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
         a @ b
         best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def run_python(args: list[str], env: dict[str, str] | None = None, quiet: bool = False):
+    """``python ARGS`` in the project's root, run to its end: its resource use (``os.wait4``: peak
+    memory, CPU seconds, page faults). Exits with one line if it fails; ``quiet``: no stdout."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL if quiet else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if (code := os.waitstatus_to_exitcode(status)) != 0:
+        raise SystemExit(f"error: python {' '.join(args)} exited with {code}")
+    return usage

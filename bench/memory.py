@@ -16,8 +16,6 @@ Writes results/bench/memory.json.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,16 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import run_python, write_result  # noqa: E402
 
 
 def peak_mb(args: list[str]) -> float:
     """Peak resident memory (MB) of ``python ARGS`` run to its end."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"error: python {' '.join(args)} failed")
-    return round(usage.ru_maxrss / 1024, 1)
+    return round(run_python(args, quiet=True).ru_maxrss / 1024, 1)
 
 
 def saved_for_backward(config: str, batch: int) -> dict:

@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import matmul_gflops, write_result  # noqa: E402
+from bench.common import matmul_gflops, run_python, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
 from cifar.runtime import device_name, resolve_device  # noqa: E402
@@ -100,12 +99,8 @@ def plan(common: dict | None = None) -> list[Run]:
 
 
 def run_process(args: list[str]) -> float:
-    """Run a command to its end; its peak resident memory in MB (fails loudly if it fails)."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"error: {' '.join(args)} exited with {os.waitstatus_to_exitcode(status)}")
-    return usage.ru_maxrss / 1024
+    """Run ``python ARGS`` to its end; its peak resident memory in MB (fails loudly if it fails)."""
+    return run_python(args).ru_maxrss / 1024
 
 
 def machine() -> dict:
