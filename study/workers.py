@@ -85,7 +85,13 @@ def fail_reason(trial: optuna.trial.FrozenTrial) -> str:
 
 
 class FailingInARow(RuntimeError):
-    """Trials keep failing: stopping beats spending the whole study's count on one broken cause."""
+    """Trials keep failing: stopping beats spending the whole study's count on one broken cause.
+    ``what`` says what failed; the message adds what to do."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}; fix the cause and run the same command again (failed trials count "
+                         "towards --n-trials)")
+        self.what = what
 
 
 class StopOnFailures:
@@ -95,9 +101,11 @@ class StopOnFailures:
         self.limit, self.in_a_row, self.last = limit, 0, ""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
-        self.last = fail_reason(trial) if trial.state == TrialState.FAIL else self.last
-        if self.in_a_row >= self.limit:
+        if trial.state == TrialState.FAIL:
+            self.in_a_row, self.last = self.in_a_row + 1, fail_reason(trial)
+        else:
+            self.in_a_row = 0
+        if self.stopped:
             study.stop()
 
     @property
@@ -179,9 +187,7 @@ def optimize(study: optuna.Study, objective, job: Job) -> None:
     study.optimize(objective, timeout=job.timeout, callbacks=callbacks, catch=(RuntimeError,),
                    gc_after_trial=True)
     if failures.stopped:
-        raise FailingInARow(f"{failures.limit} trials in a row failed, the last with {failures.last}; "
-                            "fix the cause and run the same command again (failed trials count towards "
-                            "--n-trials)")
+        raise FailingInARow(f"{failures.limit} trials in a row failed, the last with {failures.last}")
 
 
 def distributed_worker(job: Job, rank: Dist) -> None:
@@ -232,7 +238,7 @@ def _worker_entry(job: Job, index: int) -> None:
     except KeyboardInterrupt:
         pass
     except FailingInARow as e:
-        print(f"worker {index}: {str(e).split(';')[0]}", file=sys.stderr, flush=True)
+        print(f"worker {index}: {e.what}", file=sys.stderr, flush=True)
         sys.exit(WORKER_FAILING)
 
 
@@ -257,6 +263,4 @@ def run_workers(job: Job, raw: RawCifar | None = None) -> None:
         raise
     failing = sum(p.exitcode == WORKER_FAILING for p in procs)
     if failing:
-        raise FailingInARow(f"in {failing} of {len(procs)} workers, trials kept failing (the reasons above); "
-                            "fix the cause and run the same command again (failed trials count towards "
-                            "--n-trials)")
+        raise FailingInARow(f"in {failing} of {len(procs)} workers, trials kept failing (the reasons above)")
