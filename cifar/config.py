@@ -45,7 +45,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     data_dir: str = ""            # data location; "" means $CIFAR10_DIR, else ./data
-    cache_dir: str = ""           # decoded-tensor cache; "" means <data_dir>/.cache or ./data/cache
+    cache_dir: str = ""           # decoded-tensor cache; "" means ./data/cache (of the working directory)
     val_size: int = 5000          # training images held out for validation (stratified)
     split_seed: int = 0           # seed of the train/validation split
     train_fraction: float = 1.0   # share of the train split used (the study's cheap trials)
