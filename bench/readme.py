@@ -96,6 +96,39 @@ def baseline_decision() -> str:
             "the fast recipe)")
 
 
+def gpu_pace() -> str:
+    """The GPU study's minutes for 100 trials at its measured pace (its complete and pruned trials)."""
+    minutes = _comparison(GPU_STUDY)["job_minutes"]["study"]
+    n = _finished(GPU_STUDY)
+    return f"at the study's pace ({n} trials in {minutes:.1f} min) 100 trials take {100 / n * minutes:.1f} min"
+
+
+def ninety_line() -> str:
+    """What a 90%-class target costs: the wide variant's runs on the H200 (time_to_accuracy-cuda-off.json), and
+    on 2 cores an estimate at the fast recipe's measured CPU GFLOP/s (time_to_accuracy.json), for a main job
+    of 20 trials at the GPU study's measured share of a target run per trial plus its report's runs."""
+    from study.presets import REPORT_CANDIDATES, REPORT_SEEDS
+
+    cpu = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}["fast-10ep"]
+    gpu = _bench("time_to_accuracy-cuda-off")
+    wide = {r["name"]: r for r in gpu["summary"]}["fast-wide-10ep"]
+    seconds = [x["train_seconds"] for x in gpu["runs"] if x["name"] == "fast-wide-10ep"]
+    with (REFERENCE / "studies" / GPU_STUDY / "trials.csv").open() as f:
+        trials = [t for t in csv.DictReader(f) if t["state"] in ("COMPLETE", "PRUNED")]
+    target = _summary(GPU_STUDY)["user_attrs"]["budget"]["target_epochs"]
+    share = sum(int(t["epochs_run"]) for t in trials) / len(trials) / target
+    report_runs = (REPORT_CANDIDATES + 1) * (REPORT_SEEDS - 1)
+    run_minutes = wide["train_pflop"] * 1e6 / cpu["train_gflops_per_s"] / 60
+    job_hours = (20 * share + report_runs) * run_minutes / 60
+    return (f"the wide variant of the fast recipe at 10 epochs reaches {_pct(wide['test_acc'])} test accuracy, "
+            f"{_pct(wide['test_acc_tta'])} with TTA, with {wide['train_pflop']:.2f} PFLOP of training per run: "
+            f"{min(seconds):.1f}-{max(seconds):.1f} s of training on the H200; on 2 cores, at the "
+            f"{cpu['train_gflops_per_s']:.0f} GFLOP/s the fast recipe trains at there, about {run_minutes:.0f} min "
+            f"per run (an estimate: the wide variant has not run on a CPU), so a main job of 20 trials at that "
+            f"target ({share:.2f} of a run each under Hyperband, as in the GPU study) and its report's "
+            f"{report_runs} runs would take about {job_hours:.0f} hours")
+
+
 def allocator_line() -> str:
     """glibc's malloc as it is against freed memory kept, interleaved rounds (results/bench/allocator.json)."""
     d = _bench("allocator")
@@ -278,6 +311,7 @@ def report_result(study: str) -> str:
 
 TARGET_STUDY = "cifar-cpu-main"  # the reference main job of the final design: study, then report
 FIRST_STUDY = "cifar-cpu-target"  # the first main job of the target-budget design, before the sizing fixes
+GPU_STUDY = "cifar-gpu-013502"  # the gpu preset's main job on a lent H200 (bench/gpu.sh), stopped at 81 trials
 
 # The machine of reference jobs made before a study's sessions recorded it (``sessions[i]["machine"]``),
 # as `lscpu` named it in the session that ran each job.
@@ -305,10 +339,36 @@ def job_line(study: str = TARGET_STUDY) -> str:
     """The README's figure for the main job: its minutes by step (every session on record) and the machine."""
     d = _comparison(study)
     minutes, budget = d["job_minutes"], d["study_budget"]
-    return (f"{sum(minutes.values()):.0f} min on our {job_machine(study)} (the study, when created, measured the fast "
-            f"recipe at {budget['throughput']['train']:.0f} training images/s): the study {minutes['study']:.0f} min "
-            f"({_finished(study)} trials at a {d['epochs']}-epoch target), "
-            f"the report {minutes['report']:.0f} min")
+    measured = (f" (the study, when created, measured the fast recipe at {budget['throughput']['train']:.0f} "
+                f"training images/s)" if "throughput" in budget else "")
+    digits = 0 if sum(minutes.values()) >= 20 else 1
+    return (f"{sum(minutes.values()):.{digits}f} min on our {job_machine(study)}{measured}: the study "
+            f"{minutes['study']:.{digits}f} min ({_finished(study)} trials at a {d['epochs']}-epoch target), "
+            f"the report {minutes['report']:.{digits}f} min")
+
+
+def trial_overhead(study: str = GPU_STUDY) -> str:
+    """Per trial, what is not training (sampling, storage, model build, checkpoints, the curve and its
+    upload) as a share of the trial's time (trials.csv: its seconds against its epochs' seconds), and the
+    study's pace."""
+    with (REFERENCE / "studies" / study / "trials.csv").open() as f:
+        trials = [t for t in csv.DictReader(f) if t["state"] in ("COMPLETE", "PRUNED")]
+    shares = sorted(1 - float(t["train_seconds"]) / float(t["seconds"]) for t in trials)
+    fixed = {int(t["number"]): float(t["seconds"]) - float(t["train_seconds"]) for t in trials}
+    db = REFERENCE / "studies" / study / "study.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:  # which worker process ran each trial
+        ran = con.execute("SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
+                          "ON a.trial_id = t.trial_id AND a.key = 'worker' ORDER BY t.number").fetchall()
+    firsts = {w: n for n, w in reversed(ran)}.values()  # each worker's first trial
+    first = sorted(fixed[n] for n in firsts if n in fixed)
+    later = sorted(v for n, v in fixed.items() if n not in firsts)
+    minutes = _comparison(study)["job_minutes"]["study"]
+    return (f"{len(trials)} trials in {minutes:.1f} min ({len(trials) / minutes:.1f} per minute; at that pace 100 "
+            f"would take {100 / len(trials) * minutes:.1f} min); per trial, what is not training took "
+            f"**{100 * sum(shares) / len(shares):.1f}%** of its time on average (median "
+            f"{100 * shares[len(shares) // 2]:.1f}%, at most {100 * shares[-1]:.1f}%): "
+            f"{later[len(later) // 2]:.2f} s per trial (median), {first[0]:.1f}-{first[-1]:.1f} s for the first "
+            f"trial of each of its {len(first)} workers")
 
 
 def _tta(study: str) -> dict[str, tuple[float, float]]:
@@ -562,7 +622,12 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "target_rungs": study_rungs, "target_report_short": paired_short,
           "first_study_table": lambda: f"\n{study_table(FIRST_STUDY, 'this CPU')}\n",
           "first_job": lambda: job_line(FIRST_STUDY), "first_selection": lambda: selection_line(FIRST_STUDY),
-          "first_report": lambda: paired_result(FIRST_STUDY), "first_rungs": lambda: study_rungs(FIRST_STUDY)}
+          "first_report": lambda: paired_result(FIRST_STUDY), "first_rungs": lambda: study_rungs(FIRST_STUDY),
+          "gpu_study_table": lambda: f"\n{study_table(GPU_STUDY, 'on the H200')}\n",
+          "gpu_job": lambda: job_line(GPU_STUDY), "gpu_selection": lambda: selection_line(GPU_STUDY),
+          "gpu_report": lambda: paired_result(GPU_STUDY), "gpu_rungs": lambda: study_rungs(GPU_STUDY),
+          "gpu_overhead": trial_overhead, "gpu_report_short": lambda: paired_short(GPU_STUDY),
+          "ninety_line": ninety_line, "gpu_pace": gpu_pace}
 
 
 def render(text: str) -> str:
