@@ -15,7 +15,8 @@
 # Environment: CIFAR10_DIR, or DATA_ARCHIVE (a .tar.xz of the ImageFolder tree, unpacked under
 # /tmp); WHEELS (a folder of wheels pip installs first, on a machine without the requirements);
 # STUDY_ARGS, REPORT_ARGS (appended to the study's and the report's command lines: a dry run of
-# the script on a CPU uses them to shrink the job, e.g. STUDY_ARGS="--preset smoke --workers 2").
+# the script on a CPU uses them to shrink the job, e.g. STUDY_ARGS="--preset smoke --workers 2");
+# STUDY_ONLY=1: the study alone, stopped by its timeout, for its pace and per-trial overhead.
 set -u
 out=$(realpath -m "${1:?usage: bench/gpu.sh OUT_DIR [SECONDS]}")
 budget=${2:-540}
@@ -69,6 +70,7 @@ run $((budget / 10)) $py -c 'from cifar.sources import load_cifar10; load_cifar1
 # 1. the main job: the study stops starting trials at its --timeout (a trial takes seconds), so that
 # the report has its share of the time whatever the study's pace
 p1=$((budget * 60 / 100)) p2=$((budget * 90 / 100))
+[[ ${STUDY_ONLY:-0} == 1 ]] && p1=$budget
 storage="sqlite:///$work/study.db"
 study_seconds=$(((p1 - (SECONDS - start)) * 85 / 100))
 # a fresh study name each run: a machine kept between runs keeps $work
@@ -76,6 +78,7 @@ name="cifar-gpu-$(date -u +%H%M%S)"
 job_start=$SECONDS
 run $p1 $py -m study run --storage "$storage" --study-name "$name" --preset gpu --timeout "$study_seconds" \
     --runs-dir "$work/runs/studies" --out "$work/studies" ${STUDY_ARGS:-}
+[[ ${STUDY_ONLY:-0} == 1 ]] && { log "done (study only)"; exit 0; }
 run $p2 $py -m reports build --storage "$storage" --study-name "$name" --out "$work/reports" \
     --runs-dir "$work/runs/reports" ${REPORT_ARGS:-}
 log "main job (study and report): $((SECONDS - job_start))s"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,18 +113,49 @@ class EarlyStopping:
 
 
 class Checkpointer:
-    """Writes last.pt every epoch and best.pt whenever val_acc improves (or has no val set)."""
+    """Writes last.pt, and best.pt with the weights of the best val_acc so far (every epoch, where there
+    is no validation set), after the run's first epoch in this process, then at most every
+    ``every_seconds`` (0: after every epoch), and what is left when the run ends (``finish``).
+
+    On a CPU an epoch outlasts the interval, so both are written every epoch. On a GPU the fast recipe's
+    epoch takes well under a second and each write a few hundredths, so writing every epoch would add a
+    tenth to a short run; there a run killed part-way loses at most ``every_seconds`` of training. The
+    best weights wait as a copy until the next write, so best.pt always holds the best epoch's."""
+
+    BEST_KEYS = ("config", "model", "epoch", "metrics", "data_stats", "classes")
 
     def __init__(self, run_dir: RunDir, get_state: Callable[[], dict[str, Any]],
-                 history: list[dict[str, float]] = ()):
-        self.run_dir, self.get_state = run_dir, get_state
+                 history: list[dict[str, float]] = (), every_seconds: float = 0.0):
+        self.run_dir, self.get_state, self.every = run_dir, get_state, every_seconds
         self.best = max((r["val_acc"] for r in history), default=-math.inf)
+        self.best_state: dict[str, Any] | None = None  # best.pt's content, not written yet
+        self.written_at: float | None = None            # when last.pt was last written by this process
+        self.behind = False                              # epochs have ended since then
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        state = self.get_state()
-        save_checkpoint(self.run_dir.last, state)
+        state = None
         val_acc = metrics["val_acc"]
         if math.isnan(val_acc) or val_acc > self.best:
-            self.best = val_acc
-            keep = ("config", "model", "epoch", "metrics", "data_stats", "classes")
-            save_checkpoint(self.run_dir.best, {k: state[k] for k in keep})
+            self.best, state = val_acc, self.get_state()
+            # a copy: training goes on changing the weights that the state dict shares
+            self.best_state = {k: state[k] for k in self.BEST_KEYS} | {
+                "model": {k: v.detach().clone() for k, v in state["model"].items()}}
+        self.behind = True
+        if self.written_at is None or time.perf_counter() - self.written_at >= self.every:
+            self._write(state or self.get_state())
+
+    def finish(self, at_last_epoch: bool = True) -> None:
+        """Write what waits: best.pt's weights, and last.pt if the model is still at the state of the
+        last epoch that ended (not after a diverged one)."""
+        if self.behind and at_last_epoch:
+            self._write(self.get_state())
+        elif self.best_state is not None:
+            save_checkpoint(self.run_dir.best, self.best_state)
+            self.best_state = None
+
+    def _write(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.run_dir.last, state)
+        if self.best_state is not None:
+            save_checkpoint(self.run_dir.best, self.best_state)
+            self.best_state = None
+        self.written_at, self.behind = time.perf_counter(), False

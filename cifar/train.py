@@ -58,6 +58,7 @@ from cifar.runtime import (
     seed_everything,
 )
 
+CHECKPOINT_SECONDS = 30.0  # at most this much training is lost when a run is killed part-way
 WHITEN_IMAGES = 5000  # train images whose 2x2 patches fit the whitening stem
 
 
@@ -177,10 +178,13 @@ def run_epoch(parts: Parts, cfg: TrainConfig, epoch: int, elapsed: float) -> dic
 
 
 def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
-          callbacks: Sequence[Callback] = (), resume: bool = False, quiet: bool = False) -> TrainResult:
+          callbacks: Sequence[Callback] = (), resume: bool = False, quiet: bool = False,
+          checkpoint_seconds: float = CHECKPOINT_SECONDS) -> TrainResult:
     """Train one model; everything about the run goes to ``run_dir``.
 
     ``quiet``: no line per epoch on the console (a study prints one line per trial instead).
+    ``checkpoint_seconds``: last.pt and best.pt are written after the first epoch, then at most this
+    often, and at the end (``Checkpointer``); 0 writes them after every epoch.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this: the model is wrapped in
     DistributedDataParallel, ``cfg.batch_size`` stays the global batch (each rank takes
@@ -195,11 +199,13 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
     parts = build_parts(cfg, data, rank)
     history = restore(parts, cfg, run) if resume else []
     every: list[Callback] = []
+    checkpointer = None
     if rank.is_main:
         run.write_config(cfg, provenance(data, parts))
         every += [] if quiet else [ConsoleLogger(cfg.epochs)]
-        every += [CsvLogger(run.history, history),
-                  Checkpointer(run, lambda: checkpoint_state(parts, cfg, data, history), history)]
+        checkpointer = Checkpointer(run, lambda: checkpoint_state(parts, cfg, data, history), history,
+                                    every_seconds=checkpoint_seconds)
+        every += [CsvLogger(run.history, history), checkpointer]
         if cfg.tensorboard:
             every.append(TensorBoardLogger(run.tensorboard))
         procs = f" x {rank.world} processes" if rank.world > 1 else ""
@@ -221,6 +227,8 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
         status, message = "early_stopped", str(e)
     except Diverged as e:
         status, message = "diverged", str(e)
+    if checkpointer:  # after a diverged epoch the weights are not that of any epoch worth keeping
+        checkpointer.finish(at_last_epoch=status != "diverged")
     if status != "completed" and rank.is_main and not quiet:
         print(f"{status}: {message}", file=sys.stderr, flush=True)
 

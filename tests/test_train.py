@@ -208,7 +208,7 @@ def test_kills_while_writing_checkpoints_never_leave_a_torn_file(tiny_data, tmp_
         pid = os.fork()
         if pid == 0:  # the child trains until killed
             try:
-                train(cfg, tiny_data, run)
+                train(cfg, tiny_data, run, checkpoint_seconds=0)
             finally:
                 os._exit(0)
         deadline = time.time() + (rng.uniform(0.3, 1.5) if i % 4 == 3 else 5.0)
@@ -221,6 +221,50 @@ def test_kills_while_writing_checkpoints_never_leave_a_torn_file(tiny_data, tmp_
             if (run / name).exists():
                 model_from_checkpoint(load_checkpoint(run / name))  # raises on a torn or foreign file
     assert inside >= 10, f"only {inside} of 20 kills landed inside a write: the test did not test it"
+
+
+def test_checkpoints_at_an_interval_hold_what_every_epoch_writing_holds(tiny_data, tmp_path, monkeypatch):
+    """An interval longer than the run: last.pt is written after the first epoch and at the end only,
+    and both files end up as a run writing them every epoch leaves them (the best epoch's weights)."""
+    import cifar.callbacks
+
+    written = []
+    real = cifar.callbacks.save_checkpoint
+    monkeypatch.setattr(cifar.callbacks, "save_checkpoint",
+                        lambda path, state: (written.append((path.name, state["epoch"])), real(path, state)))
+    cfg = tiny_config(epochs=4, lr=0.01, seed=1)  # val_acc improves at epochs 1-3, not at 4
+    train(cfg, tiny_data, tmp_path / "every", checkpoint_seconds=0)
+    every = list(written)
+    written.clear()
+    train(cfg, tiny_data, tmp_path / "sparse", checkpoint_seconds=3600)
+    assert [e for name, e in every if name == "last.pt"] == [1, 2, 3, 4]
+    assert [e for name, e in written if name == "last.pt"] == [1, 4]
+    for name in ("last.pt", "best.pt"):
+        a, b = (load_checkpoint(tmp_path / run / name) for run in ("every", "sparse"))
+        assert a["epoch"] == b["epoch"] and a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    best_epochs = [e for name, e in every if name == "best.pt"]
+    # best.pt's weights waited as a copy while training went on past them: the copy is what is tested
+    assert len(best_epochs) >= 2 and best_epochs[-1] < 4, f"best.pt written at epochs {best_epochs}"
+
+
+def test_checkpointer_after_divergence_writes_the_waiting_best_but_not_last(tmp_path):
+    from cifar.callbacks import Checkpointer
+    from cifar.rundir import RunDir
+
+    weights = torch.zeros(3)
+    state = lambda: {"config": {}, "model": {"w": weights}, "epoch": int(weights[0]), "metrics": [],  # noqa: E731
+                     "data_stats": {}, "classes": []}
+    run = RunDir(tmp_path)
+    keeper = Checkpointer(run, state, every_seconds=3600)
+    for epoch, acc in ((1, 0.2), (2, 0.5), (3, 0.4)):
+        weights += 1  # training changes the weights in place
+        keeper.on_epoch_end(epoch, {"val_acc": acc})
+    weights.fill_(float("nan"))  # the diverged epoch
+    keeper.finish(at_last_epoch=False)
+    assert load_checkpoint(run.last)["epoch"] == 1  # not rewritten with the diverged weights
+    best = load_checkpoint(run.best)
+    assert best["epoch"] == 2 and torch.equal(best["model"]["w"], torch.full((3,), 2.0))
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])  # off: the norms exceed 0.05, so the bound below means something
