@@ -65,7 +65,7 @@ log "$($py -c 'import torch, optuna, plotly; print("torch", torch.__version__, "
 log "data: $CIFAR10_DIR"
 # the decoded-data cache, once per machine, timed apart from the job (a user's machine has it after
 # the first run)
-run $((budget / 10)) $py -c 'from cifar.sources import load_cifar10; load_cifar10("'"$CIFAR10_DIR"'")'
+run $((budget / 10 > 60 ? budget / 10 : 60)) $py -c 'from cifar.sources import load_cifar10; load_cifar10("'"$CIFAR10_DIR"'")'
 
 # 1. the main job: the study stops starting trials at its --timeout (a trial takes seconds), so that
 # the report has its share of the time whatever the study's pace
