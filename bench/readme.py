@@ -104,12 +104,14 @@ def gpu_pace() -> str:
 
 
 def ninety_line() -> str:
-    """What a 90%-class target costs: the wide variant's runs on the H200 (time_to_accuracy-cuda-off.json), and
-    on 2 cores an estimate at the fast recipe's measured CPU GFLOP/s (time_to_accuracy.json), for a main job
-    of 20 trials at the GPU study's measured share of a target run per trial plus its report's runs."""
+    """What a 90%-class target costs: the wide variant's runs on the H200 (time_to_accuracy-cuda-off.json) and
+    on 2 cores (time_to_accuracy.json: its run there where it has one, else an estimate at the fast recipe's
+    GFLOP/s there), and a main job of 20 trials at the GPU study's measured share of a target run per trial
+    plus its report's runs."""
     from study.presets import REPORT_CANDIDATES, REPORT_SEEDS
 
-    cpu = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}["fast-10ep"]
+    cpu_bench = _bench("time_to_accuracy")
+    cpu = {r["name"]: r for r in cpu_bench["summary"]}
     gpu = _bench("time_to_accuracy-cuda-off")
     wide = {r["name"]: r for r in gpu["summary"]}["fast-wide-10ep"]
     seconds = [x["train_seconds"] for x in gpu["runs"] if x["name"] == "fast-wide-10ep"]
@@ -118,15 +120,24 @@ def ninety_line() -> str:
     target = _summary(GPU_STUDY)["user_attrs"]["budget"]["target_epochs"]
     share = sum(int(t["epochs_run"]) for t in trials) / len(trials) / target
     report_runs = (REPORT_CANDIDATES + 1) * (REPORT_SEEDS - 1)
-    run_minutes = wide["train_pflop"] * 1e6 / cpu["train_gflops_per_s"] / 60
+    if "fast-wide-10ep" in cpu:
+        on_cpu = cpu["fast-wide-10ep"]
+        machine = next(r["machine_before_run"]["cpu"] for r in cpu_bench["runs"] if r["name"] == "fast-wide-10ep")
+        run_minutes = on_cpu["train_minutes"]
+        how = (f"{run_minutes:.0f} min of training per run ({on_cpu['train_gflops_per_s']:.0f} GFLOP/s; measured "
+               f"on a 2-core {machine}, {len(on_cpu['seeds'])} seed{'s' * (len(on_cpu['seeds']) > 1)}: "
+               f"{_pct(on_cpu['test_acc'])}, {_pct(on_cpu['test_acc_tta'])} with TTA)")
+    else:
+        fast = cpu["fast-10ep"]
+        run_minutes = wide["train_pflop"] * 1e6 / fast["train_gflops_per_s"] / 60
+        how = (f"at the {fast['train_gflops_per_s']:.0f} GFLOP/s the fast recipe trains at there, about "
+               f"{run_minutes:.0f} min per run (an estimate: the wide variant has not run on a CPU)")
     job_hours = (20 * share + report_runs) * run_minutes / 60
     return (f"the wide variant of the fast recipe at 10 epochs reaches {_pct(wide['test_acc'])} test accuracy, "
             f"{_pct(wide['test_acc_tta'])} with TTA, with {wide['train_pflop']:.2f} PFLOP of training per run: "
-            f"{min(seconds):.1f}-{max(seconds):.1f} s of training on the H200; on 2 cores, at the "
-            f"{cpu['train_gflops_per_s']:.0f} GFLOP/s the fast recipe trains at there, about {run_minutes:.0f} min "
-            f"per run (an estimate: the wide variant has not run on a CPU), so a main job of 20 trials at that "
-            f"target ({share:.2f} of a run each under Hyperband, as in the GPU study) and its report's "
-            f"{report_runs} runs would take about {job_hours:.0f} hours")
+            f"{min(seconds):.1f}-{max(seconds):.1f} s of training on the H200; on 2 cores, {how}, so a main job of "
+            f"20 trials at that target ({share:.2f} of a run each under Hyperband, as in the GPU study) and its "
+            f"report's {report_runs} runs would take about {job_hours:.0f} hours there")
 
 
 def allocator_line() -> str:
