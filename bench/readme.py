@@ -124,9 +124,8 @@ def ninety_line() -> str:
         on_cpu = cpu["fast-wide-10ep"]
         machine = next(r["machine_before_run"]["cpu"] for r in cpu_bench["runs"] if r["name"] == "fast-wide-10ep")
         run_minutes = on_cpu["train_minutes"]
-        how = (f"{run_minutes:.0f} min of training per run ({on_cpu['train_gflops_per_s']:.0f} GFLOP/s; measured "
-               f"on a 2-core {machine}, {len(on_cpu['seeds'])} seed{'s' * (len(on_cpu['seeds']) > 1)}: "
-               f"{_pct(on_cpu['test_acc'])}, {_pct(on_cpu['test_acc_tta'])} with TTA)")
+        how = (f"{run_minutes:.0f} min of training per run ({on_cpu['train_gflops_per_s']:.0f} GFLOP/s, measured "
+               f"on a 2-core {machine}: {_pct(on_cpu['test_acc'])}, {_pct(on_cpu['test_acc_tta'])} with TTA)")
     else:
         fast = cpu["fast-10ep"]
         run_minutes = wide["train_pflop"] * 1e6 / fast["train_gflops_per_s"] / 60
@@ -140,9 +139,9 @@ def ninety_line() -> str:
             f"report's {report_runs} runs would take about {job_hours:.0f} hours there")
 
 
-def allocator_line() -> str:
-    """glibc's malloc as it is against freed memory kept, interleaved rounds (results/bench/allocator.json)."""
-    d = _bench("allocator")
+def allocator_line(name: str = "allocator") -> str:
+    """glibc's malloc as it is against freed memory kept, interleaved rounds (results/bench/<name>.json)."""
+    d = _bench(name)
     system, kept = d["arms"]["system"], d["arms"]["kept"]
     rounds = d["ratio_kept_to_system_per_round"]
     return (f"on a {d['machine']['threads']}-thread {d['machine']['cpu']}, {len(rounds)} interleaved rounds of "
@@ -612,7 +611,7 @@ def fidelity_line() -> str:
 
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_time_to_accuracy": lambda: f"\n{gpu_time_to_accuracy()}\n", "baseline_decision": baseline_decision,
-          "allocator_line": allocator_line,
+          "allocator_line": allocator_line, "allocator_b1024_line": lambda: allocator_line("allocator-b1024"),
           "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "fidelity_line": fidelity_line,
