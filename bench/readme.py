@@ -345,14 +345,14 @@ def _finished(study: str) -> int:
     return summary["complete"] + summary["pruned"]
 
 
-def job_line(study: str = TARGET_STUDY) -> str:
+def job_line(study: str = TARGET_STUDY, whose: str = "our") -> str:
     """The README's figure for the main job: its minutes by step (every session on record) and the machine."""
     d = _comparison(study)
     minutes, budget = d["job_minutes"], d["study_budget"]
     measured = (f" (the study, when created, measured the fast recipe at {budget['throughput']['train']:.0f} "
                 f"training images/s)" if "throughput" in budget else "")
     digits = 0 if sum(minutes.values()) >= 20 else 1
-    return (f"{sum(minutes.values()):.{digits}f} min on our {job_machine(study)}{measured}: the study "
+    return (f"{sum(minutes.values()):.{digits}f} min on {whose} {job_machine(study)}{measured}: the study "
             f"{minutes['study']:.{digits}f} min ({_finished(study)} trials at a {d['epochs']}-epoch target), "
             f"the report {minutes['report']:.{digits}f} min")
 
@@ -634,7 +634,7 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "first_job": lambda: job_line(FIRST_STUDY), "first_selection": lambda: selection_line(FIRST_STUDY),
           "first_report": lambda: paired_result(FIRST_STUDY), "first_rungs": lambda: study_rungs(FIRST_STUDY),
           "gpu_study_table": lambda: f"\n{study_table(GPU_STUDY, 'on the H200')}\n",
-          "gpu_job": lambda: job_line(GPU_STUDY), "gpu_selection": lambda: selection_line(GPU_STUDY),
+          "gpu_job": lambda: job_line(GPU_STUDY, "a lent"), "gpu_selection": lambda: selection_line(GPU_STUDY),
           "gpu_report": lambda: paired_result(GPU_STUDY), "gpu_rungs": lambda: study_rungs(GPU_STUDY),
           "gpu_overhead": trial_overhead, "gpu_report_short": lambda: paired_short(GPU_STUDY),
           "ninety_line": ninety_line, "gpu_pace": gpu_pace}
