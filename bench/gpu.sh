@@ -70,7 +70,7 @@ run $((budget / 10 > 60 ? budget / 10 : 60)) $py -c 'from cifar.sources import l
 
 # 1. the main job: the study stops starting trials at its --timeout (a trial takes seconds), so that
 # the report has its share of the time whatever the study's pace
-p1=$((budget * 75 / 100)) p2=$budget
+p1=$((budget * 80 / 100)) p2=$budget
 [[ ${STUDY_ONLY:-0} == 1 ]] && p1=$budget
 storage="sqlite:///$work/study.db"
 study_seconds=$(((p1 - (SECONDS - start)) * 85 / 100))
