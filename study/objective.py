@@ -46,8 +46,13 @@ class PruningCallback:
     def __init__(self, trial: optuna.Trial, last_epoch: int | None = None):
         self.trial, self.last_epoch = trial, last_epoch
         self.seconds = 0.0  # spent in Optuna (storage writes, pruner), for the overhead benchmark
+        # Epochs a retried trial inherited from the trial it takes over (reported and judged there):
+        # it may train them again from an earlier checkpoint, and reports them no second time.
+        self.inherited: set[int] = set()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch in self.inherited:
+            return
         start = time.perf_counter()
         try:
             self.trial.report(metrics["val_acc"], epoch)
@@ -83,7 +88,7 @@ class Objective:
         trial.set_user_attr("params", params)
         trial.set_user_attr("flops", flops)
         pruning = PruningCallback(trial, last_epoch=cfg.epochs)
-        resume = self._take_over(trial, cfg, run_dir)
+        resume = self._take_over(trial, cfg, run_dir, pruning)
         start = time.perf_counter()
         try:
             result = train(cfg, self.data, run_dir.path, callbacks=[pruning], resume=resume,
@@ -102,18 +107,22 @@ class Objective:
             raise optuna.TrialPruned(result.message)
         return result.best_val_acc
 
-    def _take_over(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, run_dir: RunDir) -> bool:
+    def _take_over(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, run_dir: RunDir,
+                   pruning: PruningCallback) -> bool:
         """A trial retried after its worker died continues from its predecessor's last.pt.
 
-        The heartbeat's retry callback re-enqueues a stale trial with the same parameters and
-        its number in ``retry_history``; the predecessor's run directory is copied into this
-        trial's and training resumes there. Not under torchrun (TorchDistributedTrial), where
+        The heartbeat's retry callback re-enqueues a stale trial with the same parameters, its
+        number in ``retry_history`` and its reported epochs; the predecessor's run directory is
+        copied into this trial's and training resumes there (epochs after last.pt's that the
+        predecessor reported train again, and are not reported again). Not under torchrun (TorchDistributedTrial), where
         the other ranks could not know; there a retried trial starts again.
         """
         if not isinstance(trial, optuna.Trial):
             return False
         running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         frozen = next((t for t in running if t.number == trial.number), None)
+        if frozen:  # the retry callback copied the predecessor's reports into this trial
+            pruning.inherited = set(frozen.intermediate_values)
         history = frozen.system_attrs.get("retry_history", []) if frozen else []
         if not history:
             return False

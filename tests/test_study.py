@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -293,7 +294,7 @@ def slow_study(tmp_path: Path, n_train: int, target_epochs: int) -> tuple[str, l
                  "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
 
 
-def test_killed_worker_trial_is_retried_and_resumes_from_its_last_epoch(tmp_path):
+def test_killed_worker_trial_is_retried_and_resumes_from_its_last_checkpoint(tmp_path):
     # Enough images that an epoch takes a moment, so the kill lands inside the trial.
     url, args = slow_study(tmp_path, n_train=600, target_epochs=12)
     args += ["--heartbeat-interval", "1", "--grace-period", "3"]
@@ -315,7 +316,11 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_last_epoch(tmp_path
     assert 1 <= done < 12
     before = (first / "metrics.csv").read_text().splitlines()[: done + 1]
     time.sleep(4)  # past the grace period
-    assert main(args + ["--n-trials", "2"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(args + ["--n-trials", "2"]) == 0
+    # epochs the dead trial reported after its last.pt train again but are not reported twice
+    assert not [w for w in caught if "already reported" in str(w.message)]
     trials = optuna.load_study(study_name="s", storage=url).trials
     assert trials[0].state == TrialState.FAIL
     (retried,) = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
