@@ -56,7 +56,9 @@ def plot_curves(history: list[dict[str, float]]) -> plt.Figure:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("Training curves (train metrics: augmented images, loss with label smoothing)")
-    fig.tight_layout()
+    # Fixed margins for this fixed size: tight_layout drew the figure once more to find them, a third
+    # of the time a study trial spends on its curve (which it draws for the dashboard every trial).
+    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.13, top=0.88, wspace=0.2)
     return fig
 
 
