@@ -96,13 +96,6 @@ def baseline_decision() -> str:
             "the fast recipe)")
 
 
-def gpu_pace() -> str:
-    """The GPU study's minutes for 100 trials at its measured pace (its complete and pruned trials)."""
-    minutes = _comparison(GPU_STUDY)["job_minutes"]["study"]
-    n = _finished(GPU_STUDY)
-    return f"at the study's pace ({n} trials in {minutes:.1f} min) 100 trials take {100 / n * minutes:.1f} min"
-
-
 def ninety_line() -> str:
     """What a 90%-class target costs: the wide variant's runs on the H200 (time_to_accuracy-cuda-off.json) and
     on 2 cores (time_to_accuracy.json: its run there where it has one, else an estimate at the fast recipe's
@@ -115,8 +108,7 @@ def ninety_line() -> str:
     gpu = _bench("time_to_accuracy-cuda-off")
     wide = {r["name"]: r for r in gpu["summary"]}["fast-wide-10ep"]
     seconds = [x["train_seconds"] for x in gpu["runs"] if x["name"] == "fast-wide-10ep"]
-    with (REFERENCE / "studies" / GPU_STUDY / "trials.csv").open() as f:
-        trials = [t for t in csv.DictReader(f) if t["state"] in ("COMPLETE", "PRUNED")]
+    trials = _trials(GPU_STUDY, FINISHED)
     target = _summary(GPU_STUDY)["user_attrs"]["budget"]["target_epochs"]
     share = sum(int(t["epochs_run"]) for t in trials) / len(trials) / target
     report_runs = (REPORT_CANDIDATES + 1) * (REPORT_SEEDS - 1)
@@ -212,11 +204,26 @@ def onnx_accuracy() -> str:
             f"onnxruntime, {d['flipped']} predictions flipped")
 
 
-def _study_db(study: str, query: str) -> tuple:
-    """The first row of ``query`` on a reference study's SQLite database, read-only."""
+def _study_rows(study: str, query: str) -> list[tuple]:
+    """The rows of ``query`` on a reference study's SQLite database, read-only."""
     db = REFERENCE / "studies" / study / "study.db"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        return con.execute(query).fetchone()
+        return con.execute(query).fetchall()
+
+
+def _study_db(study: str, query: str) -> tuple | None:
+    """The first row of ``query`` on a reference study's SQLite database, read-only."""
+    rows = _study_rows(study, query)
+    return rows[0] if rows else None
+
+
+FINISHED = ("COMPLETE", "PRUNED")  # trials that ran their course or were pruned (not failed)
+
+
+def _trials(study: str, states: tuple[str, ...] | None = None) -> list[dict]:
+    """A reference study's trials.csv rows, only those in ``states`` where given."""
+    with (REFERENCE / "studies" / study / "trials.csv").open() as f:
+        return [t for t in csv.DictReader(f) if states is None or t["state"] in states]
 
 
 def _summary(study: str) -> dict:
@@ -280,12 +287,11 @@ def _estimate(budget: dict) -> str:
 def study_table(study: str, where: str) -> str:
     """A reference study in numbers (its summary.json, trials.csv and database)."""
     summary = _summary(study)
-    with (REFERENCE / "studies" / study / "trials.csv").open() as f:
-        trials = list(csv.DictReader(f))
+    trials = _trials(study)
     budget = summary["user_attrs"].get("budget") or {}
     most = budget.get("max_epochs") or budget.get("target_epochs") or summary["user_attrs"]["base_config"]["epochs"]
     pruned_at = [int(t["epochs_run"]) for t in trials if t["state"] == "PRUNED"]
-    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    finished = [t for t in trials if t["state"] in FINISHED]
     epochs = sum(int(t["epochs_run"]) for t in finished)
     failed = [t["number"] for t in trials if t["state"] == "FAIL"]
     base, best = trials[0], next(t for t in trials if int(t["number"]) == summary["best_trial"])
@@ -357,24 +363,25 @@ def job_line(study: str = TARGET_STUDY, whose: str = "our") -> str:
             f"the report {minutes['report']:.{digits}f} min")
 
 
+def gpu_pace(study: str = GPU_STUDY) -> str:
+    """The GPU study's minutes for 100 trials at its measured pace (its complete and pruned trials)."""
+    minutes = _comparison(study)["job_minutes"]["study"]
+    n = _finished(study)
+    return f"at the study's pace ({n} trials in {minutes:.1f} min) 100 trials take {100 / n * minutes:.1f} min"
+
+
 def trial_overhead(study: str = GPU_STUDY) -> str:
-    """Per trial, what is not training (sampling, storage, model build, checkpoints, the curve and its
-    upload) as a share of the trial's time (trials.csv: its seconds against its epochs' seconds), and the
-    study's pace."""
-    with (REFERENCE / "studies" / study / "trials.csv").open() as f:
-        trials = [t for t in csv.DictReader(f) if t["state"] in ("COMPLETE", "PRUNED")]
+    """The study's pace, then per trial what is not training (sampling, storage, model build, checkpoints,
+    the curve and its upload) as a share of the trial's time (trials.csv: its seconds against its epochs')."""
+    trials = _trials(study, FINISHED)
     shares = sorted(1 - float(t["train_seconds"]) / float(t["seconds"]) for t in trials)
     fixed = {int(t["number"]): float(t["seconds"]) - float(t["train_seconds"]) for t in trials}
-    db = REFERENCE / "studies" / study / "study.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:  # which worker process ran each trial
-        ran = con.execute("SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
-                          "ON a.trial_id = t.trial_id AND a.key = 'worker' ORDER BY t.number").fetchall()
+    ran = _study_rows(study, "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
+                             "ON a.trial_id = t.trial_id AND a.key = 'worker' ORDER BY t.number")  # which worker
     firsts = {w: n for n, w in reversed(ran)}.values()  # each worker's first trial
     first = sorted(fixed[n] for n in firsts if n in fixed)
     later = sorted(v for n, v in fixed.items() if n not in firsts)
-    minutes = _comparison(study)["job_minutes"]["study"]
-    return (f"{len(trials)} trials in {minutes:.1f} min ({len(trials) / minutes:.1f} per minute; at that pace 100 "
-            f"would take {100 / len(trials) * minutes:.1f} min); per trial, what is not training took "
+    return (f"{gpu_pace(study)}; per trial, what is not training took "
             f"**{100 * sum(shares) / len(shares):.1f}%** of its time on average (median "
             f"{100 * shares[len(shares) // 2]:.1f}%, at most {100 * shares[-1]:.1f}%): "
             f"{later[len(later) // 2]:.2f} s per trial (median), {first[0]:.1f}-{first[-1]:.1f} s for the first "

@@ -149,13 +149,15 @@ class Checkpointer:
         last epoch that ended (not after a diverged one)."""
         if self.behind and at_last_epoch:
             self._write(self.get_state())
-        elif self.best_state is not None:
-            save_checkpoint(self.run_dir.best, self.best_state)
-            self.best_state = None
+        else:
+            self._write_best()
 
     def _write(self, state: dict[str, Any]) -> None:
         save_checkpoint(self.run_dir.last, state)
+        self._write_best()
+        self.written_at, self.behind = time.perf_counter(), False
+
+    def _write_best(self) -> None:
         if self.best_state is not None:
             save_checkpoint(self.run_dir.best, self.best_state)
             self.best_state = None
-        self.written_at, self.behind = time.perf_counter(), False

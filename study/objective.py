@@ -114,8 +114,9 @@ class Objective:
         The heartbeat's retry callback re-enqueues a stale trial with the same parameters, its
         number in ``retry_history`` and its reported epochs; the predecessor's run directory is
         copied into this trial's and training resumes there (epochs after last.pt's that the
-        predecessor reported train again, and are not reported again). Not under torchrun (TorchDistributedTrial), where
-        the other ranks could not know; there a retried trial starts again.
+        predecessor reported train again, and are not reported again). Not under torchrun
+        (TorchDistributedTrial), where the other ranks could not know; there a retried trial
+        starts again.
         """
         if not isinstance(trial, optuna.Trial):
             return False
