@@ -548,18 +548,26 @@ def study_bench_table(name: str) -> str:
 
 
 def memory_line() -> str:
-    """Peak memory of training, and where it goes (results/bench/memory.json)."""
+    """Peak memory of training with each pooling, and where it goes (results/bench/memory.json)."""
     d = _bench("memory")
-    epochs = d["training_epoch_mb"]
-    runs = ", ".join(f"{v / 1024:.2f} GB at batch {k}" for k, v in epochs.items())
-    saved = d["saved_for_backward"]
-    biggest = max(saved, key=int)
-    kinds = ", ".join(f"{kind} {mb:.0f} MB" for kind, mb in saved[biggest]["largest_mb"].items())
-    return (f"{runs} (one epoch on 10% of the split, `{d['config']}`); `import torch` alone: "
-            f"{d['import_torch_mb'] / 1024:.2f} GB, with the data set: {d['import_torch_and_data_mb'] / 1024:.2f} GB. "
-            f"The activations autograd keeps for one backward pass: "
-            + ", ".join(f"{v['total_mb'] / 1024:.2f} GB at batch {k}" for k, v in saved.items())
-            + f"; the largest kinds at batch {biggest} (per image: dtype, channels x height x width): {kinds}")
+    epochs, saved, biggest = d["training_epoch_mb"], d["saved_for_backward"], max(d["saved_for_backward"], key=int)
+
+    def per_batch(table: dict, pool: str, unit: float = 1024) -> str:
+        return ", ".join(f"{v[pool] / unit:.2f} GB at batch {k}" for k, v in table.items())
+
+    def saved_mb(pool: str) -> str:
+        return ", ".join(f"{v[pool]['total_mb'] / 1024:.2f} GB at batch {k}" for k, v in saved.items())
+
+    kinds = ", ".join(f"{kind} {mb:.0f} MB" for kind, mb in saved[biggest]["max_pool2d"]["largest_mb"].items())
+    steps = d["step_images_per_s"][biggest]
+    return (f"on a {d['threads']}-thread {d['machine']}, one epoch on 10% of the split (`{d['config']}`): "
+            f"{per_batch(epochs, 'max_pool2d')}; with the low-memory pooling kernel "
+            f"{per_batch(epochs, 'kernel')}. `import torch` alone: {d['import_torch_mb'] / 1024:.2f} GB, with the "
+            f"data set: {d['import_torch_and_data_mb'] / 1024:.2f} GB. The activations autograd keeps for one "
+            f"backward pass: {saved_mb('max_pool2d')} (with the kernel: {saved_mb('kernel')}); the largest kinds "
+            f"at batch {biggest} (per image: dtype, channels x height x width): {kinds}. The kernel's training "
+            f"steps at batch {biggest}, alternating with max_pool2d's: {steps['kernel']:.0f} against "
+            f"{steps['max_pool2d']:.0f} images/s ({steps['kernel_ratio']:.2f}x)")
 
 
 def study_bench_trials() -> str:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cifar.pool import MaxPool2x2
 from cifar.registry import Registry
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class PlainBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, pool: bool, kit: LayerKit = LayerKit()):
         super().__init__()
         self.conv = kit.conv(c_in, c_out)
-        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.pool = MaxPool2x2() if pool else nn.Identity()
         self.bn = kit.norm(c_out)
         self.act = kit.act()
 
@@ -83,7 +84,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, pool: bool, kit: LayerKit = LayerKit()):
         super().__init__()
         self.conv1 = kit.conv(c_in, c_out)
-        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.pool = MaxPool2x2() if pool else nn.Identity()
         self.bn1 = kit.norm(c_out)
         self.conv2 = kit.conv(c_out, c_out)
         self.bn2 = kit.norm(c_out)
