@@ -159,6 +159,12 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir"):
         assert key in first.user_attrs, key
     assert Path(first.user_attrs["run_dir"], "metrics.csv").is_file()
+    for t in study.trials:  # each trial's time outside its epochs, by phase: none negative, within its time
+        phases = t.user_attrs["phase_seconds"]
+        assert set(phases) == {"before_train", "train_setup_and_callbacks", "optuna_report_prune",
+                               "curve_and_uploads"} and min(phases.values()) >= 0
+        assert phases["curve_and_uploads"] > 0  # a curve was drawn and uploaded for every trial
+        assert sum(phases.values()) + t.user_attrs["train_seconds"] <= t.duration.total_seconds() + 0.01
     artifacts = optuna.artifacts.get_all_artifact_meta(first, storage=study._storage)
     assert {a.filename for a in artifacts} == {"curves.png", "config.json"}
     assert "trial   7" in out and "ETA" in out and "best val_acc" in out
