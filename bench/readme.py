@@ -627,6 +627,7 @@ def fidelity_line() -> str:
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_time_to_accuracy": lambda: f"\n{gpu_time_to_accuracy()}\n", "baseline_decision": baseline_decision,
           "allocator_line": allocator_line, "allocator_b1024_line": lambda: allocator_line("allocator-b1024"),
+          "allocator_b1024_epyc_line": lambda: allocator_line("allocator-b1024-epyc"),
           "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "fidelity_line": fidelity_line,

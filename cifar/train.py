@@ -93,8 +93,9 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net = net.to(device, memory_format=fmt)
     if net.whitening is not None:  # fitted to the train split, before any training step
-        sample = data.train.x[:WHITEN_IMAGES].to(device)
-        net.whitening.fit(Normalize(data.mean, data.std).to(device)(sample))
+        normalize = Normalize(data.mean, data.std).to(device)
+        net.whitening.fit_once(data.train.x, (data.mean, data.std, str(device)),
+                               lambda: normalize(data.train.x[:WHITEN_IMAGES].to(device)))
     model = net
     if rank.world > 1:
         if net.whitening is not None and cfg.whiten_bias_epochs:

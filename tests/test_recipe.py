@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +189,17 @@ def test_whitening_bias_freezes_after_its_epochs(tiny_data, tmp_path):
     after_three = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
     assert torch.equal(after_three["features.0.bias"], after_one)            # frozen after epoch 1
     assert not torch.equal(after_three["features.0.bias"], torch.zeros_like(after_one))  # but it did train
+
+
+def test_runs_on_the_same_data_fit_the_whitening_once_and_start_alike(tiny_data, tmp_path, monkeypatch):
+    fits = []
+    real = PatchWhitening.fit
+    monkeypatch.setattr(PatchWhitening, "fit", lambda self, images, **kw: (fits.append(1), real(self, images, **kw)))
+    cfg = fast_config(epochs=1)
+    fresh = dataclasses.replace(tiny_data, train=Split(tiny_data.train.x.clone(), tiny_data.train.y))
+    weights = []
+    for i, data in enumerate((tiny_data, tiny_data, fresh)):  # the third: other images' tensor, fitted anew
+        train(apply_overrides(cfg, {"seed": i}), data, tmp_path / f"run{i}")
+        weights.append(torch.load(tmp_path / f"run{i}" / "last.pt", weights_only=False)["model"]["features.0.weight"])
+    assert len(fits) == 2
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])  # as a fresh fit gives
