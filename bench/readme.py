@@ -570,6 +570,20 @@ def memory_line() -> str:
             f"{steps['max_pool2d']:.0f} images/s ({steps['kernel_ratio']:.2f}x)")
 
 
+def trial_phases_line() -> str:
+    """Where a short study's trials spend their time outside the epochs (results/bench/trial_phases.json)."""
+    d = _bench("trial_phases")
+    m, first = d["median_seconds"], d["first_trial_seconds"]
+    return (f"on a {d['threads']}-thread {d['machine']}, a `{d['preset']}` study of {d['trials_finished']} trials on "
+            f"{100 * d['train_fraction']:.0f}% of the split at a {d['target_epochs']}-epoch target (a trial "
+            f"{d['trial_seconds_median']:.1f} s, its epochs {d['epochs_seconds_median']:.1f} s; medians): "
+            f"{m['outside_epochs']:.3f} s a trial outside its epochs, of which {m['before_train']:.3f} s before "
+            f"`train()`, {m['train_setup_and_callbacks']:.3f} s in `train()` around the epochs, "
+            f"{m['optuna_report_prune']:.3f} s in Optuna's report and prune calls, {m['curve_and_uploads']:.3f} s "
+            f"on the curve and its upload, {m['optuna_outside_objective']:.3f} s in Optuna outside the objective; "
+            f"the first trial {first['outside_epochs']:.2f} s, {first['before_train']:.2f} s of it before `train()`")
+
+
 def study_bench_trials() -> str:
     """How many trials each arm of the CPU study benchmark finished (results/bench/study.json)."""
     arms = _bench("study")["arms"]
@@ -653,7 +667,8 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_job": lambda: job_line(GPU_STUDY, "a lent"), "gpu_selection": lambda: selection_line(GPU_STUDY),
           "gpu_report": lambda: paired_result(GPU_STUDY), "gpu_rungs": lambda: study_rungs(GPU_STUDY),
           "gpu_overhead": trial_overhead, "gpu_report_short": lambda: paired_short(GPU_STUDY),
-          "ninety_line": ninety_line, "gpu_pace": gpu_pace}
+          "ninety_line": ninety_line, "gpu_pace": gpu_pace,
+          "trial_phases_line": trial_phases_line}
 
 
 def render(text: str) -> str:
