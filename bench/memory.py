@@ -33,9 +33,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.common import run_python, write_result  # noqa: E402
+from cifar.config import TrainConfig  # noqa: E402
+from cifar.model import SmallCNN  # noqa: E402
 from cifar.pool import ENV, kernel  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
-from cifar.runtime import device_name  # noqa: E402
+from cifar.runtime import device_name, keep_freed_memory  # noqa: E402
 
 POOLS = {"kernel": "1", "max_pool2d": "0"}  # CIFAR_LOWMEM_POOL for each
 
@@ -45,16 +47,18 @@ def peak_mb(args: list[str], env: dict[str, str] | None = None) -> float:
     return round(run_python(args, env=env, quiet=True).ru_maxrss / 1024, 1)
 
 
-def saved_for_backward(config: str, batch: int) -> dict:
-    """MB of the distinct tensors autograd saves for the backward pass of one training forward
-    pass of ``config``'s model on ``batch`` images (channels-last, as a run has them, and with
-    the pooling ``CIFAR_LOWMEM_POOL`` selects): in total, and the largest kinds by shape."""
-    from cifar.config import TrainConfig
-    from cifar.model import SmallCNN
-
+def train_model(config: str) -> tuple[torch.nn.Module, torch.memory_format]:
+    """``config``'s model in training mode, in the memory layout a run gives it, and that layout."""
     cfg = TrainConfig.from_json(config)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = SmallCNN(cfg.model).to(memory_format=layout).train()
+    return SmallCNN(cfg.model).to(memory_format=layout).train(), layout
+
+
+def saved_for_backward(config: str, batch: int) -> dict:
+    """MB of the distinct tensors autograd saves for the backward pass of one training forward
+    pass of ``config``'s model on ``batch`` images (in the layout a run gives it, and with
+    the pooling ``CIFAR_LOWMEM_POOL`` selects): in total, and the largest kinds by shape."""
+    model, layout = train_model(config)
     kept: dict[tuple, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -74,16 +78,11 @@ def saved_for_backward(config: str, batch: int) -> dict:
 def step_speed(config: str, batch: int, steps: int) -> dict:
     """Training images/s of one model's steps with each pooling, alternating step by step in this
     process (freed memory kept, as a run does), and the kernel's ratio: the median of ``steps``."""
-    from cifar.config import TrainConfig
-    from cifar.model import SmallCNN
-    from cifar.runtime import keep_freed_memory
-
     keep_freed_memory(torch.device("cpu"))
-    cfg = TrainConfig.from_json(config)
     torch.manual_seed(0)
-    model = SmallCNN(cfg.model).to(memory_format=torch.channels_last).train()
+    model, layout = train_model(config)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 32).to(memory_format=layout)
     y = torch.randint(0, 10, (batch,))
     seconds: dict[str, list[float]] = {pool: [] for pool in POOLS}
     for step in range(steps + 1):  # the first round warms up

@@ -552,8 +552,8 @@ def memory_line() -> str:
     d = _bench("memory")
     epochs, saved, biggest = d["training_epoch_mb"], d["saved_for_backward"], max(d["saved_for_backward"], key=int)
 
-    def per_batch(table: dict, pool: str, unit: float = 1024) -> str:
-        return ", ".join(f"{v[pool] / unit:.2f} GB at batch {k}" for k, v in table.items())
+    def per_batch(table: dict, pool: str) -> str:
+        return ", ".join(f"{v[pool] / 1024:.2f} GB at batch {k}" for k, v in table.items())
 
     def saved_mb(pool: str) -> str:
         return ", ".join(f"{v[pool]['total_mb'] / 1024:.2f} GB at batch {k}" for k, v in saved.items())
