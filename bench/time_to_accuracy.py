@@ -16,6 +16,7 @@ Groups of the plan (run in this order; ``--only`` picks some):
 - wide:     the same recipe with widths 64,256,256 (airbench94's) at 10 epochs, seeds 0 and 1
 - baseline: configs/smallcnn.json (14 epochs), seeds 0 and 1
 - ablation: the recipe at 6 epochs with each technique removed in turn, seed 0
+- muon:     configs/fast-muon.json (Muon for the conv filters) at 11 epochs, plain and wide, seeds 0 and 1
 
 Training compute = 3 x forward FLOPs x images trained. The test set is read only
 to report these figures; no choice in the recipe is made from them here.
@@ -45,11 +46,13 @@ import torch  # noqa: E402
 
 from bench.common import matmul_gflops, run_python, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
+from cifar.optim import identity  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
 from cifar.runtime import device_name, resolve_device  # noqa: E402
 from study.budget import measure_throughput  # noqa: E402
 
 FAST, SMALLCNN = ROOT / "configs" / "fast.json", ROOT / "configs" / "smallcnn.json"
+FAST_MUON = ROOT / "configs" / "fast-muon.json"
 # Each technique of the recipe, and the overrides that remove it (at 6 epochs).
 ABLATIONS = {
     "whitening": {"stem": "conv", "stem_width": 24},
@@ -83,7 +86,7 @@ class Run:
         return apply_overrides(TrainConfig.from_json(self.config), {**self.overrides, "seed": self.seed})
 
     def run_dir(self, root: Path) -> RunDir:
-        key = hashlib.sha1(json.dumps(self.cfg().to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        key = hashlib.sha1(json.dumps(identity(self.cfg()), sort_keys=True).encode()).hexdigest()[:10]
         return RunDir(root / f"{self.name}-{key}-seed{self.seed}")
 
 
@@ -95,6 +98,9 @@ def plan(common: dict | None = None) -> list[Run]:
     runs += [Run("wide", "fast-wide-10ep", FAST, {**c, "epochs": 10, "widths": "64,256,256"}, s) for s in (0, 1)]
     runs += [Run("baseline", "smallcnn-14ep", SMALLCNN, dict(c), s) for s in (0, 1)]
     runs += [Run("ablation", f"fast-6ep-no-{t}", FAST, {**c, "epochs": 6, **o}, 0) for t, o in ABLATIONS.items()]
+    # Muon for the filters (airbench94_muon's values), at the budgets of the two open targets: 11 epochs.
+    runs += [Run("muon", "fast-muon-11ep", FAST_MUON, dict(c), s) for s in (0, 1)]
+    runs += [Run("muon", "fast-wide-muon-11ep", FAST_MUON, {**c, "widths": "64,256,256"}, s) for s in (0, 1)]
     return runs
 
 
@@ -188,7 +194,7 @@ def targets(rows: list[dict]) -> list[dict]:
     out = []
     for what, pflop, acc, tta in TARGETS:
         key = "test_acc_tta" if tta else "test_acc"
-        eligible = [r for r in rows if r["group"] in ("recipe", "wide") and len(r["seeds"]) >= 2
+        eligible = [r for r in rows if r["group"] in ("recipe", "wide", "muon") and len(r["seeds"]) >= 2
                     and r["train_pflop"] <= pflop]
         best = max(eligible, key=lambda r: r[key][0], default=None)
         out.append({"target": what, "met": bool(best and best[key][0] >= acc),
@@ -200,7 +206,7 @@ def targets(rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=None,
-                        help="comma-separated groups (recipe, wide, baseline, ablation) or run names (fast-10ep)")
+                        help="comma-separated groups (recipe, wide, baseline, ablation, muon) or run names (fast-10ep)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds to run (default: the plan's)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "tta"))
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "time_to_accuracy.json"))

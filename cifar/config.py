@@ -107,10 +107,12 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 14              # passes over the train split
     batch_size: int = 256         # images per optimizer step
-    optimizer: str = "sgd"        # a key of cifar.optim.OPTIMIZERS: sgd | sgd1024 | adam | adamw | rmsprop
+    optimizer: str = "sgd"        # a key of cifar.optim.OPTIMIZERS: sgd | sgd1024 | muon | adam | adamw | rmsprop
     lr: float = 0.2               # peak learning rate of the schedule (sgd1024: per 1024 examples)
     momentum: float = 0.9         # SGD/RMSprop momentum
     nesterov: bool = True         # Nesterov momentum (SGD only)
+    muon_lr: float = 0.24         # muon: the conv filters' step (they are rescaled to a fixed norm each step)
+    muon_momentum: float = 0.6    # muon: the conv filters' Nesterov momentum (the rest: momentum)
     weight_decay: float = 5e-4    # L2 penalty (decoupled for AdamW; sgd1024: per 1024 examples)
     schedule: str = "onecycle"    # a key of cifar.optim.SCHEDULES: onecycle | cosine | step | constant | triangle
     warmup_epochs: float = 2.0    # linear warmup length (onecycle and cosine)
@@ -142,6 +144,8 @@ class TrainConfig:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.muon_lr > 0 and 0.0 <= self.muon_momentum < 1.0,
+               f"muon_lr must be > 0 and muon_momentum in [0, 1), got {self.muon_lr}, {self.muon_momentum}")
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(0.0 <= self.warmup_fraction < 1.0, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")

@@ -54,10 +54,63 @@ def _sgd1024(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
     and the plain weight decay is weight_decay / lr: each step decays by
     weight_decay x batch / scale, whatever the lr.
     """
-    scale = 1024 * (1 + 1 / (1 - cfg.momentum))
-    lr = cfg.lr * cfg.batch_size / scale
+    lr = _per1024_lr(cfg)
     return torch.optim.SGD(torch_groups(groups, lr, cfg.weight_decay / cfg.lr), lr=lr, momentum=cfg.momentum,
                            nesterov=cfg.momentum > 0)
+
+
+def _per1024_lr(cfg: TrainConfig) -> float:
+    return cfg.lr * cfg.batch_size / (1024 * (1 + 1 / (1 - cfg.momentum)))
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """About U S' V^T for g = U S V^T, S' roughly within [0.5, 1.5]: a quintic Newton-Schulz iteration
+    with Jordan's coefficients, chosen for a steep slope at zero rather than convergence to 1."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = g.shape[0] > g.shape[1]
+    x = (g.T if tall else g) / (g.norm() + eps)  # the spectral norm is at most the Frobenius norm, 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Groups marked ``muon``: each filter is rescaled to norm sqrt(out channels), then moved by ``lr``
+    times the orthogonalized Nesterov momentum of its gradient (Jordan's Muon as airbench94_muon uses it,
+    3 Newton-Schulz steps, no weight decay). Other groups: Nesterov SGD, step for step torch.optim.SGD's.
+
+    torch.optim.Muon takes 2-D parameters only and has no per-step rescaling, hence this class.
+    """
+
+    def __init__(self, groups: list[dict[str, Any]]):
+        super().__init__(groups, {"weight_decay": 0.0, "muon": False})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        for group in self.param_groups:
+            m = group["momentum"]
+            for p in (q for q in group["params"] if q.grad is not None):
+                g = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+                state = self.state[p]
+                if "momentum_buffer" in state:
+                    state["momentum_buffer"].mul_(m).add_(g)
+                else:
+                    state["momentum_buffer"] = g.clone()
+                g = g.add(state["momentum_buffer"], alpha=m)
+                if group["muon"]:
+                    p.mul_(math.sqrt(len(p)) / p.norm())
+                    g = orthogonalize(g.reshape(len(g), -1)).view_as(p)
+                p.add_(g, alpha=-group["lr"])
+
+
+@OPTIMIZERS.register("muon")
+def _muon(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Muon for the conv filters (at muon_lr, muon_momentum), sgd1024 for everything else."""
+    filters = [p for g in groups for p in g["params"] if p.ndim == 4]
+    rest = [{**g, "params": [p for p in g["params"] if p.ndim != 4]} for g in groups]
+    sgd = [{**g, "momentum": cfg.momentum} for g in torch_groups(rest, _per1024_lr(cfg), cfg.weight_decay / cfg.lr)]
+    return Muon(sgd + [{"params": filters, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "muon": True}])
 
 
 @OPTIMIZERS.register("adam")
@@ -91,6 +144,15 @@ def param_groups(cfg: TrainConfig, model: nn.Module) -> ParamGroups:
         {"params": [p for p in trained if p.ndim <= 1 and id(p) not in norm], "lr_scale": 1.0,
          "decay": cfg.weight_decay_all},
     ]
+
+
+def identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as run caches hash it: muon's keys only where the optimizer is muon (elsewhere they
+    change nothing, and runs cached before they existed keep their keys)."""
+    d = cfg.to_dict()
+    if cfg.optimizer != "muon":
+        del d["muon_lr"], d["muon_momentum"]
+    return d
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

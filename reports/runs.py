@@ -28,6 +28,7 @@ from pathlib import Path
 from cifar.config import TrainConfig, apply_overrides, flatten
 from cifar.data import CifarData
 from cifar.evaluate import evaluate_run
+from cifar.optim import identity
 from cifar.rundir import RunDir
 from cifar.train import train
 from reports.stats import mean_std
@@ -37,7 +38,7 @@ DATA_LOCATION = ("data_dir", "cache_dir")  # where the data is, not what a run t
 
 
 def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
-    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:12]
     return runs_root / f"{key}-seed{cfg.seed}"
 
 

@@ -156,7 +156,10 @@ def test_triangle_schedule_runs_from_start_to_peak_to_floor():
 
 
 def test_fast_recipe_trains_and_resumes_exactly(tiny_data, tmp_path):
-    cfg = fast_config()
+    assert_trains_and_resumes_exactly(fast_config(), tiny_data, tmp_path)
+
+
+def assert_trains_and_resumes_exactly(cfg: TrainConfig, tiny_data, tmp_path) -> None:
     full = train(cfg, tiny_data, tmp_path / "full")
     assert full.status == "completed"
     # Two epochs, then a resume: whitening, bias freezing, lookahead and alternating flip all continue.

@@ -86,7 +86,7 @@ def test_registry_lists_the_choices_for_an_unknown_name():
 
 
 @pytest.mark.parametrize("lookup, message", [
-    ("cifar.optim:OPTIMIZERS", "unknown optimizer 'lion'; choose one of sgd, sgd1024, adam, adamw, rmsprop"),
+    ("cifar.optim:OPTIMIZERS", "unknown optimizer 'lion'; choose one of sgd, sgd1024, muon, adam, adamw, rmsprop"),
     ("cifar.optim:SCHEDULES", "unknown schedule 'lion'; choose one of onecycle, cosine, step, constant"),
     ("cifar.model:BLOCKS", "unknown block 'lion'; choose one of plain, residual"),
     ("cifar.pipeline:PIPELINES", "unknown pipeline 'lion'; choose one of tensor, torchvision"),
