@@ -52,9 +52,15 @@ def time_to_accuracy() -> str:
                     f"{r['images_per_s']:.0f} | {r['train_gflops_per_s']:.0f} ({r['matmul_gflops']:.0f}) | "
                     f"{r['peak_rss_mb'] or 0:.0f} |")
     m = result["machine"]
-    rows += ["", f"Machine: {m['cpu']}, {m['threads']} threads, fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s, "
-             f"the baseline model trains at {m['baseline_images_per_s']:.0f} images/s (measured before each run; "
-             f"last: {result['written']}). Targets so far:"]
+    machines = {}
+    for r in result["summary"]:
+        machines.setdefault(", ".join(r.get("cpus", [m["cpu"]])), []).append(r["name"])
+    where = "; ".join(f"{cpu} for {', '.join(names) if len(machines) > 1 and len(names) < 5 else 'the rest'}"
+                      for cpu, names in sorted(machines.items(), key=lambda kv: len(kv[1])))
+    rows += ["", f"Machines: {where}; {m['threads']} threads; each row's matmul and the baseline model's "
+             f"images/s measured before each of its runs (last run: {result['written']}, on {m['cpu']}: fp32 "
+             f"matmul {m['matmul_gflops']:.0f} GFLOP/s, baseline {m['baseline_images_per_s']:.0f} images/s). "
+             "Targets so far:"]
     rows += [f"- {t['target']}: " + (f"{'met' if t['met'] else 'not met'} (best: {t['best']['name']})"
                                       if isinstance(t["best"], dict) else f"not measured yet ({t['best']})")
              for t in result["targets"]]
@@ -167,6 +173,27 @@ def ablation_table() -> str:
             f"difference within about {200 * sd:.1f} points, two standard deviations of such a difference, "
             f"is noise). {len(out) - 2} of the {len(ABLATIONS)} techniques measured so far."]
     return "\n".join(out)
+
+
+def muon_line() -> str:
+    """Muon's runs at the open targets' budgets against the recipe's nearest runs (time_to_accuracy.json)."""
+    rows = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}
+    out = []
+    for name, other, target in (("fast-muon-11ep", "fast-10ep", "88.0% without TTA within 0.16 PFLOP"),
+                                ("fast-wide-muon-11ep", "fast-wide-10ep", "90.5% with TTA within 0.36 PFLOP")):
+        r, o = rows.get(name), rows[other]
+        if r is None:
+            out.append(f"{name}: not run yet")
+            continue
+        seeds = len(r["seeds"])
+        verdict = next(t for t in _bench("time_to_accuracy")["targets"] if t["target"] == target)
+        met = "met" if verdict["met"] and verdict["best"]["name"] == name else (
+            "not met" if seeds >= 2 else "not decided (one seed so far)")
+        out.append(f"{name} ({r['train_pflop']:.3f} PFLOP, {', '.join(r.get('cpus', []))}): "
+                   f"{_pct(r['test_acc'])}, {_pct(r['test_acc_tta'])} with TTA over {seeds} "
+                   f"seed{'s' * (seeds > 1)}, against {other}'s {_pct(o['test_acc'])}, {_pct(o['test_acc_tta'])} "
+                   f"({o['train_pflop']:.3f} PFLOP); the target {target}: {met}")
+    return "; ".join(out)
 
 
 def baseline_throughput() -> str:
@@ -644,7 +671,7 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "allocator_b1024_epyc_line": lambda: allocator_line("allocator-b1024-epyc"),
           "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
-          "fidelity_line": fidelity_line,
+          "fidelity_line": fidelity_line, "muon_line": muon_line,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,

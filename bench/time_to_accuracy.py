@@ -177,6 +177,7 @@ def summarise(records: list[dict]) -> list[dict]:
         rows.append({
             "name": name, "group": rs[0]["group"], "seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"],
             "devices": sorted({r.get("device") or "cpu" for r in rs}),
+            "cpus": sorted({r["machine_before_run"]["cpu"] for r in rs}),
             "test_acc": ms("test_acc"), "test_acc_tta": ms("test_acc_tta"), "train_minutes": round(
                 statistics.mean(r["train_seconds"] for r in rs) / 60, 1),
             "images_per_s": ms("images_per_s")[0], "train_pflop": rs[0]["train_pflop"],
