@@ -55,8 +55,8 @@ def time_to_accuracy() -> str:
     machines = {}
     for r in result["summary"]:
         machines.setdefault(", ".join(r.get("cpus", [m["cpu"]])), []).append(r["name"])
-    where = "; ".join(f"{cpu} for {', '.join(names) if len(machines) > 1 and len(names) < 5 else 'the rest'}"
-                      for cpu, names in sorted(machines.items(), key=lambda kv: len(kv[1])))
+    where = "; ".join(f"{cpu} for " + ("every row" if len(machines) == 1 else ", ".join(names) if len(names) < 5
+                                       else "the rest") for cpu, names in sorted(machines.items(), key=lambda kv: len(kv[1])))
     rows += ["", f"Machines: {where}; {m['threads']} threads; each row's matmul and the baseline model's "
              f"images/s measured before each of its runs (last run: {result['written']}, on {m['cpu']}: fp32 "
              f"matmul {m['matmul_gflops']:.0f} GFLOP/s, baseline {m['baseline_images_per_s']:.0f} images/s). "
