@@ -54,9 +54,12 @@ def time_to_accuracy() -> str:
     m = result["machine"]
     machines = {}
     for r in result["summary"]:
-        machines.setdefault(", ".join(r.get("cpus", [m["cpu"]])), []).append(r["name"])
-    where = "; ".join(f"{cpu} for " + ("every row" if len(machines) == 1 else ", ".join(names) if len(names) < 5
-                                       else "the rest") for cpu, names in sorted(machines.items(), key=lambda kv: len(kv[1])))
+        machines.setdefault(", ".join(r.get("cpus") or ["machine not recorded"]), []).append(r["name"])
+
+    def rows_of(names: list[str]) -> str:
+        return "every row" if len(machines) == 1 else ", ".join(names) if len(names) < 5 else "the rest"
+    by_rows = sorted(machines.items(), key=lambda kv: len(kv[1]))
+    where = "; ".join(f"{cpu} for {rows_of(names)}" for cpu, names in by_rows)
     rows += ["", f"Machines: {where}; {m['threads']} threads; each row's matmul and the baseline model's "
              f"images/s measured before each of its runs (last run: {result['written']}, on {m['cpu']}: fp32 "
              f"matmul {m['matmul_gflops']:.0f} GFLOP/s, baseline {m['baseline_images_per_s']:.0f} images/s). "
@@ -189,7 +192,7 @@ def muon_line() -> str:
         verdict = next(t for t in _bench("time_to_accuracy")["targets"] if t["target"] == target)
         met = "met" if verdict["met"] and verdict["best"]["name"] == name else (
             "not met" if seeds >= 2 else "not decided (one seed so far)")
-        out.append(f"{name} ({r['train_pflop']:.3f} PFLOP, {', '.join(r.get('cpus', []))}): "
+        out.append(f"{name} ({r['train_pflop']:.4f} PFLOP, {', '.join(r.get('cpus') or ['machine not recorded'])}): "
                    f"{_pct(r['test_acc'])}, {_pct(r['test_acc_tta'])} with TTA over {seeds} "
                    f"seed{'s' * (seeds > 1)}, against {other}'s {_pct(o['test_acc'])}, {_pct(o['test_acc_tta'])} "
                    f"({o['train_pflop']:.3f} PFLOP); the target {target}: {met}")
