@@ -196,6 +196,9 @@ def muon_line() -> str:
                    f"{_pct(r['test_acc'])}, {_pct(r['test_acc_tta'])} with TTA over {seeds} "
                    f"seed{'s' * (seeds > 1)}, against {other}'s {_pct(o['test_acc'])}, {_pct(o['test_acc_tta'])} "
                    f"({o['train_pflop']:.3f} PFLOP); the target {target}: {met}")
+    if same := rows.get("fast-11ep"):  # the recipe's optimizer at Muon's epochs
+        out.append(f"configs/fast.json at the same 11 epochs ({', '.join(same.get('cpus') or [])}): "
+                   f"{_pct(same['test_acc'])}, {_pct(same['test_acc_tta'])} with TTA")
     return "; ".join(out)
 
 

@@ -16,7 +16,8 @@ Groups of the plan (run in this order; ``--only`` picks some):
 - wide:     the same recipe with widths 64,256,256 (airbench94's) at 10 epochs, seeds 0 and 1
 - baseline: configs/smallcnn.json (14 epochs), seeds 0 and 1
 - ablation: the recipe at 6 epochs with each technique removed in turn, seed 0
-- muon:     configs/fast-muon.json (Muon for the conv filters) at 11 epochs, plain and wide, seeds 0 and 1
+- muon:     configs/fast-muon.json (Muon for the conv filters) at 11 epochs, plain and wide, seeds 0 and 1;
+            configs/fast.json at the same 11 epochs, seeds 0 and 1
 
 Training compute = 3 x forward FLOPs x images trained. The test set is read only
 to report these figures; no choice in the recipe is made from them here.
@@ -101,6 +102,8 @@ def plan(common: dict | None = None) -> list[Run]:
     # Muon for the filters (airbench94_muon's values), at the budgets of the two open targets: 11 epochs.
     runs += [Run("muon", "fast-muon-11ep", FAST_MUON, dict(c), s) for s in (0, 1)]
     runs += [Run("muon", "fast-wide-muon-11ep", FAST_MUON, {**c, "widths": "64,256,256"}, s) for s in (0, 1)]
+    # The recipe's own optimizer at the same 11 epochs: what Muon adds beyond the eleventh epoch.
+    runs += [Run("muon", "fast-11ep", FAST, {**c, "epochs": 11}, s) for s in (0, 1)]
     return runs
 
 
