@@ -41,6 +41,11 @@ def _pct(pair: list) -> str:
     return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else " (1 seed)")
 
 
+def _cpus(row: dict) -> str:
+    """The machines a time-to-accuracy row was measured on."""
+    return ", ".join(row.get("cpus") or ["machine not recorded"])
+
+
 def time_to_accuracy() -> str:
     """The fast recipe against the baseline: accuracy, compute, time (results/bench/time_to_accuracy.json)."""
     result = _bench("time_to_accuracy")
@@ -54,7 +59,7 @@ def time_to_accuracy() -> str:
     m = result["machine"]
     machines = {}
     for r in result["summary"]:
-        machines.setdefault(", ".join(r.get("cpus") or ["machine not recorded"]), []).append(r["name"])
+        machines.setdefault(_cpus(r), []).append(r["name"])
 
     def rows_of(names: list[str]) -> str:
         return "every row" if len(machines) == 1 else ", ".join(names) if len(names) < 5 else "the rest"
@@ -180,7 +185,8 @@ def ablation_table() -> str:
 
 def muon_line() -> str:
     """Muon's runs at the open targets' budgets against the recipe's nearest runs (time_to_accuracy.json)."""
-    rows = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}
+    result = _bench("time_to_accuracy")
+    rows = {r["name"]: r for r in result["summary"]}
     out = []
     for name, other, target in (("fast-muon-11ep", "fast-10ep", "88.0% without TTA within 0.16 PFLOP"),
                                 ("fast-wide-muon-11ep", "fast-wide-10ep", "90.5% with TTA within 0.36 PFLOP")):
@@ -189,15 +195,15 @@ def muon_line() -> str:
             out.append(f"{name}: not run yet")
             continue
         seeds = len(r["seeds"])
-        verdict = next(t for t in _bench("time_to_accuracy")["targets"] if t["target"] == target)
+        verdict = next(t for t in result["targets"] if t["target"] == target)
         met = "met" if verdict["met"] and verdict["best"]["name"] == name else (
             "not met" if seeds >= 2 else "not decided (one seed so far)")
-        out.append(f"{name} ({r['train_pflop']:.4f} PFLOP, {', '.join(r.get('cpus') or ['machine not recorded'])}): "
+        out.append(f"{name} ({r['train_pflop']:.4f} PFLOP, {_cpus(r)}): "
                    f"{_pct(r['test_acc'])}, {_pct(r['test_acc_tta'])} with TTA over {seeds} "
                    f"seed{'s' * (seeds > 1)}, against {other}'s {_pct(o['test_acc'])}, {_pct(o['test_acc_tta'])} "
                    f"({o['train_pflop']:.3f} PFLOP); the target {target}: {met}")
     if same := rows.get("fast-11ep"):  # the recipe's optimizer at Muon's epochs
-        out.append(f"configs/fast.json at the same 11 epochs ({', '.join(same.get('cpus') or [])}): "
+        out.append(f"configs/fast.json at the same 11 epochs ({_cpus(same)}): "
                    f"{_pct(same['test_acc'])}, {_pct(same['test_acc_tta'])} with TTA")
     return "; ".join(out)
 
