@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from cifar.pool import MaxPool2x2
+from cifar.recompute import norm_act_conv
 from cifar.registry import Registry
 
 if TYPE_CHECKING:
@@ -178,6 +178,7 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(c, cfg.num_classes, bias=cfg.head_bias)
+        self.recompute = False  # training passes keep a third of the activations (low_memory)
 
     @property
     def whitening(self) -> PatchWhitening | None:
@@ -185,7 +186,40 @@ class SmallCNN(nn.Module):
         return first if isinstance(first, PatchWhitening) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute and self.training and torch.is_grad_enabled() and self.chainable:
+            return self._forward_recomputed(x)
         return self.head(self.pool(self.features(x)).flatten(1)) * self.cfg.head_scale
+
+    @property
+    def chainable(self) -> bool:
+        """Whether ``recompute`` applies: plain blocks, a whitening stem or none, no dropout."""
+        cfg = self.cfg
+        return cfg.block == "plain" and cfg.dropout == 0.0 and (cfg.stem == "whiten" or not cfg.stem_width)
+
+    def _forward_recomputed(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward pass with each BatchNorm-activation-convolution through ``norm_act_conv``
+        (the same results, keeping a third of those activations for the backward pass)."""
+        h, bn, act = x, None, None  # act: the activation still to apply to h (after bn, where there is one)
+        for layer in self.features:
+            if isinstance(layer, PatchWhitening):
+                h = layer(h)
+            elif isinstance(layer, (nn.GELU, nn.ReLU)):
+                act = layer
+            elif isinstance(layer, PlainBlock):
+                h = norm_act_conv(h, bn, act, layer.conv) if act is not None else layer.conv(h)
+                h, bn, act = layer.pool(h), layer.bn, layer.act
+        if act is not None:
+            h = act(bn(h) if bn is not None else h)
+        return self.head(self.pool(h).flatten(1)) * self.cfg.head_scale
+
+
+def keep_less(model: SmallCNN) -> None:
+    """Have training passes keep less for the backward pass, with the same results (``low_memory``):
+    BatchNorm and activation outputs recomputed, max pooling through the one-byte kernel."""
+    model.recompute = True
+    for m in model.modules():
+        if isinstance(m, MaxPool2x2):
+            m.use_kernel = True
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -193,15 +227,31 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def forward_flops(model: nn.Module) -> int:
-    """Forward FLOPs of one 32x32 image (a multiply-add counts as 2), by PyTorch's counter."""
+    """Forward FLOPs of one 32x32 image (a multiply-add counts as 2) in its convolutions and linear layers,
+    which is what PyTorch's FlopCounterMode counts for these models (tests/test_model.py checks that).
+    Counted here because importing torch.utils.flop_counter loads Triton, about 95 MB resident in every
+    training process, CPU runs included."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, 32, 32, device=device))
-    model.train(was_training)
-    return counter.get_total_flops()
+    total = 0
+
+    def count(layer: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            total += 2 * out.numel() * layer.weight[0].numel()  # each output: C_in/groups x kh x kw products
+        else:
+            total += 2 * out.numel() * layer.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 32, 32, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return total
 
 
 @functools.lru_cache(maxsize=128)

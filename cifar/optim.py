@@ -147,11 +147,13 @@ def param_groups(cfg: TrainConfig, model: nn.Module) -> ParamGroups:
 
 
 def identity(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as run caches hash it: muon's keys only where the optimizer is muon (elsewhere they
-    change nothing, and runs cached before they existed keep their keys)."""
+    """The config as run caches hash it: muon's keys only where the optimizer is muon, low_memory only where
+    on (elsewhere they change nothing, and runs cached before they existed keep their keys)."""
     d = cfg.to_dict()
     if cfg.optimizer != "muon":
         del d["muon_lr"], d["muon_momentum"]
+    if not cfg.low_memory:
+        del d["low_memory"]
     return d
 
 

@@ -78,20 +78,23 @@ class _Pool(torch.autograd.Function):
         return _kernel[0].backward(grad, won, *ctx.size)
 
 
-def _use_kernel(x: torch.Tensor) -> bool:
-    return (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and enabled()
-            and kernel() is not None)
+def _use_kernel(x: torch.Tensor, wanted: bool) -> bool:
+    return ((wanted or enabled()) and x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and kernel() is not None)
 
 
-def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool2d(x, 2)``: through the kernel where it saves memory for a backward pass."""
-    return _Pool.apply(x) if _use_kernel(x) else F.max_pool2d(x, 2)
+def max_pool2x2(x: torch.Tensor, wanted: bool = False) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)``: through the kernel where it saves memory for a backward pass and is
+    wanted (``wanted``, or ``CIFAR_LOWMEM_POOL=1``)."""
+    return _Pool.apply(x) if _use_kernel(x, wanted) else F.max_pool2d(x, 2)
 
 
 class MaxPool2x2(nn.Module):
-    """``nn.MaxPool2d(2)``, with the low-memory kernel in training where enabled (same results, bit for bit)."""
+    """``nn.MaxPool2d(2)``, with the low-memory kernel in training where enabled (same results, bit for bit):
+    by ``CIFAR_LOWMEM_POOL=1``, or for this module by ``use_kernel = True`` (what ``low_memory`` sets)."""
+
+    use_kernel = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return max_pool2x2(x) if self.training else F.max_pool2d(x, 2)
+        return max_pool2x2(x, self.use_kernel) if self.training else F.max_pool2d(x, 2)

@@ -41,7 +41,7 @@ from cifar.cli import fail, parse_args
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import CifarData, prepare_data
 from cifar.loop import Diverged, evaluate, train_one_epoch
-from cifar.model import SmallCNN, model_cost
+from cifar.model import SmallCNN, keep_less, model_cost
 from cifar.optim import Lookahead, build_optimizer, build_scheduler
 from cifar.pipeline import Normalize, Pipeline
 from cifar.rundir import RunDir, TrainResult, load_checkpoint
@@ -92,6 +92,8 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     params, flops = model_cost(cfg.model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net = net.to(device, memory_format=fmt)
+    if cfg.low_memory:
+        keep_less(net)
     if net.whitening is not None:  # fitted to the train split, before any training step
         normalize = Normalize(data.mean, data.std).to(device)
         net.whitening.fit_once(data.train.x, (data.mean, data.std, str(device)),
