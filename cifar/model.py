@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from cifar.pool import MaxPool2x2
@@ -227,31 +228,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def forward_flops(model: nn.Module) -> int:
-    """Forward FLOPs of one 32x32 image (a multiply-add counts as 2) in its convolutions and linear layers,
-    which is what PyTorch's FlopCounterMode counts for these models (tests/test_model.py checks that).
-    Counted here because importing torch.utils.flop_counter loads Triton, about 95 MB resident in every
-    training process, CPU runs included."""
+    """Forward FLOPs of one 32x32 image (a multiply-add counts as 2), by PyTorch's counter."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total = 0
-
-    def count(layer: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(layer, nn.Conv2d):
-            total += 2 * out.numel() * layer.weight[0].numel()  # each output: C_in/groups x kh x kw products
-        else:
-            total += 2 * out.numel() * layer.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, 32, 32, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return total
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, 32, 32, device=device))
+    model.train(was_training)
+    return counter.get_total_flops()
 
 
 @functools.lru_cache(maxsize=128)
