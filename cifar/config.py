@@ -135,7 +135,7 @@ class TrainConfig:
     amp: str = "auto"             # mixed precision: auto | off | bf16 | fp16
     channels_last: bool = True    # NHWC memory format (faster convolutions on CPU and GPU)
     eval_batch_size: int = 500    # images per step when evaluating (memory, not results)
-    low_memory: bool = False      # CPU training keeps a third of the activations (same results; cifar/recompute.py)
+    low_memory: bool = False      # CPU training: a third of the activations, freed memory returned (same results)
     tensorboard: bool = False     # also write TensorBoard event files
 
     def __post_init__(self) -> None:

@@ -83,7 +83,10 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else None
 
 
-def keep_freed_memory(device: torch.device) -> str:
+_kept: list[bool] = []  # [True] once this process's malloc keeps freed memory
+
+
+def keep_freed_memory(device: torch.device, wanted: bool = True) -> str:
     """Have glibc's malloc keep what a training step frees, for the next step to reuse.
 
     A CPU training step allocates its activations (hundreds of MB at batch 512) and frees them.
@@ -92,9 +95,14 @@ def keep_freed_memory(device: torch.device) -> str:
     ``mmap`` for allocations and the heap's trimming keeps the freed blocks in the heap, where the
     next step reuses them (``bench/allocator.py`` measures it). The cost: the heap keeps its high
     water mark. Process-wide and idempotent; only for CPU runs (``device``), and
-    ``CIFAR_MALLOC=system`` leaves malloc as it is. What was done, in words, for a run's provenance."""
+    ``CIFAR_MALLOC=system`` leaves malloc as it is, and so does ``wanted=False`` (``low_memory``: the
+    peak then follows what a step holds, for more page faults), unless an earlier run of the process kept
+    it already. What was done, in words, for a run's provenance."""
     if device.type != "cpu":
         return "system (not a CPU run)"
+    if not wanted:
+        return ("glibc, freed memory kept (by an earlier run in this process)" if _kept
+                else "system (low_memory: freed memory returned)")
     if os.environ.get("CIFAR_MALLOC", "keep") == "system":
         return "system (CIFAR_MALLOC=system)"
     try:
@@ -102,6 +110,8 @@ def keep_freed_memory(device: torch.device) -> str:
         kept = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
     except (OSError, AttributeError):  # not glibc: its own allocator's defaults stay
         return "system (not glibc)"
+    if kept:
+        _kept[:] = [True]
     return "glibc, freed memory kept" if kept else "system (mallopt refused)"
 
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from cifar import pool
+from cifar import pool, runtime
 from cifar.config import ModelConfig, TrainConfig
 from cifar.model import SmallCNN, keep_less
 from cifar.optim import identity
+from cifar.runtime import keep_freed_memory
 from cifar.train import train
 from tests.conftest import CLASSES
 from tests.test_pool import saved_tensors
 from tests.test_recipe import FAST_MODEL, assert_trains_and_resumes_exactly, fast_config
-from tests.test_train import read_rows
+from tests.test_train import FAULTS_OF_REUSE, read_rows
 
 RELU_MODEL = ModelConfig(widths=(8, 16), depth=2, stem_width=0, dropout=0.0, num_classes=len(CLASSES))
 
@@ -107,3 +111,15 @@ def test_a_low_memory_run_has_the_usual_runs_metrics_and_resumes_exactly(tiny_da
 def test_low_memory_enters_the_run_identity_only_when_on():
     assert "low_memory" not in identity(TrainConfig())
     assert identity(TrainConfig(low_memory=True))["low_memory"] is True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux's")
+def test_low_memory_returns_freed_memory_unless_an_earlier_run_kept_it(monkeypatch):
+    script = FAULTS_OF_REUSE.replace('keep_freed_memory(torch.device("cpu"))',
+                                     'keep_freed_memory(torch.device("cpu"), wanted=False)')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "CIFAR_MALLOC": "keep"}).stdout.splitlines()
+    assert out[0] == "system (low_memory: freed memory returned)"
+    assert int(out[-1]) > 40 * 16_384 * 0.9  # each 64 MB block mapped afresh: the peak follows what is held
+    monkeypatch.setattr(runtime, "_kept", [True])  # a study's process, say, after a run that kept it
+    assert "earlier run" in keep_freed_memory(torch.device("cpu"), wanted=False)
