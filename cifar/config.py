@@ -135,7 +135,7 @@ class TrainConfig:
     amp: str = "auto"             # mixed precision: auto | off | bf16 | fp16
     channels_last: bool = True    # NHWC memory format (faster convolutions on CPU and GPU)
     eval_batch_size: int = 500    # images per step when evaluating (memory, not results)
-    low_memory: bool = False      # CPU training: a third of the activations, freed memory returned (same results)
+    low_memory: bool = False      # CPU fp32 training: a third of the activations, freed memory returned (same results)
     tensorboard: bool = False     # also write TensorBoard event files
 
     def __post_init__(self) -> None:
@@ -145,6 +145,8 @@ class TrainConfig:
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(not (self.low_memory and self.amp in ("bf16", "fp16")),
+               f"low_memory recomputes in fp32 only; with it use amp auto or off, not {self.amp}")
         _check(self.muon_lr > 0 and 0.0 <= self.muon_momentum < 1.0,
                f"muon_lr must be > 0 and muon_momentum in [0, 1), got {self.muon_lr}, {self.muon_momentum}")
         _check_choice("schedule", self.schedule, SCHEDULES)

@@ -92,7 +92,7 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     params, flops = model_cost(cfg.model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     net = net.to(device, memory_format=fmt)
-    if cfg.low_memory:
+    if cfg.low_memory and device.type == "cpu":
         keep_less(net)
     if net.whitening is not None:  # fitted to the train split, before any training step
         normalize = Normalize(data.mean, data.std).to(device)

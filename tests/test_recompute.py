@@ -59,6 +59,12 @@ def test_recomputed_training_steps_equal_the_usual_ones_bit_for_bit(cfg, layout)
     assert [int(m.num_batches_tracked) for m in norms] == [2] * len(norms)  # updated once a step
 
 
+def test_low_memory_is_fp32_only():
+    with pytest.raises(ValueError, match="low_memory recomputes in fp32 only"):
+        TrainConfig(low_memory=True, amp="bf16")
+    assert TrainConfig(low_memory=True, amp="auto").low_memory  # auto stays fp32 on a CPU
+
+
 def test_a_third_of_the_bn_activation_outputs_are_kept(monkeypatch):
     monkeypatch.delenv(pool.ENV, raising=False)  # max_pool2d: it keeps its input, one more 7x7 tensor
     cfg = TrainConfig.from_json("configs/fast.json").model
