@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt's parameter numbers (glibc's malloc.h)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -83,10 +83,7 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else None
 
 
-_kept: list[bool] = []  # [True] once this process's malloc keeps freed memory
-
-
-def keep_freed_memory(device: torch.device, wanted: bool = True) -> str:
+def keep_freed_memory(device: torch.device) -> str:
     """Have glibc's malloc keep what a training step frees, for the next step to reuse.
 
     A CPU training step allocates its activations (hundreds of MB at batch 512) and frees them.
@@ -95,14 +92,9 @@ def keep_freed_memory(device: torch.device, wanted: bool = True) -> str:
     ``mmap`` for allocations and the heap's trimming keeps the freed blocks in the heap, where the
     next step reuses them (``bench/allocator.py`` measures it). The cost: the heap keeps its high
     water mark. Process-wide and idempotent; only for CPU runs (``device``), and
-    ``CIFAR_MALLOC=system`` leaves malloc as it is, and so does ``wanted=False`` (``low_memory``: the
-    peak then follows what a step holds, for more page faults), unless an earlier run of the process kept
-    it already. What was done, in words, for a run's provenance."""
+    ``CIFAR_MALLOC=system`` leaves malloc as it is. What was done, in words, for a run's provenance."""
     if device.type != "cpu":
         return "system (not a CPU run)"
-    if not wanted:
-        return ("glibc, freed memory kept (by an earlier run in this process)" if _kept
-                else "system (low_memory: freed memory returned)")
     if os.environ.get("CIFAR_MALLOC", "keep") == "system":
         return "system (CIFAR_MALLOC=system)"
     try:
@@ -110,9 +102,29 @@ def keep_freed_memory(device: torch.device, wanted: bool = True) -> str:
         kept = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
     except (OSError, AttributeError):  # not glibc: its own allocator's defaults stay
         return "system (not glibc)"
-    if kept:
-        _kept[:] = [True]
     return "glibc, freed memory kept" if kept else "system (mallopt refused)"
+
+
+def return_freed_memory(device: torch.device) -> str:
+    """``low_memory``'s malloc, the opposite of ``keep_freed_memory``: every block of 1 MB or more gets
+    its own mapping, unmapped when freed, and what the heap holds free goes back to the system. The
+    peak then follows what a step holds; glibc's own default (blocks up to 32 MB from the heap, which
+    keeps their high-water mark) ran 0.4 GB higher at batch 1024, keeping freed memory higher still.
+    The price is the page faults ``keep_freed_memory`` saves. Process-wide; undoes an earlier
+    ``keep_freed_memory`` (a study's earlier trial, say); CPU runs only; ``CIFAR_MALLOC=system`` leaves
+    malloc as it is. What was done, in words, for a run's provenance."""
+    if device.type != "cpu":
+        return "system (not a CPU run)"
+    if os.environ.get("CIFAR_MALLOC", "keep") == "system":
+        return "system (CIFAR_MALLOC=system)"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        done = all(libc.mallopt(param, value) == 1 for param, value in (
+            (M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, 2**20), (M_TRIM_THRESHOLD, 2**20)))
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return "system (not glibc)"
+    return "glibc, blocks of 1 MB and more returned when freed" if done else "system (mallopt refused)"
 
 
 def device_name(device: torch.device) -> str:

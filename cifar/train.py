@@ -55,6 +55,7 @@ from cifar.runtime import (
     leave_distributed,
     resolve_amp,
     resolve_device,
+    return_freed_memory,
     seed_everything,
 )
 
@@ -86,7 +87,7 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     """Seed, then build in a fixed order (the order fixes what the seed gives each part)."""
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
-    malloc = keep_freed_memory(device, wanted=not cfg.low_memory)
+    malloc = return_freed_memory(device) if cfg.low_memory else keep_freed_memory(device)
     seed_everything(cfg.seed, cfg.deterministic)
     net = SmallCNN(cfg.model)
     params, flops = model_cost(cfg.model)

@@ -10,11 +10,10 @@ import sys
 import pytest
 import torch
 
-from cifar import pool, runtime
+from cifar import pool
 from cifar.config import ModelConfig, TrainConfig
 from cifar.model import SmallCNN, keep_less
 from cifar.optim import identity
-from cifar.runtime import keep_freed_memory
 from cifar.train import train
 from tests.conftest import CLASSES
 from tests.test_pool import saved_tensors
@@ -120,12 +119,12 @@ def test_low_memory_enters_the_run_identity_only_when_on():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux's")
-def test_low_memory_returns_freed_memory_unless_an_earlier_run_kept_it(monkeypatch):
-    script = FAULTS_OF_REUSE.replace('keep_freed_memory(torch.device("cpu"))',
-                                     'keep_freed_memory(torch.device("cpu"), wanted=False)')
+def test_low_memory_returns_freed_memory_even_after_a_run_kept_it():
+    # a study's process, say: a run kept freed memory, then a low_memory run returns it
+    script = FAULTS_OF_REUSE.replace('print(keep_freed_memory(torch.device("cpu")))',
+                                     'keep_freed_memory(torch.device("cpu")); from cifar.runtime import '
+                                     'return_freed_memory; print(return_freed_memory(torch.device("cpu")))')
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                          env={**os.environ, "CIFAR_MALLOC": "keep"}).stdout.splitlines()
-    assert out[0] == "system (low_memory: freed memory returned)"
+    assert out[0] == "glibc, blocks of 1 MB and more returned when freed"
     assert int(out[-1]) > 40 * 16_384 * 0.9  # each 64 MB block mapped afresh: the peak follows what is held
-    monkeypatch.setattr(runtime, "_kept", [True])  # a study's process, say, after a run that kept it
-    assert "earlier run" in keep_freed_memory(torch.device("cpu"), wanted=False)
