@@ -4,11 +4,12 @@ running a Python process to its end with its resource use."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -36,12 +37,31 @@ def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:
     return best
 
 
-def run_python(args: list[str], env: dict[str, str] | None = None, quiet: bool = False):
-    """``python ARGS`` in the project's root, run to its end: its resource use (``os.wait4``: peak
-    memory, CPU seconds, page faults). Exits with one line if it fails; ``quiet``: no stdout."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL if quiet else None)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if (code := os.waitstatus_to_exitcode(status)) != 0:
-        raise SystemExit(f"error: python {' '.join(args)} exited with {code}")
-    return usage
+# Started straight from a benchmark, a child's peak memory (ru_maxrss) would count the benchmark's own:
+# Linux carries the resident set of the process that forks and execs into the child's peak (a 1.5 GB
+# parent gives `python -c pass` a 1.5 GB peak). So the child starts from this small launcher, which
+# forks it, waits for it, and writes the child's own resource use to the file named first.
+_LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({k: getattr(usage, k) for k in dir(usage) if k.startswith("ru_")}, f)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_python(args: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> SimpleNamespace:
+    """``python ARGS`` in the project's root, run to its end: its own resource use (``os.wait4``'s
+    fields, ru_maxrss, ru_utime, ru_minflt...: peak memory, CPU seconds, page faults), measured by a
+    small launcher (above). Exits with one line if it fails; ``quiet``: no stdout."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "usage.json"
+        code = subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), *args], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL if quiet else None).returncode
+        if code != 0:
+            raise SystemExit(f"error: python {' '.join(args)} exited with {code}")
+        return SimpleNamespace(**json.loads(report.read_text()))

@@ -104,6 +104,8 @@ def plan(common: dict | None = None) -> list[Run]:
     runs += [Run("muon", "fast-wide-muon-11ep", FAST_MUON, {**c, "widths": "64,256,256"}, s) for s in (0, 1)]
     # The recipe's own optimizer at the same 11 epochs: what Muon adds beyond the eleventh epoch.
     runs += [Run("muon", "fast-11ep", FAST, {**c, "epochs": 11}, s) for s in (0, 1)]
+    # The recipe with low_memory (same arithmetic, less kept for the backward pass): a whole run's peak.
+    runs += [Run("memory", "fast-10ep-low-memory", FAST, {**c, "epochs": 10, "low_memory": True}, 0)]
     return runs
 
 
@@ -161,6 +163,7 @@ def execute(run: Run, root: Path, known: dict[str, dict]) -> dict:
         "train_pflop": round(3 * results.flops * images / 1e15, 4),
         "train_gflops_per_s": round(3 * results.flops * images_per_s / 1e9, 1),
         "peak_rss_mb": round(max(train_peak, eval_peak), 0) if train_peak else None,
+        "train_peak_rss_mb": round(train_peak) if train_peak else None, "eval_peak_rss_mb": round(eval_peak),
         "machine_before_run": measured,
     }
     record_file.write_text(json.dumps(record, indent=2) + "\n")
@@ -210,7 +213,8 @@ def targets(rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=None,
-                        help="comma-separated groups (recipe, wide, baseline, ablation, muon) or run names (fast-10ep)")
+                        help="comma-separated groups (recipe, wide, baseline, ablation, muon, memory) "
+                             "or run names (fast-10ep)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds to run (default: the plan's)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "tta"))
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "time_to_accuracy.json"))
