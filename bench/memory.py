@@ -4,16 +4,22 @@ Each measurement is its own process, so its peak resident set is its own
 (``os.wait4``): Python with ``import torch`` only; that plus the data set as a
 run holds it (``prepare_data``); and one epoch of a config on 10% of the train
 split at several batch sizes (the activations of a batch grow with it), each
-twice, side by side: with the low-memory max pooling kernel (``cifar/pool.py``,
-``CIFAR_LOWMEM_POOL=1``) and with ``max_pool2d`` (the default), with each run's
-training images/s. The two poolings' speed, alternating step by step in one
-process (``step_images_per_s``). Where the activations go: the tensors autograd
-keeps for the backward pass of one training step, per batch size and pooling,
-in total and by shape (``saved_for_backward``).
+four ways, side by side: as a run trains by default (``max_pool2d``), with the
+low-memory max pooling kernel only (``cifar/pool.py``, ``CIFAR_LOWMEM_POOL=1``),
+and with ``low_memory`` (the kernel, BatchNorm and activation outputs recomputed
+in the backward pass by ``cifar/recompute.py``, freed memory returned to the
+system), and ``low_memory`` with glibc's malloc at its defaults
+(``CIFAR_MALLOC=system``), with each run's training images/s. Speed, side by side: the two
+poolings alternating step by step in one process (``step_images_per_s``), and
+``low_memory`` against the default in alternating runs at the largest batch
+(``low_memory_rounds``; it changes malloc for the whole process, so each run is
+its own). Where the activations go: the tensors autograd keeps for the backward
+pass of one training step, per batch size and way, in total and by shape
+(``saved_for_backward``).
 
 Usage:
     CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/memory.py [--config configs/fast.json]
-        [--batch-sizes 256,512,1024]
+        [--batch-sizes 256,512,1024] [--rounds 3]
 Writes results/bench/memory.json.
 """
 
@@ -34,12 +40,16 @@ import torch  # noqa: E402
 
 from bench.common import run_python, write_result  # noqa: E402
 from cifar.config import TrainConfig  # noqa: E402
-from cifar.model import SmallCNN  # noqa: E402
+from cifar.model import SmallCNN, keep_less  # noqa: E402
 from cifar.pool import ENV, kernel  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
 from cifar.runtime import device_name, keep_freed_memory  # noqa: E402
 
 POOLS = {"kernel": "1", "max_pool2d": "0"}  # CIFAR_LOWMEM_POOL for each
+# each way's environment and low_memory (which takes the kernel by itself); the last: low_memory with
+# glibc's malloc left at its defaults (CIFAR_MALLOC=system), to show what its own malloc setting does
+WAYS = {"max_pool2d": ({ENV: "0"}, False), "kernel": ({ENV: "1"}, False), "low_memory": ({ENV: "0"}, True),
+        "low_memory_glibc_default": ({ENV: "0", "CIFAR_MALLOC": "system"}, True)}
 
 
 def peak_mb(args: list[str], env: dict[str, str] | None = None) -> float:
@@ -47,18 +57,45 @@ def peak_mb(args: list[str], env: dict[str, str] | None = None) -> float:
     return round(run_python(args, env=env, quiet=True).ru_maxrss / 1024, 1)
 
 
-def train_model(config: str) -> tuple[torch.nn.Module, torch.memory_format]:
+def train_model(config: str, low_memory: bool = False) -> tuple[torch.nn.Module, torch.memory_format]:
     """``config``'s model in training mode, in the memory layout a run gives it, and that layout."""
     cfg = TrainConfig.from_json(config)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return SmallCNN(cfg.model).to(memory_format=layout).train(), layout
+    model = SmallCNN(cfg.model).to(memory_format=layout).train()
+    if low_memory:
+        keep_less(model)
+    return model, layout
 
 
-def saved_for_backward(config: str, batch: int) -> dict:
+def epoch_run(config: str, batch: str, way: str, out: Path) -> tuple[float, float]:
+    """(peak MB, training images/s) of one epoch on 10% of the split, in its own process, ``way``."""
+    env, low_memory = WAYS[way]
+    peak = peak_mb(["-m", "cifar.train", "--config", config, "--epochs", "1", "--train_fraction", "0.1",
+                    "--batch_size", batch, "--low_memory", str(low_memory).lower(), "--out", str(out)],
+                   env={**os.environ, **env})
+    return peak, round(RunDir(out).read_history()[-1]["images_per_s"], 1)
+
+
+def low_memory_rounds(config: str, batch: str, rounds: int, tmp: Path) -> dict:
+    """``low_memory`` against the default, one epoch each, alternating runs (the order alternating too)."""
+    runs = []
+    for r in range(rounds):
+        for way in (("max_pool2d", "low_memory") if r % 2 else ("low_memory", "max_pool2d")):
+            peak, speed = epoch_run(config, batch, way, tmp / f"round{r}-{way}")
+            runs.append({"round": r, "way": way, "peak_mb": peak, "images_per_s": speed})
+    mean = {way: statistics.mean(x["images_per_s"] for x in runs if x["way"] == way)
+            for way in ("max_pool2d", "low_memory")}
+    return {"batch": int(batch), "rounds": rounds, "runs": runs,
+            "images_per_s_mean": {k: round(v, 1) for k, v in mean.items()},
+            "ratio": round(mean["low_memory"] / mean["max_pool2d"], 3),
+            "peak_mb_max": {way: max(x["peak_mb"] for x in runs if x["way"] == way) for way in mean}}
+
+
+def saved_for_backward(config: str, batch: int, low_memory: bool = False) -> dict:
     """MB of the distinct tensors autograd saves for the backward pass of one training forward
     pass of ``config``'s model on ``batch`` images (in the layout a run gives it, and with
-    the pooling ``CIFAR_LOWMEM_POOL`` selects): in total, and the largest kinds by shape."""
-    model, layout = train_model(config)
+    the pooling ``CIFAR_LOWMEM_POOL`` selects, or ``low_memory``'s): in total, and the largest kinds by shape."""
+    model, layout = train_model(config, low_memory)
     kept: dict[tuple, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -102,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "fast.json"))
     parser.add_argument("--batch-sizes", default="256,512,1024")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of low_memory and the default")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "memory.json"))
     args = parser.parse_args(argv)
     data = ("from cifar.config import TrainConfig; from cifar.data import prepare_data; "
@@ -117,18 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for batch in batches:
             result["training_epoch_mb"][batch], result["training_images_per_s"][batch] = {}, {}
-            for pool, flag in POOLS.items():
-                out = Path(tmp) / f"b{batch}-{pool}"
-                result["training_epoch_mb"][batch][pool] = peak_mb([
-                    "-m", "cifar.train", "--config", args.config, "--epochs", "1", "--train_fraction", "0.1",
-                    "--batch_size", batch, "--out", str(out)], env={**os.environ, ENV: flag})
-                images_per_s = RunDir(out).read_history()[-1]["images_per_s"]
-                result["training_images_per_s"][batch][pool] = round(images_per_s, 1)
+            for way in WAYS:
+                peak, speed = epoch_run(args.config, batch, way, Path(tmp) / f"b{batch}-{way}")
+                result["training_epoch_mb"][batch][way], result["training_images_per_s"][batch][way] = peak, speed
+        result["low_memory_rounds"] = low_memory_rounds(args.config, batches[-1], args.rounds, Path(tmp))
     for batch in batches:
         result["saved_for_backward"][batch] = {}
-        for pool, flag in POOLS.items():
-            os.environ[ENV] = flag  # read at each call
-            result["saved_for_backward"][batch][pool] = saved_for_backward(args.config, int(batch))
+        for way, (env, low_memory) in list(WAYS.items())[:3]:  # malloc changes nothing autograd keeps
+            os.environ[ENV] = env[ENV]  # read at each call
+            result["saved_for_backward"][batch][way] = saved_for_backward(args.config, int(batch), low_memory)
     if result["kernel_built"]:
         result["step_images_per_s"] = {batch: step_speed(args.config, int(batch), 8) for batch in batches}
     write_result(result, args.out)

@@ -208,6 +208,23 @@ def muon_line() -> str:
     return "; ".join(out)
 
 
+def low_memory_line() -> str:
+    """A whole fast-10ep run with low_memory against the same seed without (time_to_accuracy.json's runs)."""
+    runs = {(r["name"], r["seed"]): r for r in _bench("time_to_accuracy")["runs"]}
+    lean, usual = runs.get(("fast-10ep-low-memory", 0)), runs[("fast-10ep", 0)]
+    if lean is None:
+        return "fast-10ep-low-memory: not run yet"
+    same = lean["test_acc"] == usual["test_acc"] and lean["test_acc_tta"] == usual["test_acc_tta"]
+    return (f"fast-10ep with `low_memory` (seed 0, on {lean['machine_before_run']['cpu']}): test accuracy "
+            f"{100 * lean['test_acc']:.2f}%, {100 * lean['test_acc_tta']:.2f}% with TTA "
+            f"({'the same as' if same else 'against'} fast-10ep's seed 0: {100 * usual['test_acc']:.2f}%, "
+            f"{100 * usual['test_acc_tta']:.2f}%); peak memory of the training process "
+            f"**{lean['train_peak_rss_mb'] / 1024:.2f} GB**, of the evaluation that follows it "
+            f"{lean['eval_peak_rss_mb'] / 1024:.2f} GB (fast-10ep's seed 0: {usual['peak_rss_mb'] / 1024:.2f} GB, "
+            f"the larger of the two); {lean['images_per_s']:.0f} training images/s (its cost in speed is "
+            f"measured side by side above, not across sessions)")
+
+
 def baseline_throughput() -> str:
     """Training images/s of the documented baseline's epochs (results/baseline/metrics.csv)."""
     with (ROOT / "results" / "baseline" / "metrics.csv").open() as f:
@@ -587,26 +604,34 @@ def study_bench_table(name: str) -> str:
 
 
 def memory_line() -> str:
-    """Peak memory of training with each pooling, and where it goes (results/bench/memory.json)."""
+    """Peak memory of training each way (the default, the pooling kernel, low_memory), where it goes, and
+    what low_memory costs (results/bench/memory.json)."""
     d = _bench("memory")
     epochs, saved, biggest = d["training_epoch_mb"], d["saved_for_backward"], max(d["saved_for_backward"], key=int)
 
-    def per_batch(table: dict, pool: str) -> str:
-        return ", ".join(f"{v[pool] / 1024:.2f} GB at batch {k}" for k, v in table.items())
+    def per_batch(table: dict, way: str) -> str:
+        return ", ".join(f"{v[way] / 1024:.2f} GB at batch {k}" for k, v in table.items())
 
-    def saved_mb(pool: str) -> str:
-        return ", ".join(f"{v[pool]['total_mb'] / 1024:.2f} GB at batch {k}" for k, v in saved.items())
+    def saved_mb(way: str) -> str:
+        return ", ".join(f"{v[way]['total_mb'] / 1024:.2f} GB at batch {k}" for k, v in saved.items())
 
     kinds = ", ".join(f"{kind} {mb:.0f} MB" for kind, mb in saved[biggest]["max_pool2d"]["largest_mb"].items())
-    steps = d["step_images_per_s"][biggest]
-    return (f"on a {d['threads']}-thread {d['machine']}, one epoch on 10% of the split (`{d['config']}`): "
-            f"{per_batch(epochs, 'max_pool2d')}; with the low-memory pooling kernel "
-            f"{per_batch(epochs, 'kernel')}. `import torch` alone: {d['import_torch_mb'] / 1024:.2f} GB, with the "
-            f"data set: {d['import_torch_and_data_mb'] / 1024:.2f} GB. The activations autograd keeps for one "
-            f"backward pass: {saved_mb('max_pool2d')} (with the kernel: {saved_mb('kernel')}); the largest kinds "
-            f"at batch {biggest} (per image: dtype, channels x height x width): {kinds}. The kernel's training "
-            f"steps at batch {biggest}, alternating with max_pool2d's: {steps['kernel']:.0f} against "
-            f"{steps['max_pool2d']:.0f} images/s ({steps['kernel_ratio']:.2f}x)")
+    steps, rounds = d["step_images_per_s"][biggest], d["low_memory_rounds"]
+    speeds = rounds["images_per_s_mean"]
+    return (f"on a {d['threads']}-thread {d['machine']}, one epoch on 10% of the split (`{d['config']}`), "
+            f"peak resident memory: {per_batch(epochs, 'max_pool2d')}; with the low-memory pooling kernel only "
+            f"{per_batch(epochs, 'kernel')}; with `low_memory` **{per_batch(epochs, 'low_memory')}** (with "
+            f"glibc's malloc left at its defaults: {per_batch(epochs, 'low_memory_glibc_default')}). "
+            f"`import torch` alone: {d['import_torch_mb'] / 1024:.2f} GB, with the data set: "
+            f"{d['import_torch_and_data_mb'] / 1024:.2f} GB. The activations autograd keeps for one backward "
+            f"pass: {saved_mb('max_pool2d')} (with the kernel: {saved_mb('kernel')}; with `low_memory`: "
+            f"{saved_mb('low_memory')}); the largest kinds at batch {biggest} (per image: dtype, channels x height "
+            f"x width): {kinds}. The kernel's training steps at batch {biggest}, alternating with max_pool2d's: "
+            f"{steps['kernel']:.0f} against {steps['max_pool2d']:.0f} images/s ({steps['kernel_ratio']:.2f}x). "
+            f"`low_memory` against the default, {rounds['rounds']} alternating runs each at batch "
+            f"{rounds['batch']}: {speeds['low_memory']:.0f} against {speeds['max_pool2d']:.0f} training images/s "
+            f"({rounds['ratio']:.2f}x), peaks up to {rounds['peak_mb_max']['low_memory'] / 1024:.2f} against "
+            f"{rounds['peak_mb_max']['max_pool2d'] / 1024:.2f} GB")
 
 
 def trial_phases_line() -> str:
@@ -694,6 +719,7 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "serve_line": serve_line, "study_bench_cpu": lambda: f"\n{study_bench_table('study')}\n",
           "study_bench_h200": lambda: f"\n{study_bench_table('study-h200')}\n",
           "amp_table": lambda: f"\n{amp_rows()}\n", "memory_line": memory_line,
+          "low_memory_line": low_memory_line,
           "report_cifar_cpu_sized": lambda: report_result("cifar-cpu-sized"),
           "full_trial_minutes": full_trial_minutes, "study_bench_trials": study_bench_trials,
           "target_study_table": lambda: f"\n{study_table(TARGET_STUDY, 'this CPU')}\n",
