@@ -3,7 +3,7 @@
 In a plain SmallCNN every convolution's input is ``act(bn(h))``, and autograd keeps
 three tensors of that size per layer for the backward pass: ``h`` (BatchNorm's
 input), ``bn(h)`` (the activation's input) and ``act(bn(h))`` (the convolution's
-input). ``NormActConv`` computes ``conv(act(bn(h)))`` keeping only ``h`` and
+input). ``norm_act_conv`` computes ``conv(act(bn(h)))`` keeping only ``h`` and
 BatchNorm's two per-channel statistics, and recomputes the other two in the backward
 pass from ``h`` with the same kernels (so the recomputed tensors, and the gradients,
 are the ones autograd would have used, bit for bit). The price is one more BatchNorm
