@@ -93,38 +93,36 @@ def keep_freed_memory(device: torch.device) -> str:
     next step reuses them (``bench/allocator.py`` measures it). The cost: the heap keeps its high
     water mark. Process-wide and idempotent; only for CPU runs (``device``), and
     ``CIFAR_MALLOC=system`` leaves malloc as it is. What was done, in words, for a run's provenance."""
-    if device.type != "cpu":
-        return "system (not a CPU run)"
-    if os.environ.get("CIFAR_MALLOC", "keep") == "system":
-        return "system (CIFAR_MALLOC=system)"
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        kept = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    except (OSError, AttributeError):  # not glibc: its own allocator's defaults stay
-        return "system (not glibc)"
-    return "glibc, freed memory kept" if kept else "system (mallopt refused)"
+    return _mallopt(device, ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)), "glibc, freed memory kept")
 
 
 def return_freed_memory(device: torch.device) -> str:
     """``low_memory``'s malloc, the opposite of ``keep_freed_memory``: every block of 1 MB or more gets
     its own mapping, unmapped when freed, and what the heap holds free goes back to the system. The
     peak then follows what a step holds; glibc's own default (blocks up to 32 MB from the heap, which
-    keeps their high-water mark) ran 0.4 GB higher at batch 1024, keeping freed memory higher still.
+    keeps their high-water mark) runs higher, keeping freed memory higher still (``bench/memory.py``).
     The price is the page faults ``keep_freed_memory`` saves. Process-wide; undoes an earlier
     ``keep_freed_memory`` (a study's earlier trial, say); CPU runs only; ``CIFAR_MALLOC=system`` leaves
     malloc as it is. What was done, in words, for a run's provenance."""
+    return _mallopt(device, ((M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, 2**20), (M_TRIM_THRESHOLD, 2**20)),
+                    "glibc, blocks of 1 MB and more returned when freed", trim=True)
+
+
+def _mallopt(device: torch.device, settings: tuple[tuple[int, int], ...], done: str, trim: bool = False) -> str:
+    """Set glibc malloc's ``settings`` ((mallopt parameter, value) pairs, in order) for a CPU run, unless
+    ``CIFAR_MALLOC=system``; ``trim``: then hand the heap's free memory back. ``done`` or why not, in words."""
     if device.type != "cpu":
         return "system (not a CPU run)"
     if os.environ.get("CIFAR_MALLOC", "keep") == "system":
         return "system (CIFAR_MALLOC=system)"
     try:
         libc = ctypes.CDLL("libc.so.6")
-        done = all(libc.mallopt(param, value) == 1 for param, value in (
-            (M_MMAP_MAX, 65536), (M_MMAP_THRESHOLD, 2**20), (M_TRIM_THRESHOLD, 2**20)))
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
+        applied = all(libc.mallopt(param, value) == 1 for param, value in settings)
+        if trim:
+            libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its own allocator's defaults stay
         return "system (not glibc)"
-    return "glibc, blocks of 1 MB and more returned when freed" if done else "system (mallopt refused)"
+    return done if applied else "system (mallopt refused)"
 
 
 def device_name(device: torch.device) -> str:
