@@ -17,8 +17,8 @@ from cifar.optim import identity
 from cifar.train import train
 from tests.conftest import CLASSES
 from tests.test_pool import saved_tensors
-from tests.test_recipe import FAST_MODEL, assert_trains_and_resumes_exactly, fast_config
-from tests.test_train import FAULTS_OF_REUSE, read_rows
+from tests.test_recipe import FAST_MODEL, assert_trains_and_resumes_exactly, fast_config, untimed_metrics
+from tests.test_train import FAULTS_OF_REUSE
 
 RELU_MODEL = ModelConfig(widths=(8, 16), depth=2, stem_width=0, dropout=0.0, num_classes=len(CLASSES))
 
@@ -103,14 +103,9 @@ def test_evaluation_takes_the_usual_path(monkeypatch):
 
 
 def test_a_low_memory_run_has_the_usual_runs_metrics_and_resumes_exactly(tiny_data, tmp_path):
-    timing = {"epoch_seconds", "elapsed_seconds", "images_per_s"}
-
-    def metrics(run: str) -> list[dict]:
-        return [{k: v for k, v in r.items() if k not in timing} for r in read_rows(tmp_path / run / "metrics.csv")]
-
     train(fast_config(), tiny_data, tmp_path / "usual")
     assert_trains_and_resumes_exactly(fast_config(low_memory=True), tiny_data, tmp_path)
-    assert metrics("full") == metrics("usual")
+    assert untimed_metrics(tmp_path / "full") == untimed_metrics(tmp_path / "usual")
 
 
 def test_low_memory_enters_the_run_identity_only_when_on():
