@@ -57,9 +57,10 @@ def peak_mb(args: list[str], env: dict[str, str] | None = None) -> float:
     return round(run_python(args, env=env, quiet=True).ru_maxrss / 1024, 1)
 
 
-def train_model(config: str, low_memory: bool = False) -> tuple[torch.nn.Module, torch.memory_format]:
-    """``config``'s model in training mode, in the memory layout a run gives it, and that layout."""
-    cfg = TrainConfig.from_json(config)
+def train_model(config: str | TrainConfig, low_memory: bool = False) -> tuple[torch.nn.Module, torch.memory_format]:
+    """``config``'s model (a config file's, or a config's) in training mode, in the memory layout a run
+    gives it, and that layout."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_json(config)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = SmallCNN(cfg.model).to(memory_format=layout).train()
     if low_memory:

@@ -163,6 +163,44 @@ def allocator_line(name: str = "allocator") -> str:
             f"({d['machine']['matmul_gflops_best']:.0f} GFLOP/s)")
 
 
+def step_profile_line(name: str = "step_profile") -> str:
+    """Where a training step's time goes, layer kind by kind, against the matmul (results/bench/<name>.json)."""
+    d = _bench(name)
+    m, shares = d["machine"], d["share_of_step"]
+    setting = f"`{d['config']}`" + "".join(f" with {k}={v}" for k, v in d.get("overrides", {}).items())
+    convs = [row for row in d["layers"] if row.get("forward_gflops_per_s")]
+    rates = [(row[f"{p}_gflops_per_s"], row["layer"], p) for row in convs for p in ("forward", "backward")
+             if row[f"{p}_gflops_per_s"] and row["share_of_step"] >= 0.05]
+    slow, fast = min(rates), max(rates)
+    parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items() if k != "conv")
+    return (f"on a {m['threads']}-thread {m['cpu']}, {setting} at batch {d['batch_size']} ({d['rounds']} rounds of "
+            f"{d['steps_per_round']} steps, the fp32 matmul measured before and between them: best "
+            f"{m['matmul_gflops_best']:.0f} GFLOP/s): {d['images_per_s']:.0f} training images/s, "
+            f"{d['train_gflops_per_s']:.0f} GFLOP/s, **{100 * d['share_of_matmul']:.0f}% of the matmul**; the "
+            f"convolutions {100 * shares['conv']:.1f}% of the step, at {d['conv_only_gflops_per_s']:.0f} GFLOP/s "
+            f"({100 * d['conv_only_share_of_matmul']:.0f}% of the matmul; the larger ones from "
+            f"{slow[0]:.0f} GFLOP/s, the {slow[1][5:]} {slow[2]} pass, to {fast[0]:.0f}, the {fast[1][5:]} "
+            f"{fast[2]} pass), then {parts}")
+
+
+def xeon_conv_estimate() -> str:
+    """The Xeon's convolutions' share of its matmul, estimated from this machine's other layers
+    (step_profile.json) and the Xeon's allocator benchmark at batch 1024 (allocator-b1024.json)."""
+    here, xeon = _bench("step_profile"), _bench("allocator-b1024")
+    rest_share = 1 - here["share_of_step"]["conv"]
+    rest_s = rest_share * here["step_s"]
+    kept = xeon["arms"]["kept"]
+    step_s = xeon["batch_size"] / kept["images_per_s_mean"]
+    share = kept["share_of_matmul"]
+    bounds = (share / (1 - rest_share), share * step_s / (step_s - rest_s))
+    verdict = ("short of 75% even if every other layer cost nothing" if max(bounds) < 0.75
+               else "so making the other layers cheaper could reach 75%")
+    return (f"If the layers other than convolutions took the same share of its step as here "
+            f"({100 * rest_share:.1f}%), or the same time ({rest_s:.2f} s of its {step_s:.2f} s), its "
+            f"convolutions alone would run at {100 * bounds[0]:.1f}% or {100 * bounds[1]:.1f}% of its matmul: "
+            f"{verdict}")
+
+
 def ablation_table() -> str:
     """Each technique's measured effect: the recipe at 6 epochs (2 seeds) minus the run without it (1 seed)."""
     rows = {r["name"]: r for r in _bench("time_to_accuracy")["summary"]}
@@ -733,7 +771,9 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_report": lambda: paired_result(GPU_STUDY), "gpu_rungs": lambda: study_rungs(GPU_STUDY),
           "gpu_overhead": trial_overhead, "gpu_report_short": lambda: paired_short(GPU_STUDY),
           "ninety_line": ninety_line, "gpu_pace": gpu_pace,
-          "trial_phases_line": trial_phases_line}
+          "trial_phases_line": trial_phases_line, "step_profile_line": step_profile_line,
+          "step_profile_wide_line": lambda: step_profile_line("step_profile-wide"),
+          "xeon_conv_estimate": xeon_conv_estimate}
 
 
 def render(text: str) -> str:
