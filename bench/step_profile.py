@@ -1,14 +1,14 @@
 """Benchmark: where a CPU training step's time goes, layer by layer, against the fp32 matmul.
 
-Issue 11 asks for training GFLOP/s of at least 75% of the fp32 matmul's, measured in the same run.
-This script shows what limits that share on the machine it runs on. It trains ``--config``'s model
-as a run does (fp32, its memory layout, freed memory kept) on random batches and times, with module
-hooks, every convolution's forward and backward pass (with their GFLOP/s, from the shapes) and the
-BatchNorm, activation and pooling layers'; what is left of the step is the loss, the head, the
-optimizer and autograd's own work. Rounds of steps alternate with fp32 matmul measurements. It
-reports the step's training GFLOP/s (3 x forward FLOPs per image, the project's measure) as a share
-of the best matmul, and the share the convolutions alone reach: the most that making every other
-op free could give.
+The fast recipe aims at training GFLOP/s of at least 75% of the fp32 matmul's, measured in the same
+run. This script shows what limits that share on the machine it runs on. It trains ``--config``'s
+model as a run's first epochs do (fp32, its memory layout, freed memory kept, the whitening layer's
+bias training) on random batches and times, with module hooks, every convolution's forward and
+backward pass (with their GFLOP/s, from the shapes) and the BatchNorm, activation and pooling
+layers'; what is left of the step is the loss, the head, the optimizer and autograd's own work.
+Rounds of steps alternate with fp32 matmul measurements. It reports the step's training GFLOP/s
+(3 x forward FLOPs per image, the project's measure) as a share of the best matmul, and the share
+the convolutions alone reach: the most that making every other op free could give.
 
 Hooks rather than torch.profiler: recording shapes allocates small blocks between a step's large
 tensors, after which glibc places the large ones in fresh pages, and the profiled steps fault in

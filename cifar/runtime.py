@@ -90,9 +90,12 @@ def keep_freed_memory(device: torch.device) -> str:
     glibc serves blocks over 32 MB with a fresh ``mmap`` and unmaps them when freed, so every step
     maps its activations anew and the kernel faults in and zeroes each page again. Disabling
     ``mmap`` for allocations and the heap's trimming keeps the freed blocks in the heap, where the
-    next step reuses them (``bench/allocator.py`` measures it). The cost: the heap keeps its high
-    water mark. Process-wide and idempotent; only for CPU runs (``device``), and
-    ``CIFAR_MALLOC=system`` leaves malloc as it is. What was done, in words, for a run's provenance."""
+    next step reuses them (``bench/allocator.py`` measures it). Not all of them: PyTorch allocates
+    tensors 64-byte aligned (``posix_memalign``), and glibc 2.36 does not hand a freed block to an
+    aligned request of the same size, so some activations still land in fresh pages (the benchmark's
+    page faults: 14 times fewer, not none). The cost: the heap keeps its high water mark.
+    Process-wide and idempotent; only for CPU runs (``device``), and ``CIFAR_MALLOC=system`` leaves
+    malloc as it is. What was done, in words, for a run's provenance."""
     return _mallopt(device, ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)), "glibc, freed memory kept")
 
 
