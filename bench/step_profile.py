@@ -56,6 +56,7 @@ class LayerTimer:
     def __init__(self, model: nn.Module):
         self.on = False
         self.seconds: dict[str, dict[str, float]] = defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
+        self.names: dict[int, str] = {}  # id -> the layer's name, from its forward pass
         self.conv_flops: dict[int, tuple[str, int, int]] = {}  # id -> name, forward and backward FLOPs
         self.started: dict[tuple[int, str], float] = {}
         # a layer whose input needs no gradient (the whitening layer) has its backward hook fire before
@@ -87,20 +88,20 @@ class LayerTimer:
               out: torch.Tensor | None = None) -> None:
         elapsed = time.perf_counter() - self.started.pop((id(m), phase))
         if phase == "forward":  # name the layer (the backward hooks have no input to name it by)
-            m.timed_as = kind
+            self.names[id(m)] = kind
             if kind == "conv":
                 _, c, h, w = inp.shape
                 o, _, kh, kw = m.weight.shape
-                m.timed_as = f"conv {c}x{h}x{w} -> {o}, {kh}x{kw}"
+                name = self.names[id(m)] = f"conv {c}x{h}x{w} -> {o}, {kh}x{kw}"
                 forward = 2 * out.numel() * m.weight[0].numel()
                 # backward: the input's gradient and the weight's, where needed, each a forward's work
-                self.conv_flops[id(m)] = (m.timed_as, forward, forward * (inp.requires_grad + m.weight.requires_grad))
+                self.conv_flops[id(m)] = (name, forward, forward * (inp.requires_grad + m.weight.requires_grad))
         if self.on:
-            self.seconds[m.timed_as][phase] += elapsed
+            self.seconds[self.names[id(m)]][phase] += elapsed
 
 
 def timed_round(step, timer: LayerTimer, steps: int) -> dict:
-    """``steps`` steps, timed: the median step's seconds and each layer's seconds per step."""
+    """``steps`` steps, timed: a step's mean seconds and each layer's."""
     timer.seconds.clear()
     timer.on, wall = True, []
     for _ in range(steps):
@@ -108,15 +109,14 @@ def timed_round(step, timer: LayerTimer, steps: int) -> dict:
         step()
         wall.append(time.perf_counter() - start)
     timer.on = False
-    per_step = sum(wall) / steps
     layers = {name: {phase: s / steps for phase, s in v.items()} for name, v in timer.seconds.items()}
-    return {"step_s": statistics.median(wall), "mean_step_s": per_step, "layers": layers}
+    return {"step_s": sum(wall) / steps, "layers": layers}
 
 
 def summarise(rounds: list[dict], flops: dict[str, dict[str, int]], flops_per_image: int, batch: int,
               matmul: float) -> dict:
     """The rounds' mean: each layer's ms per step, a convolution's GFLOP/s, shares of the step."""
-    step_s = statistics.fmean(r["mean_step_s"] for r in rounds)
+    step_s = statistics.fmean(r["step_s"] for r in rounds)
     names = {name for r in rounds for name in r["layers"]}
     layers, kinds = [], defaultdict(float)
     for name in names:

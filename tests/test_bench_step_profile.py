@@ -39,7 +39,7 @@ def test_each_layer_is_timed_and_a_convolutions_flops_follow_its_shapes():
 def test_the_step_is_split_whole_among_the_layers_and_the_rest():
     def one(bn: float) -> dict:
         layers = {"conv a": {"forward": 0.2, "backward": 0.4}, "batchnorm": {"forward": bn, "backward": bn}}
-        return {"mean_step_s": 1.0, "step_s": 1.0, "layers": layers}
+        return {"step_s": 1.0, "layers": layers}
 
     rounds = [one(0.1), one(0.05)]
     s = summarise(rounds, {"conv a": {"forward": 10**9, "backward": 2 * 10**9}}, flops_per_image=10**6, batch=100,
