@@ -115,7 +115,7 @@ def ninety_line() -> str:
     on 2 cores (time_to_accuracy.json: its run there where it has one, else an estimate at the fast recipe's
     GFLOP/s there), and a main job of 20 trials at the GPU study's measured share of a target run per trial
     plus its report's runs."""
-    from study.presets import REPORT_CANDIDATES, REPORT_SEEDS
+    from study.presets import PRESETS
 
     cpu_bench = _bench("time_to_accuracy")
     cpu = {r["name"]: r for r in cpu_bench["summary"]}
@@ -125,7 +125,8 @@ def ninety_line() -> str:
     trials = _trials(GPU_STUDY, FINISHED)
     target = _summary(GPU_STUDY)["user_attrs"]["budget"]["target_epochs"]
     share = sum(int(t["epochs_run"]) for t in trials) / len(trials) / target
-    report_runs = (REPORT_CANDIDATES + 1) * (REPORT_SEEDS - 1)
+    gpu_preset = PRESETS.get("gpu")  # the report at its most: every race round, the comparison's last look
+    report_runs = (gpu_preset.candidates + 1) * gpu_preset.race_rounds + 2 * gpu_preset.looks[-1]
     if "fast-wide-10ep" in cpu:
         on_cpu = cpu["fast-wide-10ep"]
         machine = next(r["machine_before_run"]["cpu"] for r in cpu_bench["runs"] if r["name"] == "fast-wide-10ep")

@@ -16,6 +16,8 @@ Groups of the plan (run in this order; ``--only`` picks some):
 - wide:     the same recipe with widths 64,256,256 (airbench94's) at 10 epochs, seeds 0 and 1
 - baseline: configs/smallcnn.json (14 epochs), seeds 0 and 1
 - ablation: the recipe at 6 epochs with each technique removed in turn, seed 0
+- noise:    configs/fast.json at 3 and 4 epochs, seeds 0-7: the seed-to-seed spread the verdict's
+            power is planned from (fast-4ep seeds 0 and 1 are the recipe group's)
 - muon:     configs/fast-muon.json (Muon for the conv filters) at 11 epochs, plain and wide, seeds 0 and 1;
             configs/fast.json at the same 11 epochs, seeds 0 and 1
 
@@ -106,6 +108,9 @@ def plan(common: dict | None = None) -> list[Run]:
     runs += [Run("muon", "fast-11ep", FAST, {**c, "epochs": 11}, s) for s in (0, 1)]
     # The recipe with low_memory (same arithmetic, less kept for the backward pass): a whole run's peak.
     runs += [Run("memory", "fast-10ep-low-memory", FAST, {**c, "epochs": 10, "low_memory": True}, 0)]
+    # The one-run noise at the CPU preset's targets (3 and 4 epochs): what the verdict's seeds must beat.
+    runs += [Run("noise", f"fast-{e}ep", FAST, {**c, "epochs": e}, s) for e in (3, 4) for s in range(8)
+             if (e, s) not in ((4, 0), (4, 1))]
     return runs
 
 
@@ -213,7 +218,7 @@ def targets(rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=None,
-                        help="comma-separated groups (recipe, wide, baseline, ablation, muon, memory) "
+                        help="comma-separated groups (recipe, wide, baseline, ablation, muon, memory, noise) "
                              "or run names (fast-10ep)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds to run (default: the plan's)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "tta"))

@@ -5,7 +5,8 @@ validation split, optionally keeps only a share of the rest (the study's cheap
 trials), and measures the per-channel statistics of the train split. Tuning and
 early stopping see validation only; the test set is read by evaluation and the
 report, never by model selection: the report locks it (``lock_test``) until its
-selection is done, and any read of a locked test set raises ``TestSetLocked``.
+selection is done, and any read of a locked test set raises ``TestSetLocked``; data prepared
+while the process's test set is sealed (``cifar.seal``) is locked from the start.
 
 Usage:
     data = prepare_data(DataConfig(data_dir="../shared/data/cifar10-jpeg"))
@@ -18,15 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
+from cifar import seal
 from cifar.config import DataConfig
+from cifar.seal import TestSetLocked
 from cifar.sources import DataError, RawCifar, Split, load_cifar10, source_name
 
 __all__ = ["CifarData", "DataError", "Split", "TestSetLocked", "channel_stats", "check_data", "prepare_data",
            "stratified_split"]
-
-
-class TestSetLocked(RuntimeError):
-    """The test set was read while locked (before model selection was done)."""
 
 
 class _LockedSplit:
@@ -112,13 +111,16 @@ def prepare_data(cfg: DataConfig, seed: int = 0, download: bool = True, raw: Raw
         train_idx = train_idx[sub]
     train = Split(raw.train.x[train_idx], raw.train.y[train_idx])
     mean, std = channel_stats(train.x)
-    return CifarData(
+    data = CifarData(
         train=train,
         val=Split(raw.train.x[val_idx], raw.train.y[val_idx]),
         test=raw.test,
         classes=raw.classes,
         mean=mean, std=std, source=source_name(cfg.data_dir),
     )
+    if seal.reason():  # prepared while model selection runs: born locked
+        data.lock_test(seal.reason())
+    return data
 
 
 def check_data(cfg: DataConfig, download: bool = True) -> RawCifar:

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from cifar import seal  # noqa: E402
 from cifar.cli import ArgParser, UsageError, add_tta_option, fail  # noqa: E402
 from cifar.config import apply_overrides  # noqa: E402
 from cifar.data import CifarData, prepare_data  # noqa: E402
@@ -109,6 +110,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     Accuracy and loss are measured plain and, beside them, with test-time augmentation
     of level ``tta`` (0: plain only). ``data`` saves reloading when the caller holds it.
     """
+    seal.check_open(f"evaluate_run({run_dir})")
     run = RunDir(run_dir)
     ckpt = load_checkpoint(run.best)
     model, cfg = model_from_checkpoint(ckpt)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from cifar import seal
 from cifar.config import TrainConfig
 from cifar.model import SmallCNN
 
@@ -125,12 +126,14 @@ class RunDir:
         _write_json(self.test_metrics, metrics.to_dict())
 
     def read_test_metrics(self) -> TestMetrics:
+        seal.check_open(f"the test metrics of {self.path}")
         return TestMetrics(**json.loads(self.test_metrics.read_text()))
 
     def write_predictions(self, p: Predictions) -> None:
         torch.save(asdict(p), self.predictions)
 
     def read_predictions(self) -> Predictions:
+        seal.check_open(f"the test predictions of {self.path}")
         return Predictions(**torch.load(self.predictions, weights_only=True))
 
 

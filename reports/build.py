@@ -1,21 +1,26 @@
-"""Build the baseline-vs-tuned report of a study: train at the target, select on validation, then test.
+"""Build the baseline-vs-tuned report of a study: a race on validation, then a test comparison that decides.
 
-The study's top distinct configs (``--candidates``, default 3) and its baseline
-are trained at the study's target with the same seeds (seed 0 of each is the
-study's own trial run where it ran to the target); the winner is the candidate
-with the highest mean validation accuracy, if it beats the baseline's. Only then
-is the test set read, once, for the baseline and the best candidate, and the two
-are compared seed by seed (``reports.stats.paired``). The verdict is also saved
-into the study, where optuna-dashboard shows it (note and figures). Runs are
-cached by config and seed under ``runs/reports/``, so a rebuild only redoes the
-figures and a stopped report continues.
+The study's top distinct configs (``--candidates``) race its baseline on fresh
+seeds at the study's target, the test set sealed (``reports.race``); the winner,
+the candidates and the comparison's plan (looks, margin, minimum detectable
+effect) are written to the study before the seal is lifted. Then the baseline and
+the winner train on the comparison's own fresh seeds in rounds, and the test set
+is read look by look until the repeated confidence interval says better, worse
+or equivalent, or the seeds run out: undecided (``reports.verdict``). The outcome
+is the report's title and first line; ``winner_config.json`` beside it is the
+config to train. The verdict is also saved into the study, where
+optuna-dashboard shows it (note and figures). Runs are cached by config and seed
+under ``runs/reports/``, so a rebuild only redoes the figures and a stopped
+report continues.
 
 Usage:
-    python -m reports build [--study-name NAME] [--storage URL] [--seeds 3] [--candidates 3] [--runs-only]
+    python -m reports build [--study-name NAME] [--storage URL] [--candidates 3] [--race-rounds 3]
+                            [--looks 6,8,10] [--margin 0.003] [--runs-only]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -27,6 +32,7 @@ import pandas as pd
 
 from cifar.cli import fail
 from cifar.data import CifarData, DataError, prepare_data
+from cifar.seal import sealed
 from reports.content import (
     Runs,
     comparison_frame,
@@ -35,19 +41,24 @@ from reports.content import (
     headline_table,
     histories_frame,
     per_class_frame,
+    race_text,
     report_sections,
-    selection_text,
     tuned_label,
-    verdict,
+    verdict_text,
 )
 from reports.fidelity import rung_correlations, study_curves
 from reports.load import candidates_of, load_run, open_study
+from reports.race import RacePlan
 from reports.render import Section, to_html, to_markdown, write_pngs
-from reports.runs import ensure_tested, ensure_trained, select
+from reports.runs import ensure_trained, run_comparison, run_race
 from reports.stats import paired
-from study.presets import REPORT_CANDIDATES, REPORT_SEEDS
+from reports.verdict import make_plan, power_text
+from study.presets import LOOKS, RACE_ALPHA, RACE_ROUNDS, REPORT_CANDIDATES
+from study.sequential import Design
 from study.storage import DEFAULT_STORAGE, ArgParser, UsageError
 from study.trials import compute_spent, job_minutes, record_session, trials_table
+
+WINNER_CONFIG = "winner_config.json"  # the report's winner at the target: what to train next
 
 
 def run_figures(runs: Runs, data: CifarData) -> dict:
@@ -107,93 +118,132 @@ def to_dashboard(study, title: str, sections: list[Section], figures: dict) -> N
             optuna_dashboard.save_plotly_graph_object(study, figures[name], graph_object_id=name)
 
 
-def train_candidates(study, k: int, seeds: int, runs_root: Path, why: str):
-    """The baseline and the study's top ``k`` candidates trained at the target, the test set locked
-    (``why``: the lock's message): (baseline, candidates, data, run directories by name)."""
-    baseline, candidates = candidates_of(study, k)
+def _design(study, args) -> tuple[RacePlan, tuple[int, ...]]:
+    """The race's plan and the comparison's looks: given on the command line, else the study's
+    (sized by its preset when it was created), else the defaults."""
+    sized = (study.user_attrs.get("budget") or {}).get("verdict") or {}
+    rounds = args.race_rounds or sized.get("race_rounds") or RACE_ROUNDS
+    args.candidates = args.candidates or sized.get("candidates") or REPORT_CANDIDATES
+    looks = tuple(args.looks or sized.get("looks") or LOOKS)
+    return RacePlan(seeds=tuple(range(1, rounds + 1)), min_rounds=min(2, rounds), alpha=RACE_ALPHA), looks
+
+
+def select_sealed(study, args, runs_root: Path):
+    """The race, with the process's test set sealed; the selection and the comparison's plan recorded
+    in the study before the seal is lifted: (baseline, candidates, data, race, plan)."""
+    race_plan, looks = _design(study, args)
+    baseline, candidates = candidates_of(study, args.candidates)
     everyone = [baseline, *candidates]
-    data = prepare_data(baseline.config.data)
-    data.lock_test(why)
-    dirs = ensure_trained({c.name: c.config for c in everyone}, seeds, runs_root, data,
-                          reuse={c.name: c.run_dir for c in everyone})
-    return baseline, candidates, data, dirs
+    with sealed("the report selects its winner on validation first"):
+        data = prepare_data(baseline.config.data)
+        result = run_race({c.name: c.config for c in everyone}, race_plan, runs_root, data)
+        plan = make_plan(result, looks, delta=args.margin)
+        winner = next(c for c in candidates if c.name == result.winner)
+        study.set_user_attr("selection", {
+            "winner": winner.name, "winner_trial": winner.trial, "leader": result.leader,
+            "candidates": [{"name": c.name, "trial": c.trial} for c in everyone],
+            "race": result.to_dict(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        study.set_user_attr("verdict_plan", plan.to_dict())
+    data.unlock_test()
+    print(race_text(result) + "\n" + power_text(plan), flush=True)
+    return baseline, candidates, data, result, plan
 
 
-def build(study_name: str | None, storage: str, seeds: int, k: int, out_root: Path, runs_root: Path) -> Path:
+def build(study_name: str | None, storage: str, args, out_root: Path, runs_root: Path) -> Path:
     from reports.figures import differences_figure, rung_scatter_figure, study_figures  # plotly
 
     started = time.time()
     study = open_study(storage, study_name)
-    baseline, candidates, data, dirs = train_candidates(
-        study, k, seeds, runs_root, "the report reads it after selecting the winner on validation")
+    baseline, candidates, data, result, plan = select_sealed(study, args, runs_root)
     everyone = [baseline, *candidates]
-    selection = select(dirs)
-    data.unlock_test()
-    reads = ensure_tested(dirs, ["baseline", selection.best], data)
-    runs = {"baseline": [load_run(d) for d in dirs["baseline"]],
-            "tuned": [load_run(d) for d in dirs[selection.best]]}
+    tuned = next(c for c in candidates if c.name == result.winner)
+    verdict, dirs, reads = run_comparison(baseline.config, tuned.config, plan, runs_root, data)
+    runs = {name: [load_run(d) for d in dirs[name]] for name in ("baseline", "tuned")}
 
-    table = comparison_frame(runs)
-    cmp = paired(table[table.config == "baseline"]["test_acc"].tolist(),
-                 table[table.config == "tuned"]["test_acc"].tolist())
+    table = comparison_frame(runs, verdict.plan.seeds)
+    cmp = paired(verdict.baseline, verdict.tuned)
     target = baseline.config.epochs
     curves = study_curves(study.get_trials(deepcopy=False))
     fidelity = rung_correlations(curves, target)
     figures = {**run_figures(runs, data), **study_figures(study),
                "differences": differences_figure(list(cmp.differences), cmp.noise_floor),
                "rung_scatter": rung_scatter_figure(curves, target)}
-    tuned = next(c for c in candidates if c.name == selection.best)  # the best candidate, winner or not
-    meta = {"study": study.study_name, "epochs": target, "seeds": seeds, "preset": study.user_attrs.get("preset"),
-            "baseline_trial": baseline.trial, "best_trial": tuned.trial, "best": selection.best,
-            "winner": selection.winner,
+    meta = {"study": study.study_name, "epochs": target, "seeds": len(verdict.baseline),
+            "preset": study.user_attrs.get("preset"),
+            "baseline_trial": baseline.trial, "best_trial": tuned.trial, "best": tuned.name,
+            "winner": tuned.name, "outcome": verdict.outcome,
             "train_images": len(data.train), "train_fraction": baseline.config.data.train_fraction,
             "study_budget": study.user_attrs.get("budget"),
             "spent": compute_spent(trials_table(study)), "device": runs["tuned"][0].dir.read_provenance()["device"],
-            "selection_done_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(selection.done_at)),
-            "test_reads": reads}
+            "selection_done_at": study.user_attrs["selection"]["at"], "test_reads": reads}
     record_session(study, "report", started)
     meta["job_minutes"] = job_minutes(study)  # every study and report command on record, this one included
-    sections = report_sections(cmp, table, config_table(baseline.config, tuned.config), meta, list(figures),
-                               selection, everyone, fidelity)
+    sections = report_sections(verdict, cmp, table, config_table(baseline.config, tuned.config), meta,
+                               list(figures), result, everyone, fidelity)
     out = out_root / study.study_name
-    title = f"Baseline vs tuned: study {study.study_name}"
+    title = f"{verdict.outcome.capitalize()}: tuned against baseline, study {study.study_name}"
     write_report(out, title, sections, table, figures,
-                 {**cmp.to_dict(), **meta, "validation": selection.val, "fidelity": fidelity,
+                 {"verdict": verdict.to_dict(), "paired": cmp.to_dict(), **meta, "race": result.to_dict(),
+                  "fidelity": fidelity,
                   "candidates": [{"name": c.name, "trial": c.trial, "study_val_acc": c.val_acc} for c in everyone]})
+    tuned.config.to_json(out / WINNER_CONFIG)
     to_dashboard(study, title, sections, figures)
-    head = headline_table(cmp, table, tuned_label(selection, tuned))
-    print("\n".join(" | ".join(row) for row in [head.header, *head.rows]) + "\n\n" + selection_text(selection)
-          + "\n" + verdict(cmp))
+    head = headline_table(cmp, table, tuned_label(tuned))
+    print(verdict_text(verdict, tuned_label(tuned)) + "\n\n"
+          + "\n".join(" | ".join(row) for row in [head.header, *head.rows]))
     return out
+
+
+def _looks(text: str) -> tuple[int, ...]:
+    try:
+        looks = tuple(int(x) for x in text.split(","))
+        Design(looks)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--looks wants increasing pair counts from 2 up, like 6,8,10: {e}") from None
+    return looks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(prog="python -m reports build", description="Build the baseline-vs-tuned report.")
     p.add_argument("--study-name", default=None, help="default: the storage's only study")
     p.add_argument("--storage", default=DEFAULT_STORAGE)
-    p.add_argument("--seeds", type=int, default=REPORT_SEEDS, help="seeds of every config, the same for each")
-    p.add_argument("--candidates", type=int, default=REPORT_CANDIDATES,
-                   help="the study's top distinct configs to retrain and select among")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="the study's top distinct configs that race the baseline on validation (default: the "
+                        f"study's, else {REPORT_CANDIDATES})")
+    p.add_argument("--race-rounds", type=int, default=None,
+                   help=f"the race's most rounds, one fresh seed each (default: the study's, else {RACE_ROUNDS})")
+    p.add_argument("--looks", type=_looks, default=None,
+                   help="pairs of seeds at each look of the test comparison, e.g. 6,8,10 (default: the "
+                        f"study's, else {','.join(map(str, LOOKS))})")
+    p.add_argument("--margin", type=float, default=None,
+                   help="equivalence margin in accuracy, e.g. 0.003 for 0.3 points (default: one run's "
+                        "validation noise, measured in the race)")
     p.add_argument("--out", default="results/reports", help="the folder each report goes to: <out>/<study>/")
     p.add_argument("--runs-dir", default="runs/reports", help="cache of retrained runs")
     p.add_argument("--runs-only", action="store_true",
-                   help="train the runs into the cache (no test read), write no report (needs no plotly)")
+                   help="train the race and the comparison's first look (no test read), write no report "
+                        "(needs no plotly)")
     try:
         args = p.parse_args(argv)
-        if args.seeds < 2:
-            raise UsageError(f"--seeds must be >= 2 for a test, got {args.seeds}")
-        if args.candidates < 1:
+        if args.candidates is not None and args.candidates < 1:
             raise UsageError(f"--candidates must be >= 1, got {args.candidates}")
+        if args.race_rounds is not None and args.race_rounds < 2:
+            raise UsageError(f"--race-rounds must be >= 2 (a spread to plan from), got {args.race_rounds}")
+        if args.margin is not None and not 0 < args.margin < 1:
+            raise UsageError(f"--margin must be an accuracy in (0, 1), like 0.003, got {args.margin}")
         if args.runs_only:
-            train_candidates(open_study(args.storage, args.study_name), args.candidates, args.seeds,
-                             Path(args.runs_dir), "--runs-only trains; it never reads the test set")
+            study = open_study(args.storage, args.study_name)
+            baseline, candidates, data, result, plan = select_sealed(study, args, Path(args.runs_dir))
+            tuned = next(c for c in candidates if c.name == result.winner)
+            data.lock_test("--runs-only trains; it never reads the test set")
+            ensure_trained({"baseline": baseline.config, "tuned": tuned.config}, plan.seeds[:plan.looks[0]],
+                           Path(args.runs_dir), data)
             print(f"runs ready in {args.runs_dir}; build the report from them without --runs-only")
             return 0
-        out = build(args.study_name, args.storage, args.seeds, args.candidates, Path(args.out),
-                    Path(args.runs_dir))
+        out = build(args.study_name, args.storage, args, Path(args.out), Path(args.runs_dir))
     except (UsageError, DataError) as e:
         return fail(e)
-    print(f"wrote {out}/report.html, summary.md, comparison.csv, figures/")
+    print(f"wrote {out}/report.html, summary.md, comparison.csv, figures/, {WINNER_CONFIG} (the config to train)")
     return 0
 
 

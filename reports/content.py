@@ -13,24 +13,29 @@ Usage:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from cifar.config import TrainConfig, flatten
 from reports.load import Candidate, LoadedRun
+from reports.race import BASELINE, RaceResult
 from reports.render import FigureRef, Paragraph, Section, Table
-from reports.runs import DATA_LOCATION, Selection
+from reports.runs import DATA_LOCATION
 from reports.stats import Paired
+from reports.verdict import Verdict, power_text
+from study.sequential import POWER
 
 Runs = dict[str, list[LoadedRun]]  # "baseline" / "tuned" -> one run per seed
 NOT_COMPARED = ("seed", *DATA_LOCATION)  # config fields that are not part of a configuration
 
 
-def comparison_frame(runs: Runs) -> pd.DataFrame:
+def comparison_frame(runs: Runs, seeds: Sequence[int]) -> pd.DataFrame:
+    """One row per run of the test comparison (``seeds``: the comparison's seeds, in order)."""
     rows = []
     for config, items in runs.items():
-        for seed, r in enumerate(items):
+        for seed, r in zip(seeds, items):
             rows.append({"config": config, "seed": seed, "test_acc": r.test.test_acc,
                          "test_acc_tta": r.test.test_acc_tta,
                          "test_loss": r.test.test_loss, "best_val_acc": r.results.best_val_acc,
@@ -96,7 +101,7 @@ def headline_table(cmp: Paired, table: pd.DataFrame, tuned: str = "tuned") -> Ta
     params, flops, seconds = g["params"].first(), g["flops"].first(), g["train_seconds"].mean()
     tta_mean, tta_std = g["test_acc_tta"].mean(), g["test_acc_tta"].std()
     return Table(["", "baseline", tuned], [
-        [f"test accuracy (mean ± std, seeds 0-{cmp.n - 1})",
+        [f"test accuracy (mean ± std, {cmp.n} fresh seeds)",
          f"{_pct(cmp.baseline_mean)} ± {_pct(cmp.baseline_std)}", f"{_pct(cmp.tuned_mean)} ± {_pct(cmp.tuned_std)}"],
         ["the same with test-time augmentation (mirror + translate)",
          *(f"{_pct(tta_mean[c])} ± {_pct(tta_std[c])}" for c in ("baseline", "tuned"))],
@@ -106,8 +111,9 @@ def headline_table(cmp: Paired, table: pd.DataFrame, tuned: str = "tuned") -> Ta
     ])
 
 
-def verdict(cmp: Paired) -> str:
-    """What the paired comparison shows, in words, with every figure it rests on."""
+def paired_text(cmp: Paired) -> str:
+    """The paired statistics of the seeds the verdict read, in words (descriptive: the verdict's rule
+    is the sequential interval, ``verdict_text``; these are fixed-sample figures beside it)."""
     per_seed = ", ".join(f"{100 * d:+.2f}" for d in cmp.differences)
     ci = ("undefined (the differences have no spread)" if math.isnan(cmp.ci_low)
           else f"[{100 * cmp.ci_low:+.2f}, {100 * cmp.ci_high:+.2f}]")
@@ -117,12 +123,38 @@ def verdict(cmp: Paired) -> str:
             f"{cmp.sign_flip_p:.3g} (the smallest {cmp.n} seeds can give: {cmp.smallest_sign_flip_p:.3g})")
     if cmp.bootstrap_low is not None:
         text += f"; bootstrap [{100 * cmp.bootstrap_low:+.2f}, {100 * cmp.bootstrap_high:+.2f}]"
-    text += f". One run's noise (baseline seed-to-seed std): {100 * cmp.noise_floor:.2f} points."
-    if cmp.significant:
-        return (f"{text} The {'tuned' if cmp.difference > 0 else 'baseline'} configuration is better; "
-                "the interval excludes zero.")
-    return (f"{text} The interval includes zero or is undefined, so this comparison cannot say that "
-            "tuning changed test accuracy.")
+    return (f"{text}. One run's noise (baseline seed-to-seed std): {100 * cmp.noise_floor:.2f} points. These "
+            "fixed-sample figures ignore the looks before the last; the verdict above accounts for them.")
+
+
+OUTCOME_WORDS = {
+    "better": "the tuned config is better than the baseline",
+    "worse": "the tuned config is worse than the baseline",
+    "equivalent": "the tuned config and the baseline are equivalent",
+    "undecided": "the seeds ran out before the comparison decided",
+}
+
+
+def verdict_text(v: Verdict, tuned: str) -> str:
+    """The report's first line: the outcome, the effect with its interval, P(tuned > baseline), the MDE."""
+    last, plan = v.last, v.plan
+    lo, hi = v.p_better[1:]
+    p_int = "" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]"
+    ci = ("undefined (no spread)" if math.isnan(last.low)
+          else f"[{100 * last.low:+.2f}, {100 * last.high:+.2f}]")
+    text = (f"Verdict: {v.outcome.upper()}: {OUTCOME_WORDS[v.outcome]} on test accuracy ({tuned}). "
+            f"Difference {100 * last.mean:+.2f} points over {last.n} fresh seeds each, "
+            f"{100 * (1 - last.level):.2f}% repeated confidence interval {ci} (look {len(v.looks)} of "
+            f"{len(plan.looks)}, 95% over all looks); equivalence margin +-{100 * plan.delta:.2f} points. "
+            f"P(tuned beats baseline on a fresh seed) = {v.p_better[0]:.2f}{p_int}. Bayesian second opinion: "
+            f"P(better) {v.bayes[2]:.2f}, P(equivalent) {v.bayes[1]:.2f}, P(worse) {v.bayes[0]:.2f}. "
+            f"Smallest effect these seeds detect with {POWER:.0%} power: {100 * plan.mde:.2f} points.")
+    if v.outcome == "undecided":
+        more = ("no number of seeds: the observed difference is zero and the spread too wide"
+                if math.isinf(v.more_pairs) else f"about {v.more_pairs:.0f} more pairs of runs")
+        text += f" A decision at this difference and spread would need {more}."
+    return text
+
 
 
 def budget_text(meta: dict) -> str:
@@ -130,7 +162,7 @@ def budget_text(meta: dict) -> str:
     share = meta.get("train_fraction", 1.0)
     where = "the whole train split" if share == 1.0 else f"{share:.0%} of the train split"
     text = (f"Budget: every run is the study's target, {meta['epochs']} epochs on {where} "
-            f"({meta['train_images']:,} images), seeds 0-{meta['seeds'] - 1}, on {meta['device']}. The study's "
+            f"({meta['train_images']:,} images), on {meta['device']}. The study's "
             f"trials ran the same target; the pruner could stop them at an earlier epoch.")
     if "throughput" in budget:
         text += (f" The study was sized to the {budget['throughput']['train']:.0f} training images/s measured "
@@ -147,35 +179,38 @@ def spent_text(spent: dict, job: dict[str, float]) -> str:
             "included, up to this report).")
 
 
-def candidates_table(selection: Selection, candidates: list[Candidate]) -> Table:
-    """Every config the report trained, with its validation accuracy over the seeds; the winner marked."""
+def race_table(race: RaceResult, candidates: list[Candidate]) -> Table:
+    """Every contestant: its study screen, its race seeds' validation accuracy, when it left; the winner marked."""
+    left = {name: (i, p) for i, r in enumerate(race.rounds, 1) for name, p in r["knocked_out"].items()}
     rows, marks = [], []
     for c in candidates:
-        mean, std = selection.mean_std(c.name)
-        mark = "winner" if c.name == selection.winner else ""
-        rows.append([c.name, str(c.trial), _pct(c.val_acc), f"{_pct(mean)} ± {_pct(std)}", mark,
-                     differences(candidates[0].config, c.config)])
-        marks.append(bool(mark))
-    return Table(["config", "trial", "study val_acc (seed 0)", f"val_acc, {len(selection.val['baseline'])} seeds",
-                  "", "differs from the baseline in"], rows, highlight=marks)
+        vals = race.val[c.name]
+        std = race.std(c.name)
+        spread = "" if math.isnan(std) else f" ± {_pct(std)}"
+        status = ("winner" if c.name == race.winner else
+                  f"out after round {left[c.name][0]} (p = {left[c.name][1]:.3f})" if c.name in left else
+                  "reference" if c.name == BASELINE else "survived, lower mean")
+        rows.append([c.name, str(c.trial), _pct(c.val_acc), f"{_pct(float(np.mean(vals)))}{spread} ({len(vals)})",
+                     status, differences(candidates[0].config, c.config)])
+        marks.append(c.name == race.winner)
+    return Table(["config", "trial", "study screen val_acc (seed 0)", "race val_acc (seeds)", "",
+                  "differs from the baseline in"], rows, highlight=marks)
 
 
-def tuned_label(selection: Selection, tuned: Candidate) -> str:
-    """The headline's name for the compared config: the winner, or the best candidate that lost."""
-    role = "tuned" if selection.winner == tuned.name else "best candidate (lost on validation)"
-    return f"{role}: {tuned.name}, trial {tuned.trial}"
+def tuned_label(tuned: Candidate) -> str:
+    """The headline's name for the compared config: the race's winner."""
+    return f"tuned: {tuned.name}, trial {tuned.trial}"
 
 
-def selection_text(selection: Selection) -> str:
-    base, _ = selection.mean_std("baseline")
-    best, _ = selection.mean_std(selection.best)
-    if selection.winner == "baseline":
-        return (f"Selection (validation only, before any test read): no candidate beat the baseline's mean "
-                f"validation accuracy ({_pct(base)}; the best, {selection.best}, {_pct(best)}). The baseline stays; "
-                f"the test comparison below is the baseline against {selection.best}, reported as such.")
-    return (f"Selection (validation only, before any test read): {selection.winner} has the highest mean "
-            f"validation accuracy, {_pct(best)} against the baseline's {_pct(base)}, so it is the tuned config; "
-            "the test set was then read once, for the baseline and the winner.")
+def race_text(race: RaceResult) -> str:
+    base = race.mean(BASELINE)
+    best = race.mean(race.winner)
+    lead = ("and leads the baseline" if best > base else "but trails the baseline")
+    return (f"Selection (validation only, the test set sealed): {len(race.val) - 1} candidates and the baseline raced "
+            f"over {len(race.seeds)} fresh seeds ({', '.join(map(str, race.seeds))}); the study's own seed-0 run of "
+            f"each was only the screen that admitted it. {race.winner} won with {_pct(best)} mean validation "
+            f"accuracy {lead} ({_pct(base)}). The winner, the candidates and the plan below were written to the "
+            "study before the first test read.")
 
 
 def fidelity_table(rows: list[dict], target: int) -> Table:
@@ -187,16 +222,18 @@ def fidelity_table(rows: list[dict], target: int) -> Table:
                    "" if math.isnan(r["regret"]) else f"{100 * r['regret']:.2f}"] for r in rows])
 
 
-def report_sections(cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, meta: dict,
-                    figure_names: list[str], selection: Selection, candidates: list[Candidate],
+def report_sections(v: Verdict, cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, meta: dict,
+                    figure_names: list[str], race: RaceResult, candidates: list[Candidate],
                     fidelity: list[dict]) -> list[Section]:
-    """The whole report, once: headline and verdict, selection, budget, configurations, figures."""
-    tuned = next(c for c in candidates if c.name == selection.best)
+    """The whole report, once: the verdict first, then the plan, selection, budget, configurations, figures."""
+    tuned = next(c for c in candidates if c.name == race.winner)
     return [
-        Section(None, [headline_table(cmp, table, tuned_label(selection, tuned)), Paragraph(verdict(cmp), strong=True),
-                       Paragraph(selection_text(selection)), Paragraph(budget_text(meta)),
+        Section(None, [Paragraph(verdict_text(v, tuned_label(tuned)), strong=True),
+                       headline_table(cmp, table, tuned_label(tuned)), Paragraph(power_text(v.plan)),
+                       Paragraph(paired_text(cmp)), Paragraph(race_text(race)), Paragraph(budget_text(meta)),
                        Paragraph(spent_text(meta["spent"], meta["job_minutes"]))]),
-        Section("Candidates, selected on validation", [candidates_table(selection, candidates)]),
+        Section("Candidates, raced on validation", [race_table(race, candidates)]),
+        Section("The looks of the test comparison", [looks_table(v)]),
         Section("Did the study's early epochs rank the configs as the target does?", [
             Paragraph("Rank correlation between each epoch and the target over the study's completed trials "
                       "(survivors of pruning only, so a biased sample), and the regret of each epoch's top pick."),
@@ -205,8 +242,18 @@ def report_sections(cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, met
             ["field", f"baseline (trial {meta['baseline_trial']})", f"tuned: {tuned.name} (trial {tuned.trial})"],
             [[r.field, r.baseline, r.tuned] for r in configs.itertuples()],
             highlight=configs["differs"].tolist())]),
-        Section("Test reads", [Paragraph("; ".join(
-            f"{r['config']}: {len(r['runs'])} runs at {r['at']}" for r in meta["test_reads"])
-            + f" (selection done at {meta['selection_done_at']}).")]),
+        Section("Test reads", [Paragraph(
+            f"Selection written to the study at {meta['selection_done_at']}; the test set was read for "
+            f"{len(meta['test_reads'])} runs from {meta['test_reads'][0]['at']} to {meta['test_reads'][-1]['at']}."
+            if meta["test_reads"] else "No test read.")]),
         Section("Figures", [FigureRef(n) for n in figure_names]),
     ]
+
+
+def looks_table(v: Verdict) -> Table:
+    def pts(x: float) -> str:
+        return "" if math.isnan(x) else f"{100 * x:+.2f}"
+
+    return Table(["look", "pairs", "mean difference (points)", "interval level", "interval (points)", "outcome"],
+                 [[str(i), str(lk.n), pts(lk.mean), f"{100 * (1 - lk.level):.2f}%", f"[{pts(lk.low)}, {pts(lk.high)}]",
+                   lk.outcome or "go on"] for i, lk in enumerate(v.looks, 1)])

@@ -1,15 +1,17 @@
-"""The report's runs: train the candidates and the baseline at the target, select on validation, then test.
+"""The report's runs: a race on validation with the test set sealed, then the test comparison in rounds.
 
-The order is the point. ``ensure_trained`` trains every (config, seed) with the
-test set locked (``CifarData.lock_test``); ``select`` picks the winner by mean
-validation accuracy; only then ``ensure_tested`` reads the test set, for the
-baseline and the best candidate, and records when. Seed 0 of a config whose
-study trial ran to the target is that trial's run (copied into the cache), so
-the report does not train it again. Runs are cached by config and seed under
-``runs/reports/``: a report stopped part-way continues where it stopped. A run
-whose small files (config, history, results) are there but whose checkpoint is
-not (trained on another machine, copied without its weights) counts as trained
-for selection, and is trained again only if the test needs its weights.
+The order is the point. ``run_race`` trains the baseline and the candidates on
+fresh seeds, round by round, inside ``cifar.seal.sealed`` (no code in the process
+can read the test set), and picks the winner on validation (``reports.race``);
+the caller records the selection and the plan in the study, and only then
+``run_comparison`` trains the baseline and the winner on the comparison's own
+fresh seeds, reads their test accuracy (``ensure_tested``) and stops at the first
+look that decides (``reports.verdict``). Runs are cached by config and seed under
+``runs/reports/``: a report stopped part-way replays the same race and looks from
+the cache and continues where it stopped. A run whose small files (config,
+history, results) are there but whose checkpoint is not (trained on another
+machine, copied without its weights) counts as trained for selection, and is
+trained again only if the test needs its weights.
 
 This half of the report needs only PyTorch and Optuna (no plotly, no browser),
 so the runs can be trained on one machine, for instance one with a GPU
@@ -20,9 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from cifar.config import TrainConfig, apply_overrides, flatten
@@ -31,7 +32,8 @@ from cifar.evaluate import evaluate_run
 from cifar.optim import identity
 from cifar.rundir import RunDir
 from cifar.train import train
-from reports.stats import mean_std
+from reports.race import RacePlan, RaceResult, race
+from reports.verdict import Plan, Verdict, compare
 from study.storage import UsageError
 
 DATA_LOCATION = ("data_dir", "cache_dir")  # where the data is, not what a run trains on
@@ -56,24 +58,16 @@ def finished(run_dir: Path, cfg: TrainConfig) -> bool:
     return run.read_results().epochs_run == cfg.epochs
 
 
-def ensure_trained(configs: dict[str, TrainConfig], seeds: int, runs_root: Path, data: CifarData,
-                   reuse: dict[str, str | None] | None = None) -> dict[str, list[Path]]:
-    """Every (config, seed) trained, the test set untouched; print progress and ETA.
-
-    ``reuse``: name -> a study trial's run directory, taken as that config's seed-0 run when it
-    trained the same config to its last epoch."""
-    plan = [(name, apply_overrides(cfg, {"seed": s})) for name, cfg in configs.items() for s in range(seeds)]
+def ensure_trained(configs: dict[str, TrainConfig], seeds: Sequence[int], runs_root: Path,
+                   data: CifarData) -> dict[str, list[Path]]:
+    """Every (config, seed) trained (cached by config and seed), the test set untouched; print
+    progress and ETA. Returns name -> the run directory of each seed, in ``seeds``' order."""
+    plan = [(name, apply_overrides(cfg, {"seed": s})) for name, cfg in configs.items() for s in seeds]
     out: dict[str, list[Path]] = {name: [] for name in configs}
     todo = []
     for name, cfg in plan:
         path = run_dir_for(cfg, runs_root)
-        trial_dir = (reuse or {}).get(name) if cfg.seed == 0 else None
-        done = finished(path, cfg)
-        if not done and trial_dir and finished(Path(trial_dir), cfg):
-            shutil.copytree(trial_dir, path, dirs_exist_ok=True)
-            print(f"{name} seed 0: the study's run {trial_dir}", flush=True)
-            done = True
-        if not done:
+        if not finished(path, cfg):
             todo.append((name, cfg, path))
         out[name].append(path)
     started = time.time()
@@ -85,37 +79,19 @@ def ensure_trained(configs: dict[str, TrainConfig], seeds: int, runs_root: Path,
         result = train(cfg, data, path, resume=resume)
         if result.status == "diverged":
             raise UsageError(f"{name} seed {cfg.seed} diverged in {path}: {result.message}")
-    if not todo:
-        print(f"all {len(plan)} runs trained in {runs_root}", flush=True)
     return out
 
 
-@dataclass(frozen=True)
-class Selection:
-    val: dict[str, list[float]]   # name -> best validation accuracy of each seed
-    best: str                     # the candidate with the highest mean
-    winner: str                   # best if it beats the baseline's mean, else "baseline"
-    done_at: float                # time.time() when the selection was made
-
-    def mean_std(self, name: str) -> tuple[float, float]:
-        return mean_std(self.val[name])
-
-
-def select(dirs: dict[str, list[Path]]) -> Selection:
-    """The winner by mean validation accuracy over the seeds (ties keep the baseline)."""
-    val = {name: [RunDir(p).read_results().best_val_acc for p in paths] for name, paths in dirs.items()}
-    means = {name: mean_std(v)[0] for name, v in val.items()}
-    candidates = [n for n in dirs if n != "baseline"]
-    best = max(candidates, key=lambda n: means[n]) if candidates else "baseline"
-    winner = best if means[best] > means["baseline"] else "baseline"
-    return Selection(val, best, winner, time.time())
+def val_acc(run_dir: Path) -> float:
+    """The validation accuracy a run is selected by (its best epoch's, as the study's trials are)."""
+    return RunDir(run_dir).read_results().best_val_acc
 
 
 def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData) -> list[dict]:
     """Evaluate the named configs' runs on the test set (where not done yet); what was read, and when."""
     reads = []
     for name in names:
-        todo = [p for p in dirs[name] if not RunDir(p).predictions.is_file()]
+        todo = [p for p in dirs[name] if not (RunDir(p).predictions.is_file() and RunDir(p).test_metrics.is_file())]
         retrained = [p for p in todo if not RunDir(p).best.is_file()]
         for p in todo:
             if p in retrained:
@@ -127,3 +103,31 @@ def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData
         reads.append({"config": name, "runs": [str(p) for p in dirs[name]], "evaluated_now": len(todo),
                       "retrained_for_test": len(retrained), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return reads
+
+
+def run_race(configs: dict[str, TrainConfig], plan: RacePlan, runs_root: Path, data: CifarData) -> RaceResult:
+    """The race of ``configs`` (the baseline first) on validation, each round's runs trained here."""
+    def train_round(names: list[str], seed: int) -> dict[str, float]:
+        print(f"race, seed {seed}: {', '.join(names)}", flush=True)
+        dirs = ensure_trained({n: configs[n] for n in names}, [seed], runs_root, data)
+        return {n: val_acc(d[0]) for n, d in dirs.items()}
+
+    return race(list(configs), train_round, plan)
+
+
+def run_comparison(baseline: TrainConfig, tuned: TrainConfig, plan: Plan, runs_root: Path,
+                   data: CifarData) -> tuple[Verdict, dict[str, list[Path]], list[dict]]:
+    """The test comparison of ``plan``: seeds in rounds up to each look until one decides. Returns the
+    verdict, the runs of both arms (seed order) and the test reads (what was read, and when)."""
+    configs = {"baseline": baseline, "tuned": tuned}
+    dirs: dict[str, list[Path]] = {"baseline": [], "tuned": []}
+    reads: list[dict] = []
+
+    def train_pair(seed: int) -> tuple[float, float]:
+        got = ensure_trained(configs, [seed], runs_root, data)
+        reads.extend(ensure_tested(got, ["baseline", "tuned"], data))
+        for name in configs:
+            dirs[name] += got[name]
+        return tuple(RunDir(got[name][0]).read_test_metrics().test_acc for name in configs)
+
+    return compare(plan, train_pair), dirs, reads

@@ -43,9 +43,10 @@ class Throughput:
 @dataclass(frozen=True)
 class StudySize:
     n_trials: int
+    fit: int                # the trials that fit the minutes, before the preset's bounds
     run_minutes: float      # one target run (training, validation every epoch)
     study_minutes: float    # the study's estimate
-    report_runs: int        # the runs the report trains (the study's seed-0 runs are reused)
+    report_runs: int        # the runs the report trains at most (the race's every round, the comparison's last look)
     report_minutes: float   # the report's estimate (its runs and the test evaluations)
 
 
@@ -120,19 +121,21 @@ def run_seconds(tp: Throughput, base: TrainConfig) -> float:
 
 
 def size_study(tp: Throughput, base: TrainConfig, minutes: float, min_trials: int, max_trials: int,
-               candidates: int, seeds: int, pruner: str = "hyperband") -> StudySize:
+               candidates: int, race_rounds: int, pairs: int, pruner: str = "hyperband") -> StudySize:
     """The most trials (``min_trials`` to ``max_trials``) such that the study, then its report,
-    fit in ``minutes``. The report trains ``candidates`` configs and the baseline at ``seeds`` seeds,
-    seed 0 of each reused from the study, and tests the baseline and the winner at every seed.
-    A trial costs the share of a target run that ``pruner`` leaves it (``epoch_share``)."""
+    fit in ``minutes`` at the report's most: a race of ``candidates`` configs and the baseline over
+    ``race_rounds`` fresh seeds with no one knocked out, then a comparison that goes to its last look,
+    ``pairs`` seeds of the baseline and the winner, each tested. A trial costs the share of a target
+    run that ``pruner`` leaves it (``epoch_share``)."""
     run = run_seconds(tp, base)
-    report_runs = (candidates + 1) * (seeds - 1)
-    report = STARTUP_S + report_runs * run + 2 * seeds * CIFAR10_TEST_IMAGES * TEST_VIEWS / tp.eval
+    report_runs = (candidates + 1) * race_rounds + 2 * pairs
+    report = STARTUP_S + report_runs * run + 2 * pairs * CIFAR10_TEST_IMAGES * TEST_VIEWS / tp.eval
     per_trial = epoch_share(base.epochs, pruner) * run
     fit = math.floor((minutes * 60 - STARTUP_S - report) / per_trial)
     n_trials = max(min_trials, min(max_trials, fit))
-    return StudySize(n_trials=n_trials, run_minutes=run / 60, study_minutes=(STARTUP_S + n_trials * per_trial) / 60,
-                     report_runs=report_runs, report_minutes=report / 60)
+    return StudySize(n_trials=n_trials, fit=fit, run_minutes=run / 60,
+                     study_minutes=(STARTUP_S + n_trials * per_trial) / 60, report_runs=report_runs,
+                     report_minutes=report / 60)
 
 
 def to_attr(tp: Throughput) -> dict:

@@ -17,7 +17,11 @@ Usage:
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +29,7 @@ import torch
 from cifar.config import TrainConfig, apply_overrides
 from cifar.registry import Registry
 from study import budget as budget_lib
+from study.sequential import Design, mde
 
 
 @dataclass(frozen=True)
@@ -40,18 +45,57 @@ class Preset:
     max_target_epochs: int | None = None
     good_trials: int = 20
     workers: int = 1        # worker processes of a default study (on a GPU: several share each device)
+    # The report's verdict (reports.race, reports.verdict): the candidates that race the baseline, the
+    # race's most rounds, and the test comparison's looks (pairs of seeds). Where sized, the looks are
+    # (6, 8, ...) up to the fewest pairs whose minimum detectable effect at 80% power reaches
+    # target_mde (accuracy) at the noise measured for the target, max_pairs at most, as time allows.
+    candidates: int = 3
+    race_rounds: int = 3
+    looks: tuple[int, ...] = (6, 8, 10)
+    target_mde: float | None = None
+    max_pairs: int = 12
 
 
 PRESETS: Registry[Preset] = Registry("preset", {
-    "smoke": Preset(n_trials=6, target_epochs=2, timeout=None),
-    # 4 epochs of the fast recipe: 84.6% test accuracy with TTA; 6: 87.4% (results/bench/time_to_accuracy.json).
-    "cpu": Preset(n_trials=30, target_epochs=4, timeout=None, minutes=170, max_target_epochs=6),
-    # Four trials at once per GPU: one small model's trial leaves most of a large GPU idle.
-    "gpu": Preset(n_trials=100, target_epochs=10, timeout=None, workers=4),
+    "smoke": Preset(n_trials=6, target_epochs=2, timeout=None, candidates=2, race_rounds=2, looks=(3, 4)),
+    # 3 epochs of the fast recipe: 81.2% test accuracy (82.3% with TTA; 4: 83.8%), a run of 4-7 minutes on
+    # 2 cores, so that the study, the race and a comparison that can decide fit 180 minutes together.
+    "cpu": Preset(n_trials=30, target_epochs=3, timeout=None, minutes=180, max_target_epochs=4, good_trials=16,
+                  candidates=2, race_rounds=3, target_mde=0.006, max_pairs=12),
+    # Four trials at once per GPU: one small model's trial leaves most of a large GPU idle. 12 pairs at
+    # 10 epochs (one run's test noise 0.19 points) detect 0.25 points; the report's 36 runs take about
+    # 5 minutes on an H200.
+    "gpu": Preset(n_trials=100, target_epochs=10, timeout=None, workers=4, looks=(6, 8, 10, 12), target_mde=0.003),
 })
 
-REPORT_SEEDS = 3        # seeds of every config the report retrains (the same seeds for each)
-REPORT_CANDIDATES = 3   # the study's top distinct configs the report retrains to pick the winner
+REPORT_CANDIDATES = 3   # the study's top distinct configs that race the baseline (reports.race)
+RACE_ROUNDS = 3         # the race's most rounds, one fresh seed each (2 at least: a spread to plan from)
+RACE_ALPHA = 0.05       # one-sided paired t level at which the race's leader knocks a candidate out
+LOOKS = (6, 8, 10)      # pairs of seeds at each look of the test comparison (6: the fewest at which
+                        # the exact sign-flip test can reach p < 0.05)
+FIRST_LOOK = 6
+NOISE_FILE = Path(__file__).resolve().parents[1] / "results" / "bench" / "time_to_accuracy.json"
+DEFAULT_RUN_STD = 0.003  # one run's test noise where none is measured for the target (0.17-0.21 points
+                         # at 5 epochs in the committed reports, more at fewer epochs)
+
+
+def measured_run_std(epochs: int, source: Path = NOISE_FILE) -> tuple[float, str]:
+    """One run's test-accuracy standard deviation of the fast recipe at ``epochs`` over the committed
+    seeds (bench/time_to_accuracy.py), and where it comes from; the default where fewer than 3 seeds."""
+    runs = [r for r in json.loads(source.read_text())["runs"] if r["name"] == f"fast-{epochs}ep"] \
+        if source.is_file() else []
+    if len(runs) < 3:
+        return DEFAULT_RUN_STD, (f"the default {100 * DEFAULT_RUN_STD:.2f} points (no 3 seeds at {epochs} epochs "
+                                 "measured)")
+    std = statistics.stdev(r["test_acc"] for r in runs)
+    return std, f"{len(runs)} seeds of the fast recipe at {epochs} epochs ({NOISE_FILE.name})"
+
+
+def design_mde(looks: tuple[int, ...], run_std: float) -> float:
+    """The minimum detectable effect at 80% power of a comparison with these looks, one run's noise
+    ``run_std`` on each arm (independent: the difference's std is run_std x sqrt(2))."""
+    design = Design(looks)
+    return mde(run_std * math.sqrt(2), looks[-1], design.nominal_alphas()[-1])
 
 
 def pick_preset(name: str) -> str:
@@ -74,7 +118,8 @@ def target_budget(preset: Preset, base: TrainConfig, stored: dict[str, Any] | No
     if stored is not None:
         return apply_overrides(base, {"epochs": stored["target_epochs"]}), stored
     base = apply_overrides(base, {"epochs": target_epochs or preset.target_epochs})
-    budget: dict[str, Any] = {}
+    budget: dict[str, Any] = {"verdict": {"candidates": preset.candidates, "race_rounds": preset.race_rounds,
+                                          "looks": list(preset.looks)}}
     if preset.minutes:
         base, budget = fit_budget(preset, base, sized_target=target_epochs is None, pruner=pruner)
     return base, {"target_epochs": base.epochs, **budget}
@@ -88,18 +133,41 @@ def fit_budget(preset: Preset, base: TrainConfig, sized_target: bool,
     print("measuring this machine's training speed to size the study...", flush=True)
     tp = budget_lib.measure_throughput(base)
 
-    def size(epochs: int) -> budget_lib.StudySize:
+    def size(epochs: int, looks: tuple[int, ...]) -> budget_lib.StudySize:
         return budget_lib.size_study(tp, apply_overrides(base, {"epochs": epochs}), preset.minutes,
-                                     preset.min_trials, preset.n_trials, REPORT_CANDIDATES, REPORT_SEEDS, pruner)
+                                     preset.min_trials, preset.n_trials, preset.candidates, preset.race_rounds,
+                                     looks[-1], pruner)
+
+    def sized(epochs: int) -> tuple[tuple[int, ...], float, str]:
+        """The looks for this target: the fewest pairs that reach the target MDE, while the study keeps
+        its fewest trials; the most that fit where none reaches it."""
+        run_std, source = measured_run_std(epochs)
+        looks = (FIRST_LOOK,)
+        for last in range(FIRST_LOOK, preset.max_pairs + 1, 2):
+            candidate = tuple(range(FIRST_LOOK, last + 1, 2))
+            if last > FIRST_LOOK and size(epochs, candidate).fit < preset.min_trials:
+                break
+            looks = candidate
+            if design_mde(looks, run_std) <= (preset.target_mde or 0):
+                break
+        return looks, run_std, source
 
     epochs = base.epochs
-    while sized_target and epochs < (preset.max_target_epochs or 0) and size(epochs + 1).n_trials >= preset.good_trials:
+    while sized_target and epochs < (preset.max_target_epochs or 0) \
+            and size(epochs + 1, sized(epochs + 1)[0]).n_trials >= preset.good_trials:
         epochs += 1
-    base, fit = apply_overrides(base, {"epochs": epochs}), size(epochs)
+    looks, run_std, source = sized(epochs)
+    base, fit = apply_overrides(base, {"epochs": epochs}), size(epochs, looks)
+    planned = design_mde(looks, run_std)
     print(f"{tp.train:.0f} train / {tp.eval:.0f} eval images/s on {tp.device}: a target run of {epochs} "
           f"epochs takes about {fit.run_minutes:.1f} min; {fit.n_trials} trials, about "
-          f"{fit.study_minutes:.0f} min, then the report's {fit.report_runs} runs, about "
-          f"{fit.report_minutes:.0f} min (the job's target: {preset.minutes:.0f} min)", flush=True)
+          f"{fit.study_minutes:.0f} min, then the report's {fit.report_runs} runs at most (a race of "
+          f"{preset.candidates} candidates and the baseline over {preset.race_rounds} seeds, then up to "
+          f"{looks[-1]} seeds each for the test comparison), about {fit.report_minutes:.0f} min (the job's "
+          f"target: {preset.minutes:.0f} min). The comparison can detect {100 * planned:.2f} points with 80% "
+          f"power (one run's noise {100 * run_std:.2f} points: {source})", flush=True)
     return base, {"n_trials": fit.n_trials, "throughput": budget_lib.to_attr(tp), "target_minutes": preset.minutes,
                   "estimate_minutes": round(fit.study_minutes + fit.report_minutes, 1),
-                  "run_minutes": round(fit.run_minutes, 2)}
+                  "run_minutes": round(fit.run_minutes, 2),
+                  "verdict": {"candidates": preset.candidates, "race_rounds": preset.race_rounds, "looks": list(looks),
+                              "run_std": run_std, "run_std_source": source, "planned_mde": planned}}

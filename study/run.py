@@ -86,7 +86,8 @@ def build_parser() -> ArgParser:
                    help="dashboard artifacts (default: beside a SQLite file, else results/artifacts)")
     p.add_argument("--runs-dir", default="runs/studies", help="trial run directories go here")
     p.add_argument("--out", "--results-dir", dest="results_dir", default="results/studies",
-                   help="the folder each study's results go to: <out>/<study>/ (summary, trials.csv, best_config.json)")
+                   help="the folder each study's results go to: <out>/<study>/ (summary, trials.csv, "
+                        "best_trial_config.json)")
     p.add_argument("-v", "--verbose", action="store_true", help="also a line per epoch of every trial")
     return p
 
@@ -255,9 +256,9 @@ def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
         params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
         lines[:0] = [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}"]
         lines += [f"report:  python -m reports build --storage {job.storage}{name}   (make study runs it next)",
-                  f"train the best trial's config at the target: python -m cifar.train --config "
-                  f"{out}/best_config.json --out runs/best   (the report picks the winner among the top "
-                  "trials on more seeds)"]
+                  f"what to train: the report's winner, results/reports/{job.study_name}/winner_config.json, "
+                  "chosen among the top trials on fresh seeds (the study's best single trial, one seed that may "
+                  f"be luck: {out}/best_trial_config.json)"]
     print("\n".join(lines), flush=True)
     return 0
 

@@ -2,9 +2,9 @@
 
 ``trials_table`` is the one trials table: ``study show`` prints it and the
 report reads it. ``summarise`` writes a study's results folder: ``summary.json``,
-``trials.csv`` and ``best_config.json`` (the best trial's config: the study's
-target budget, ready for ``cifar.train --config``; the report's winner, chosen on
-more seeds, is in the report).
+``trials.csv`` and ``best_trial_config.json`` (the best single trial's config, at
+the study's target; one seed's luck may have put it first: what to train is the
+report's ``winner_config.json``, chosen on fresh seeds).
 
 Usage:
     table = trials_table(study)
@@ -26,6 +26,8 @@ from optuna.trial import TrialState
 from cifar.config import TrainConfig
 from cifar.runtime import describe_machine
 from study.search_space import suggest_config
+
+BEST_TRIAL_CONFIG = "best_trial_config.json"  # the best single trial; not the recommendation
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -85,7 +87,7 @@ def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path)
     if complete:
         best = study.best_trial
         cfg = suggest_config(optuna.trial.FixedTrial(best.params), base, space)
-        cfg.to_json(out_dir / "best_config.json")  # as the trial ran: at the study's target
+        cfg.to_json(out_dir / BEST_TRIAL_CONFIG)  # as the trial ran: at the study's target
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -7,7 +7,7 @@ import pytest
 from cifar.config import TrainConfig, apply_overrides
 from study import budget
 from study.budget import Throughput, size_study
-from study.presets import PRESETS, REPORT_CANDIDATES, REPORT_SEEDS
+from study.presets import PRESETS
 from study.run import main
 from tests.conftest import tiny_config
 from tests.test_study import load, study_env  # noqa: F401  (fixture)
@@ -18,23 +18,23 @@ SPLIT = budget.CIFAR10_TRAIN_IMAGES - BASE.data.val_size  # 45,000
 
 
 def test_size_study_fits_the_minutes():
-    # 300 train / 1,200 eval images/s: a 4-epoch run = 5 + 4 x (45,000/300 + 5,000/1,200) = 621.7 s.
+    # 300 train / 1,200 eval images/s: a 3-epoch run = 5 + 3 x (45,000/300 + 5,000/1,200) = 467.5 s.
     tp = Throughput(train=300.0, eval=1200.0, device="cpu")
-    run = 5 + 4 * (SPLIT / 300 + 5000 / 1200)
+    run = 5 + 3 * (SPLIT / 300 + 5000 / 1200)
     assert budget.run_seconds(tp, BASE) == pytest.approx(run)
-    # The report: (3 candidates + baseline) x 2 more seeds = 8 runs, and 6 test evaluations of 7 views.
-    report = 60 + 8 * run + 6 * 10_000 * 7 / 1200
-    size = size_study(tp, BASE, 170, 4, 30, REPORT_CANDIDATES, REPORT_SEEDS)
-    # Hyperband at 4 epochs: first rung at epoch 2, a third promoted to 4: 2/4 + (2/4) / 3 = 2/3.
-    n = int((170 * 60 - 60 - report) // (2 / 3 * run))
-    assert size.report_runs == 8 and size.report_minutes == pytest.approx(report / 60)
-    assert size.n_trials == n == 11
-    assert size.study_minutes + size.report_minutes <= 170
+    # The report at its most: 2 candidates + the baseline over 3 race rounds = 9 runs, then 8 pairs
+    # = 16 runs, and 16 test evaluations of 7 views.
+    report = 60 + 25 * run + 16 * 10_000 * 7 / 1200
+    size = size_study(tp, BASE, 380, 4, 30, 2, 3, 8)
+    n = int((380 * 60 - 60 - report) // (budget.epoch_share(3) * run))
+    assert size.report_runs == 25 and size.report_minutes == pytest.approx(report / 60)
+    assert size.n_trials == size.fit == n and 4 < n < 30
+    assert size.study_minutes + size.report_minutes <= 380
 
 
 @pytest.mark.parametrize("train, n_trials", [(3000.0, 30), (60.0, 4)])
 def test_size_study_keeps_to_the_presets_bounds(train, n_trials):
-    size = size_study(Throughput(train=train, eval=4 * train, device="cpu"), BASE, 170, 4, 30, 3, 3)
+    size = size_study(Throughput(train=train, eval=4 * train, device="cpu"), BASE, 180, 4, 30, 2, 3, 8)
     assert size.n_trials == n_trials  # a fast machine: the most; a slow one: the fewest worth a study
 
 
@@ -82,9 +82,9 @@ def test_a_cpu_study_is_sized_once_and_resumes_with_its_budget(study_env, monkey
 
 
 @pytest.mark.parametrize("train, target, sized", [
-    (3000.0, 6, True),    # a fast machine: the longest target at which 20 or more trials fit
-    (300.0, 4, True),     # a 2-core machine: the preset's target (11 trials fit at 4 epochs)
-    (3000.0, 4, False),   # a target given by hand is kept
+    (3000.0, 4, True),    # a fast machine: the longest target (up to the preset's 4) at which 16 trials fit
+    (400.0, 3, True),     # a 2-core machine: the preset's target
+    (3000.0, 3, False),   # a target given by hand is kept
 ])
 def test_the_target_is_sized_where_enough_trials_fit(train, target, sized, monkeypatch):
     from study.presets import fit_budget
@@ -93,15 +93,34 @@ def test_the_target_is_sized_where_enough_trials_fit(train, target, sized, monke
                         lambda cfg, seconds=6.0: Throughput(train=train, eval=4 * train, device="cpu"))
     cfg, attrs = fit_budget(CPU, BASE, sized_target=sized)
     assert cfg.epochs == target
-    n = size_study(Throughput(train, 4 * train, "cpu"), cfg, CPU.minutes, CPU.min_trials, CPU.n_trials, 3, 3).n_trials
+    looks = attrs["verdict"]["looks"]
+    n = size_study(Throughput(train, 4 * train, "cpu"), cfg, CPU.minutes, CPU.min_trials, CPU.n_trials,
+                   CPU.candidates, CPU.race_rounds, looks[-1]).n_trials
     assert attrs["n_trials"] == n and (n >= CPU.good_trials or target == CPU.target_epochs)
+
+
+@pytest.mark.parametrize("train, looks", [
+    (3000.0, [6, 8]),   # time for more seeds: the fewest pairs whose MDE reaches 0.6 points (6 alone: 0.61)
+    (60.0, [6]),        # a slow machine: the first look only, its larger MDE stated
+])
+def test_the_comparisons_seeds_are_sized_for_the_target_mde(train, looks, monkeypatch):
+    import study.presets as presets
+
+    monkeypatch.setattr(budget, "measure_throughput",
+                        lambda cfg, seconds=6.0: Throughput(train=train, eval=4 * train, device="cpu"))
+    monkeypatch.setattr(presets, "measured_run_std", lambda epochs: (0.003, "a test's 0.3 points"))
+    _, attrs = presets.fit_budget(CPU, BASE, sized_target=False)
+    verdict = attrs["verdict"]
+    assert verdict["looks"] == looks and verdict["run_std"] == 0.003
+    assert verdict["planned_mde"] == pytest.approx(presets.design_mde(tuple(looks), 0.003))
+    assert presets.design_mde((6,), 0.003) > CPU.target_mde >= presets.design_mde((6, 8), 0.003)
 
 
 def test_a_study_that_does_not_prune_is_sized_at_whole_target_runs():
     tp = Throughput(train=300.0, eval=1200.0, device="cpu")
-    pruned, whole = (size_study(tp, BASE, 170, 4, 30, 3, 3, pruner) for pruner in ("hyperband", "none"))
+    pruned, whole = (size_study(tp, BASE, 400, 4, 30, 2, 3, 8, pruner) for pruner in ("hyperband", "none"))
     run = budget.run_seconds(tp, BASE)
-    assert whole.n_trials == int((170 * 60 - 60 - whole.report_minutes * 60) // run) < pruned.n_trials
+    assert whole.n_trials == int((400 * 60 - 60 - whole.report_minutes * 60) // run) < pruned.n_trials
 
 
 @pytest.mark.parametrize("pruner", ["hyperband", "halving"])

@@ -102,7 +102,7 @@ def test_ddp_study_trials_prune_on_every_rank(ddp_config, tmp_path):
     assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert all(t.user_attrs["epochs_run"] == 3 for t in complete)
-    assert (tmp_path / "results" / "d" / "best_config.json").is_file()
+    assert (tmp_path / "results" / "d" / "best_trial_config.json").is_file()
     # A second run resumes the same study.
     r = torchrun("-m", "study", "run", "--storage", f"sqlite:///{db}", "--study-name", "d", "--config",
                  str(ddp_config), "--preset", "smoke", "--target-epochs", "3", *IN_SPACE, "--n-trials", "7",

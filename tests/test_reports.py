@@ -153,58 +153,79 @@ def test_figures_build():
 # ---------------------------------------------------------------- the whole report
 
 
+REPORT_ARGS = ["--candidates", "2", "--race-rounds", "2", "--looks", "3,4"]  # tiny: 2 rounds, looks at 3, 4 pairs
+
+
 def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F811
     assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "4", "--pruner", "none"]) == 0
     # No --study-name: the storage's only study is the one.
-    argv = ["--storage", study_env["url"], "--seeds", "2", "--candidates", "2",
+    argv = ["--storage", study_env["url"], *REPORT_ARGS,
             "--out", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "report-runs")]
-    # --runs-only trains the runs (on a GPU machine, say), reads no test set and writes no report ...
-    capsys.readouterr()
+    # --runs-only trains the race and the first look (on a GPU machine, say), reads no test set and
+    # writes no report ...
     assert build_main(argv + ["--runs-only"]) == 0
-    assert "baseline seed 0: the study's run" in capsys.readouterr().out  # trial 0 is not trained again
     assert not (tmp_path / "reports").exists()
     runs = list((tmp_path / "report-runs").glob("*/results.json"))
-    assert runs and not list((tmp_path / "report-runs").glob("*/test_predictions.pt"))
-    # ... and the report is then built from them without retraining.
+    assert len(runs) == 3 * 2 + 2 * 3  # 3 contestants x 2 race rounds (none knocked out before 2), 3 pairs
+    assert not list((tmp_path / "report-runs").glob("*/test_predictions.pt"))
+    assert not [p for p in runs if p.parent.name.endswith("-seed0")]  # the study's seed 0 is a screen only
+    # ... and the report is then built from them, training only what a later look needs.
     capsys.readouterr()
     assert build_main(argv) == 0
-    assert f"all {len(runs)} runs trained" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Verdict: " in printed and "Planned before any test read" in printed
     out = tmp_path / "reports" / "r"
-    for name in ("report.html", "summary.md", "comparison.csv", "comparison.json", "plotly.min.js"):
+    for name in ("report.html", "summary.md", "comparison.csv", "comparison.json", "plotly.min.js",
+                 "winner_config.json"):
         assert (out / name).is_file(), name
-    table = pd.read_csv(out / "comparison.csv")
-    assert sorted(table["config"]) == ["baseline", "baseline", "tuned", "tuned"]
     comparison = json.loads((out / "comparison.json").read_text())
-    # Every candidate was selected on validation; the test set was read for two configs only.
-    assert set(comparison["validation"]) == {c["name"] for c in comparison["candidates"]}
-    assert len(comparison["candidates"]) == len(runs) // 2
-    assert [r["config"] for r in comparison["test_reads"]] == ["baseline", comparison["best"]]
-    means = {name: np.mean(v) for name, v in comparison["validation"].items() if name != "baseline"}
-    assert comparison["best"] == max(means, key=means.get)
-    assert comparison["winner"] in (comparison["best"], "baseline")
+    verdict = comparison["verdict"]
+    assert verdict["outcome"] in ("better", "worse", "equivalent", "undecided")
+    pairs = len(verdict["baseline"])
+    assert pairs in (3, 4) and len(verdict["looks"]) == (1 if pairs == 3 else 2)
+    table = pd.read_csv(out / "comparison.csv")
+    assert sorted(table["config"]) == ["baseline"] * pairs + ["tuned"] * pairs
+    assert sorted(table["seed"].unique()) == list(range(1000, 1000 + pairs))  # the comparison's own seeds
+    # The race ran every contestant on validation; the winner is the best surviving mean.
+    race = comparison["race"]
+    assert set(race["val"]) == {c["name"] for c in comparison["candidates"]}
+    survivors = [n for n in race["val"] if n != "baseline"
+                 and not any(n in r["knocked_out"] for r in race["rounds"])]
+    assert race["winner"] == max(survivors, key=lambda n: np.mean(race["val"][n]))
+    # What to train: the race's winner, at the target.
+    from cifar.config import TrainConfig
+
+    winner = TrainConfig.from_json(out / "winner_config.json")
+    study = optuna.load_study(study_name="r", storage=study_env["url"])
+    assert winner.epochs == study.user_attrs["budget"]["target_epochs"]
+    assert study.user_attrs["selection"]["winner"] == race["winner"] == comparison["winner"]
+    # The plan was in the study before the first test read.
+    assert study.user_attrs["verdict_plan"]["recorded_at"] <= comparison["test_reads"][0]["at"]
+    assert study.user_attrs["selection"]["at"] <= comparison["test_reads"][0]["at"]
     assert set(comparison["job_minutes"]) == {"study", "report"}  # the main job's time, on record
-    assert len(list((tmp_path / "report-runs").glob("*/test_predictions.pt"))) == 4
+    assert len(list((tmp_path / "report-runs").glob("*/test_predictions.pt"))) == 2 * pairs
     pngs = {p.stem for p in (out / "figures").glob("*.png")}
     assert {"curves", "per_class", "history", "intermediate", "confusion_tuned", "fixed_by_tuning",
             "differences", "rung_scatter"} <= pngs
     page = (out / "report.html").read_text()
     assert "https://" not in page.split("<body>")[0]  # plotly.js comes from the file beside it
     summary = (out / "summary.md").read_text()
-    assert "paired-t 95% CI" in summary and "sign-flip" in summary and "Selection (validation only" in summary
+    assert summary.splitlines()[0].startswith(f"# {verdict['outcome'].capitalize()}: tuned against baseline")
+    assert "Verdict: " + verdict["outcome"].upper() in summary and "Selection (validation only" in summary
     # The verdict is in the study too, where optuna-dashboard shows it.
     import optuna_dashboard
 
-    study = optuna.load_study(study_name="r", storage=study_env["url"])
-    assert "Selection (validation only" in optuna_dashboard.get_note(study)
+    assert "Verdict: " in optuna_dashboard.get_note(study)
     for graph in ("differences", "rung_scatter"):  # saved with save_plotly_graph_object under these ids
         assert any(f"{graph}:" in key for key in study._storage.get_study_system_attrs(study._study_id)), graph
 
-    # A rebuild reuses the cached runs.
+    # A rebuild reuses the cached runs: no run trained, the same verdict.
     capsys.readouterr()
     start = time.perf_counter()
     assert build_main(argv) == 0
     assert time.perf_counter() - start < 30
-    assert f"all {len(runs)} runs trained" in capsys.readouterr().out
+    assert "] training " not in capsys.readouterr().out  # ensure_trained's "[i/n] training NAME" lines
+    assert json.loads((out / "comparison.json").read_text())["verdict"]["differences"] == verdict["differences"]
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium); the browser check needs it")
@@ -228,37 +249,71 @@ def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F81
     assert shot.stat().st_size > 20_000
 
 
-def test_the_report_reads_the_test_set_only_after_selection(study_env, tmp_path, monkeypatch):  # noqa: F811
-    """Every read of the test images or labels comes after the winner was chosen on validation."""
-    import reports.build as build
+def _bypass_evaluate_run(dirs):  # select by test accuracy, evaluating the run directories
+    from cifar.evaluate import evaluate_run
+
+    return {n: evaluate_run(d[0]).test_acc for n, d in dirs.items()}
+
+
+def _bypass_prepare_data(dirs):  # a fresh copy of the data, whose test split nobody locked
+    from cifar.data import prepare_data
+    from cifar.rundir import RunDir
+
+    return prepare_data(RunDir(next(iter(dirs.values()))[0]).read_config().data).test.y.sum()
+
+
+def _bypass_saved_metrics(dirs):  # read what an earlier report's test evaluation left in a run
+    from cifar.rundir import RunDir
+
+    return {n: RunDir(d[0]).read_test_metrics().test_acc for n, d in dirs.items()}
+
+
+@pytest.mark.parametrize("bypass", [
+    _bypass_evaluate_run,    # the test evaluation of cifar.evaluate, on the race's run directories
+    _bypass_prepare_data,    # a fresh prepare_data: its test split is born locked inside the seal
+    _bypass_saved_metrics,   # a run's saved test metrics (a rebuilt report's runs have them)
+])
+def test_selection_cannot_reach_the_test_set(study_env, tmp_path, monkeypatch, bypass):  # noqa: F811
+    """Each known way to select by test accuracy fails inside the race: TestSetLocked."""
+    import reports.runs as runs
+    from cifar.data import TestSetLocked
 
     assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "3", "--pruner", "none"]) == 0
-    events = []
+    argv = ["--storage", study_env["url"], *REPORT_ARGS, "--out", str(tmp_path / "reports"),
+            "--runs-dir", str(tmp_path / "runs")]
+    assert build_main(argv) == 0  # every run now has test metrics on disk for the third bypass to find
+    real = runs.ensure_trained
+    tried = []
 
-    class Spy:  # the test split, recording every read of its tensors
-        def __init__(self, split):
-            self.split = split
+    def cheating(configs, seeds, runs_root, data):
+        dirs = real(configs, seeds, runs_root, data)
+        if len(configs) > 2:  # a race round (the comparison trains two configs)
+            tried.append(bypass.__name__)
+            bypass(dirs)
+        return dirs
 
-        def __len__(self):
-            return len(self.split)
+    monkeypatch.setattr(runs, "ensure_trained", cheating)
+    with pytest.raises(TestSetLocked, match="sealed|locked"):
+        build_main(argv)
+    assert tried
 
-        def __getattr__(self, name):
-            events.append("test read")
-            return getattr(self.split, name)
 
-    real_prepare, real_select = build.prepare_data, build.select
+def test_an_early_test_read_of_the_reports_data_fails(study_env, tmp_path, monkeypatch):  # noqa: F811
+    """The report's own data object read before the selection is recorded: TestSetLocked."""
+    import reports.build as build
+    from cifar.data import TestSetLocked
 
-    def prepare(*args, **kwargs):
-        data = real_prepare(*args, **kwargs)
-        data.test = Spy(data.test)
-        return data
+    assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "3", "--pruner", "none"]) == 0
+    real = build.run_race
 
-    monkeypatch.setattr(build, "prepare_data", prepare)
-    monkeypatch.setattr(build, "select", lambda dirs: events.append("selected") or real_select(dirs))
-    assert build_main(["--storage", study_env["url"], "--seeds", "2", "--out", str(tmp_path / "reports"),
-                       "--runs-dir", str(tmp_path / "runs")]) == 0
-    assert "selected" in events and "test read" in events
-    assert "test read" not in events[:events.index("selected")]
+    def early(configs, plan, runs_root, data):
+        _ = data.test.x  # before the race is done
+        return real(configs, plan, runs_root, data)
+
+    monkeypatch.setattr(build, "run_race", early)
+    with pytest.raises(TestSetLocked):
+        build_main(["--storage", study_env["url"], *REPORT_ARGS, "--out", str(tmp_path / "reports"),
+                    "--runs-dir", str(tmp_path / "runs")])
 
 
 def test_a_locked_test_set_cannot_be_read(tiny_data):
@@ -326,7 +381,7 @@ def test_a_report_run_stopped_part_way_continues_from_its_last_epoch(tiny_data, 
         train(cfg, tiny_data, path, callbacks=[Stop()], quiet=True)
     stopped = RunDir(path).read_history()
     assert [r["epoch"] for r in stopped] in ([1], [1, 2]) and not RunDir(path).results.is_file()
-    ensure_trained({"baseline": cfg}, 1, tmp_path, tiny_data)
+    ensure_trained({"baseline": cfg}, [0], tmp_path, tiny_data)
     history = RunDir(path).read_history()
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history[0]["elapsed_seconds"] == stopped[0]["elapsed_seconds"]  # epoch 1 was not trained again
@@ -334,17 +389,17 @@ def test_a_report_run_stopped_part_way_continues_from_its_last_epoch(tiny_data, 
 
 def test_a_run_trained_elsewhere_without_its_weights_is_trained_again_only_to_be_tested(tiny_data, tmp_path):
     from cifar.rundir import RunDir
-    from reports.runs import ensure_tested, ensure_trained, select
+    from reports.runs import ensure_tested, ensure_trained, val_acc
     from tests.conftest import tiny_config
 
-    dirs = ensure_trained({"baseline": tiny_config(epochs=2)}, 2, tmp_path, tiny_data)
+    dirs = ensure_trained({"baseline": tiny_config(epochs=2)}, [0, 1], tmp_path, tiny_data)
     moved = RunDir(dirs["baseline"][1])
     recorded = moved.read_results().best_val_acc
     for weights in (moved.best, moved.last):  # what travels between machines: the small files only
         weights.unlink()
-    ensure_trained({"baseline": tiny_config(epochs=2)}, 2, tmp_path, tiny_data)  # trained: nothing to do
+    ensure_trained({"baseline": tiny_config(epochs=2)}, [0, 1], tmp_path, tiny_data)  # trained: nothing to do
     assert not moved.best.is_file()
-    assert select(dirs).val["baseline"][1] == recorded  # selection reads the small files
+    assert val_acc(dirs["baseline"][1]) == recorded  # selection reads the small files
     (read,) = ensure_tested(dirs, ["baseline"], tiny_data)
     assert read["evaluated_now"] == 2 and read["retrained_for_test"] == 1
     assert moved.best.is_file() and moved.predictions.is_file()

@@ -71,14 +71,17 @@ def test_the_main_job_with_default_names_changes_no_tracked_file(image_folder, t
     # No pruning: trial 1 completes, so the report has a candidate besides the baseline.
     for args in (["study", "run", "--preset", "smoke", "--config", str(config), "--n-trials", "2",
                   "--pruner", "none"],
-                 ["reports", "build", "--seeds", "2", "--candidates", "1"]):
+                 ["reports", "build", "--candidates", "1"]):
         done = subprocess.run([sys.executable, "-m", *args], cwd=copy, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         outputs.append(done.stdout)
     # The study's last lines name paths that exist, and the report's last line its report.html.
-    named = re.findall(r"results: (\S+)/|--config (\S+best_config.json)", outputs[0])
+    named = re.findall(r"results: (\S+)/|luck: (\S+best_trial_config.json)", outputs[0])
     assert len(named) == 2 and all((copy / path).exists() for pair in named for path in pair if path)
+    # ... and the recommendation it names is what the report wrote.
+    winner = re.search(r"the report's winner, (\S+winner_config.json)", outputs[0]).group(1)
+    assert (copy / winner).is_file()
     assert outputs[1].strip().splitlines()[-1].startswith("wrote results/reports/cifar-smoke/report.html")
     assert (copy / "results" / "studies" / "cifar-smoke" / "summary.json").is_file()
     assert (copy / "results" / "reports" / "cifar-smoke" / "summary.md").is_file()

@@ -153,7 +153,8 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert TrialState.COMPLETE in states and TrialState.PRUNED in states
     assert study.trials[0].user_attrs.get("baseline") is True
     assert study.metric_names == ["val_acc"]
-    assert study.user_attrs["budget"] == {"target_epochs": 4}
+    assert study.user_attrs["budget"] == {"target_epochs": 4,
+                                          "verdict": {"candidates": 2, "race_rounds": 2, "looks": [3, 4]}}
     assert all(TrainConfig.from_json(Path(t.user_attrs["run_dir"]) / "config.json").epochs == 4 for t in study.trials)
     first = study.trials[0]
     for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir"):
@@ -170,10 +171,11 @@ def test_study_end_to_end_then_resume(study_env, capsys):
     assert "trial   7" in out and "ETA" in out and "best val_acc" in out
     assert "epoch   1/4" not in out  # a line per trial, not per epoch (unless -v)
     results = study_env["tmp"] / "results" / "s"
-    best = TrainConfig.from_json(results / "best_config.json")  # at the study's target
+    best = TrainConfig.from_json(results / "best_trial_config.json")  # at the study's target
     assert (best.epochs, best.data.train_fraction) == (4, 1.0)
     # The last lines name what exists: the results folder, the best config, the report command.
-    assert f"results: {results}/" in out and f"--config {results}/best_config.json" in out
+    assert f"results: {results}/" in out and f"luck: {results}/best_trial_config.json" in out
+    assert "what to train: the report's winner" in out
     assert "python -m reports build --storage" in out and "optuna-dashboard" in out
     assert (results / "trials.csv").read_text().count("\n") == 9
 

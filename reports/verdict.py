@@ -1,0 +1,199 @@
+"""The verdict: plan the test comparison from the race's validation spread, then add seeds until it decides.
+
+One primary rule, fixed here and written in the report: the group-sequential
+repeated confidence interval of the mean test-accuracy difference (tuned -
+baseline) over fresh seeds (``study.sequential``) says **better**, **worse**,
+**equivalent** (inside +-delta) or, when the seeds run out, **undecided**. Before
+any test read the plan is fixed and stored in the study (``plan``): the looks,
+the margin, the one-run noise measured on validation in the race, and the
+minimum detectable effect at 80% power that these seeds can reach. Two effect
+sizes a user can read come beside it, never instead of it: the probability that
+the tuned config beats the baseline on a fresh seed (Bouthillier et al. 2021,
+"Accounting for Variance in Machine Learning Benchmarks"), and a Bayesian
+posterior with a region of practical equivalence (the Bayesian correlated t-test's).
+
+Pairing by seed is kept (the same seed gives both arms the same split and data
+order), but the plan does not count on it: over the committed reports the
+correlation between the arms' test accuracies on the same seed was -0.03, -0.88
+and -0.55, so a difference is planned with the variance of two independent runs.
+
+Usage:
+    plan = make_plan(race_result, looks=(6, 8, 10), seeds=comparison_seeds(10))
+    verdict = compare(plan, lambda seed: (baseline_acc(seed), tuned_acc(seed)))
+    print(verdict.outcome, verdict.headline())
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from reports.race import RaceResult
+from study.sequential import POWER, Design, Look, decide, mde, pairs_for_equivalence, pairs_needed
+
+COMPARISON_SEED0 = 1000     # the comparison's seeds start here: fresh for every run of the race and study
+MIN_DELTA = 0.001           # the smallest equivalence margin taken from the noise (0.1 points)
+P_BETTER_RESAMPLES = 10_000
+
+
+def comparison_seeds(n: int) -> tuple[int, ...]:
+    return tuple(range(COMPARISON_SEED0, COMPARISON_SEED0 + n))
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """The pooled within-group standard deviation and its degrees of freedom."""
+    ss = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in groups if len(g) > 1)
+    df = sum(len(g) - 1 for g in groups if len(g) > 1)
+    return (math.sqrt(ss / df) if df else math.nan), df
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The comparison as fixed before its first test read (stored in the study)."""
+    looks: tuple[int, ...]   # pairs at each look
+    seeds: tuple[int, ...]   # the comparison's seeds, in order (as many as the last look)
+    alpha: float             # two-sided error over all looks
+    delta: float             # equivalence margin, accuracy (stated; from the noise unless given)
+    delta_source: str        # where the margin comes from
+    run_std: float           # one run's validation noise, pooled over the race's contestants
+    run_std_df: int
+    diff_std: float          # the planned standard deviation of one seed's difference: run_std * sqrt(2)
+    mde: float               # the smallest true difference the last look detects with 80% power
+    mde_first: float         # the same at the first look
+    recorded_at: str = ""
+
+    def design(self) -> Design:
+        return Design(self.looks, self.alpha, self.delta)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_plan(race: RaceResult, looks: Sequence[int], alpha: float = 0.05, delta: float | None = None) -> Plan:
+    """The plan from the race's validation accuracies (every contestant's seeds)."""
+    looks = tuple(int(n) for n in looks)
+    run_std, df = pooled_std(list(race.val.values()))
+    if math.isnan(run_std):
+        raise ValueError("the race ran one seed per contestant: no validation spread to plan from")
+    given = delta is not None
+    margin = float(delta) if given else max(MIN_DELTA, round(run_std, 4))
+    design = Design(looks, alpha, margin)
+    diff_std = run_std * math.sqrt(2)
+    levels = design.nominal_alphas()
+    return Plan(looks, comparison_seeds(looks[-1]), alpha, margin,
+                "given (--margin)" if given else "one run's validation noise in the race",
+                run_std, df, diff_std, mde(diff_std, looks[-1], levels[-1]), mde(diff_std, looks[0], levels[0]),
+                time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+@dataclass
+class Verdict:
+    plan: Plan
+    baseline: list[float]          # test accuracy of each comparison seed
+    tuned: list[float]
+    looks: list[Look] = field(default_factory=list)
+    p_better: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # estimate, 95% interval
+    bayes: tuple[float, float, float] = (math.nan, math.nan, math.nan)     # P(worse), P(rope), P(better)
+    more_pairs: float = math.nan   # undecided: pairs a decision would need (see ``pairs_to_decide``)
+
+    @property
+    def last(self) -> Look:
+        return self.looks[-1]
+
+    @property
+    def outcome(self) -> str:
+        return self.last.outcome or "undecided"
+
+    @property
+    def differences(self) -> list[float]:
+        return [t - b for b, t in zip(self.baseline, self.tuned)]
+
+    def to_dict(self) -> dict:
+        return {"outcome": self.outcome, "plan": self.plan.to_dict(), "baseline": self.baseline,
+                "tuned": self.tuned, "differences": self.differences,
+                "looks": [lk.to_dict() for lk in self.looks], "p_better": list(self.p_better),
+                "bayes": {"worse": self.bayes[0], "equivalent": self.bayes[1], "better": self.bayes[2]},
+                "more_pairs": self.more_pairs}
+
+
+def p_better(tuned: Sequence[float], baseline: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
+    """P(a fresh tuned run beats a fresh baseline run): the share of all (tuned, baseline) run pairs the
+    tuned run wins (ties half), the Mann-Whitney estimate, since the seeds' pairing carries no
+    information here; with its 95% percentile bootstrap interval over both arms' runs."""
+    a, b = np.asarray(tuned, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+
+    def stat(x, y, axis=-1):
+        gt = (x[..., :, None] > y[..., None, :]).mean((-2, -1))
+        eq = (x[..., :, None] == y[..., None, :]).mean((-2, -1))
+        return gt + 0.5 * eq
+
+    est = float(stat(a, b))
+    if len(a) < 2 or len(b) < 2:
+        return est, math.nan, math.nan
+    res = stats.bootstrap((a, b), stat, paired=False, vectorized=True, n_resamples=P_BETTER_RESAMPLES,
+                          method="percentile", rng=np.random.default_rng(seed))
+    return est, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def bayes_probs(differences: Sequence[float], rope: float) -> tuple[float, float, float]:
+    """(P(worse), P(equivalent), P(better)) of the mean difference under +-``rope``: the posterior of
+    the Bayesian correlated t-test (Benavoli et al. 2017, as baycomp's ``CorrelatedTTest``) with
+    correlation 0, since seeds are independent runs, not overlapping folds: Student t with n - 1
+    degrees of freedom, centred on the mean difference, scale std/sqrt(n). Written with scipy, not
+    baycomp: baycomp 1.0.3 installs a top-level ``tests`` package that shadows this project's."""
+    d = np.asarray(differences, dtype=np.float64)
+    if len(d) < 2:
+        return math.nan, math.nan, math.nan
+    scale = float(d.std(ddof=1)) / math.sqrt(len(d))
+    if scale == 0:
+        m = float(d.mean())
+        return float(m < -rope), float(-rope <= m <= rope), float(m > rope)
+    post = stats.t(len(d) - 1, loc=float(d.mean()), scale=scale)
+    left, right = float(post.cdf(-rope)), float(post.sf(rope))
+    return left, 1.0 - left - right, right
+
+
+def pairs_to_decide(look: Look, plan: Plan) -> float:
+    """Undecided: the total pairs after which, at the observed mean and spread, a look at the last
+    look's level would decide (better or worse at 80% power, or equivalent), the fewer of the two."""
+    std = look.std if look.std > 0 else plan.diff_std
+    return min(pairs_needed(abs(look.mean), std, look.level), pairs_for_equivalence(look.mean, std, look.level,
+                                                                                    plan.delta))
+
+
+def compare(plan: Plan, train_pair: Callable[[int], tuple[float, float]], effect_sizes: bool = True) -> Verdict:
+    """Seeds in rounds up to each look, until a look decides or the last look is done.
+    ``train_pair(seed)``: the (baseline, tuned) test accuracy at that seed. ``effect_sizes``: also
+    P(tuned > baseline) and the Bayesian view (a simulation of the rule alone leaves them out)."""
+    verdict = Verdict(plan, [], [])
+    design = plan.design()
+    for n in plan.looks:
+        for seed in plan.seeds[len(verdict.baseline):n]:
+            b, t = train_pair(seed)
+            verdict.baseline.append(float(b))
+            verdict.tuned.append(float(t))
+        verdict.looks.append(decide(verdict.differences, design))
+        if verdict.last.outcome:
+            break
+    if effect_sizes:
+        verdict.p_better = p_better(verdict.tuned, verdict.baseline)
+        verdict.bayes = bayes_probs(verdict.differences, plan.delta)
+    if verdict.outcome == "undecided":
+        verdict.more_pairs = max(0.0, math.ceil(pairs_to_decide(verdict.last, plan)) - verdict.last.n)
+    return verdict
+
+
+def power_text(plan: Plan) -> str:
+    """The plan in words, as the report writes it before the test read."""
+    return (f"Planned before any test read: baseline and tuned on {plan.looks[-1]} fresh seeds at most, "
+            f"looks after {', '.join(map(str, plan.looks))} pairs (O'Brien-Fleming-type alpha spending, "
+            f"{plan.alpha:.0%} two-sided over all looks). One run's noise on validation, pooled over the race: "
+            f"{100 * plan.run_std:.2f} points ({plan.run_std_df} degrees of freedom), so one seed's difference is "
+            f"planned at {100 * plan.diff_std:.2f} points. The smallest true difference the last look detects "
+            f"with {POWER:.0%} power: {100 * plan.mde:.2f} points ({100 * plan.mde_first:.2f} at the first look). "
+            f"Equivalence margin: +-{100 * plan.delta:.2f} points ({plan.delta_source}).")
