@@ -6,7 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export CIFAR10_DIR ?= data
 RUN ?= runs/baseline
-STORAGE ?= sqlite:///results/study.db
+# The study's storage: STORAGE=... here, else $$CIFAR_STORAGE (keep a URL with a password there, off the
+# command line), else sqlite:///results/study.db.
+STORAGE ?=
+STORAGE_ARG = $(if $(STORAGE),--storage $(STORAGE))
 STUDY_ARGS ?=
 PORT ?= 8080
 
@@ -14,7 +17,7 @@ PORT ?= 8080
 
 help: ## list the targets (the default)
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: CIFAR10_DIR=$(CIFAR10_DIR) STORAGE=$(STORAGE) STUDY_NAME=$(STUDY_NAME) RUN=$(RUN) MODEL=$(MODEL)"
+	@echo "  variables: CIFAR10_DIR=$(CIFAR10_DIR) STORAGE=$(or $(STORAGE),\$$CIFAR_STORAGE or sqlite:///results/study.db) STUDY_NAME=$(STUDY_NAME) RUN=$(RUN) MODEL=$(MODEL)"
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,17 +45,16 @@ baseline: setup ## train, evaluate and export the documented baseline into RUN a
 # The main job: the tuning study (preset chosen for the hardware; resumes when
 # run again), then the baseline-vs-tuned report.
 study: setup ## the main job: the tuning study (resumes when run again), then its report
-	$(PY) -m study run --storage $(STORAGE) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(STUDY_ARGS)
+	$(PY) -m study run $(STORAGE_ARG) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(STUDY_ARGS)
 	$(MAKE) report
 
 # The report of the storage's only study (or STUDY_NAME=...).
 report: setup ## the baseline-vs-tuned report of the storage's study (STUDY_NAME=... if several)
-	$(PY) -m reports build --storage $(STORAGE) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(REPORT_ARGS)
+	$(PY) -m reports build $(STORAGE_ARG) $(if $(STUDY_NAME),--study-name $(STUDY_NAME)) $(REPORT_ARGS)
 
 # optuna-dashboard on the study's storage, bound to loopback only.
-ARTIFACTS = $(shell $(PY) -c "from study.storage import artifact_dir_for; print(artifact_dir_for('$(STORAGE)'))")
-dashboard: setup ## optuna-dashboard on STORAGE at http://127.0.0.1:8080 (PORT=...)
-	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(PORT) --artifact-dir $(ARTIFACTS)
+dashboard: setup ## optuna-dashboard on STORAGE (or $CIFAR_STORAGE) at http://127.0.0.1:8080 (PORT=...)
+	$(PY) -m study dashboard $(STORAGE_ARG) --port $(PORT)
 
 # Headless Chromium taking a 1400x1000 PNG of a page once its scripts have drawn (append --screenshot=FILE URL).
 SCREENSHOT = chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
@@ -64,8 +66,7 @@ SCREENSHOT = chromium --headless --no-sandbox --disable-gpu --no-first-run --dis
 SHOT ?= results/studies/dashboard.png
 dashboard-screenshot: setup ## a PNG of optuna-dashboard (needs Debian's chromium)
 	mkdir -p $(dir $(SHOT))
-	$(VENV)/bin/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port 8765 --quiet \
-	    --artifact-dir $(ARTIFACTS) & pid=$$!; \
+	$(PY) -m study dashboard $(STORAGE_ARG) --port 8765 >/dev/null 2>&1 & pid=$$!; \
 	trap "kill $$pid" EXIT; \
 	for i in $$(seq 60); do curl -sf http://127.0.0.1:8765/api/studies >/dev/null && break; sleep 0.5; done; \
 	$(SCREENSHOT) --screenshot=$(SHOT) http://127.0.0.1:8765/dashboard/studies/1

@@ -5,15 +5,24 @@ one seed each) and the baseline (3 seeds: the noise floor) at the target
 budget, recording validation accuracy after every epoch; then, for each
 cheaper fidelity, the rank correlation (Spearman, Kendall) with the target's
 validation accuracy and the regret at the target of the fidelity's top pick.
-The fidelities: each epoch of the target run (the pruner's rungs), and, with
-``--subset``, the target's epochs on a third of the train split. Validation
-only: the test set is never read here.
+The fidelities: each epoch of the target run (the pruner's rungs), with
+``--subset`` the target's epochs on a third of the train split, and with
+``--compressed`` complete shorter runs (the whole schedule in fewer epochs).
+Beside the correlations over all configs, what a pruner really needs
+(``reports.fidelity.transfer_among_the_best``): the correlation over the better
+half at the target, with intervals, and whether a halving at each epoch would
+have removed one of the target's best 3. The rung a study at this target may
+prune from (``supported_rung``, the rule fixed before the measurement, 16
+configs at least) is written to the results file, and the study reads it there
+(``study.storage.measured_first_rung``). Validation only: the test set is never
+read here.
 
 Each run is cached in its run folder and its record in the results file, so a
 stopped benchmark continues where it stopped when run again (also in a later
 session, from the committed results file).
 
-    CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/fidelity.py [--configs 12] [--target-epochs 4] [--subset]
+    CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/fidelity.py [--configs 15] [--target-epochs 3] \
+        [--subset] [--compressed] [--out results/bench/fidelity-3ep.json]
 
 Writes results/bench/fidelity.json after every run.
 """
@@ -38,15 +47,22 @@ from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
 from cifar.train import train  # noqa: E402
-from reports.fidelity import first_rung_by_rule, rung_correlations  # noqa: E402
+from reports.fidelity import (  # noqa: E402
+    first_rung_by_rule,
+    rung_correlations,
+    supported_rung,
+    transfer_among_the_best,
+)
 from reports.runs import run_dir_for  # noqa: E402
 from study.presets import PRESETS  # noqa: E402
 from study.search_space import params_of, suggest_config  # noqa: E402
 
 SUBSET = 1 / 3  # the data-subset fidelity: this share of the train split, the target's epochs
+MIN_CONFIGS = 16  # the fewest configs (the baseline's seed 0 included) from which a rung is accepted
 
 
-def plan(base: TrainConfig, n_configs: int, space: str, subset: bool) -> list[tuple[str, str, dict, TrainConfig]]:
+def plan(base: TrainConfig, n_configs: int, space: str, subset: bool,
+         compressed: bool = False) -> list[tuple[str, str, dict, TrainConfig]]:
     """(name, fidelity, trial params, config) of every run: the target runs first, the baseline's
     seeds among them, then the cheaper fidelity's."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -62,6 +78,9 @@ def plan(base: TrainConfig, n_configs: int, space: str, subset: bool) -> list[tu
             + drawn[n_configs // 2:] + baseline[2:]]
     if subset:
         runs += [(n, "subset", p, apply_overrides(c, {"train_fraction": SUBSET})) for n, p, c in baseline[:1] + drawn]
+    if compressed:  # the whole schedule in fewer epochs: another cheap fidelity than the target's first epochs
+        runs += [(n, f"compressed {e} epochs", p, apply_overrides(c, {"epochs": e}))
+                 for e in range(1, base.epochs) for n, p, c in baseline[:1] + drawn]
     return runs
 
 
@@ -100,9 +119,19 @@ def analyse(records: list[dict], target: int) -> dict:
         if sub and sub["val_acc"]:
             curve[f"subset {SUBSET:.2f}, {target} epochs"] = sub["val_acc"][max(sub["val_acc"])]
         curves[name] = {**curve, "target": at_target}
+    for r in records:  # complete shorter runs: the whole schedule compressed into fewer epochs
+        if r["fidelity"].startswith("compressed") and r["name"] in curves and r["val_acc"]:
+            curves[r["name"]][r["fidelity"]] = r["val_acc"][max(r["val_acc"])]
     base = [v for n, v in final.items() if n.startswith("baseline-seed") and v is not None]
     rows = rung_correlations(curves, "target")
+    transfer = transfer_among_the_best(curves, "target")
+    rung = supported_rung(transfer) if len(curves) >= MIN_CONFIGS else None
+    why = (f"epoch {rung}: the earliest that ranks all configs (Spearman >= 0.6) and the better half (>= 0) as the "
+           "target does and whose halving keeps the target's best 3" if rung else
+           f"no rung: {len(curves)} configs measured, {MIN_CONFIGS} needed" if len(curves) < MIN_CONFIGS else
+           "no rung: no epoch ranks the configs that matter as the target does")
     return {"configs": len(curves), "correlations": rows, "first_rung_by_rule": first_rung_by_rule(rows),
+            "transfer_among_the_best": transfer, "supported_rung": rung, "supported_rung_why": why,
             "noise_floor": {"baseline_val_acc": base, "std": statistics.stdev(base) if len(base) > 1 else None},
             "ranking_at_target": sorted(((v["target"], n) for n, v in curves.items()), reverse=True)}
 
@@ -111,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "fast.json"), help="the baseline")
     parser.add_argument("--target-epochs", type=int, default=PRESETS.get("cpu").target_epochs)
-    parser.add_argument("--configs", type=int, default=12, help="configs drawn from the search space")
+    parser.add_argument("--configs", type=int, default=MIN_CONFIGS - 1,
+                        help="configs drawn from the search space (with the baseline: 16, the fewest the study's "
+                             "rung rule accepts)")
     parser.add_argument("--space", default="default")
     parser.add_argument("--subset", action="store_true", help="also the data-subset fidelity")
+    parser.add_argument("--compressed", action="store_true",
+                        help="also complete shorter runs (the whole schedule in 1 .. target-1 epochs)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "fidelity"))
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "fidelity.json"))
     args = parser.parse_args(argv)
@@ -122,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     # Records of earlier sessions, from the results file (JSON keys are strings: epochs back to ints).
     known = {r["key"]: {**r, "val_acc": {int(e): v for e, v in r["val_acc"].items()}}
              for r in json.loads(out.read_text())["runs"]} if out.is_file() else {}
-    runs = plan(base, args.configs, args.space, args.subset)
+    runs = plan(base, args.configs, args.space, args.subset, args.compressed)
     data_cache: dict = {}
     records = []
     measured = json.loads(out.read_text()).get("machine") if out.is_file() else None

@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.time_to_accuracy import ABLATIONS  # noqa: E402
-from reports.fidelity import RULE_SPEARMAN  # noqa: E402
 from reports.stats import mean_std  # noqa: E402
 
 REFERENCE = ROOT / "results" / "reference"  # the committed studies and reports: <kind>/<study>/
@@ -735,12 +734,14 @@ def fidelity_line() -> str:
     """The README's sentence on which epochs may prune (results/bench/fidelity.json)."""
     d = _bench("fidelity")
     corr = ", ".join(f"{r['fidelity']} {_num(r['spearman'])}" for r in d["correlations"])
-    rung = d["first_rung_by_rule"]
-    choice = (f"the first that reaches {RULE_SPEARMAN} is epoch {rung}, so the pruner may stop a trial from there on"
-              if rung else f"none reaches {RULE_SPEARMAN}, so a default study does not prune")
+    best = "; ".join(
+        f"{r['fidelity']} {_num(r['top_half_spearman'])}"
+        + (f", its halving would remove {' and '.join(r['best_removed'])}" if r["best_removed"] else "")
+        for r in d["transfer_among_the_best"])
     return (f"over {d['configs'] - 1} configs and the baseline trained to the {d['target_epochs']}-epoch target, "
-            f"each epoch's Spearman "
-            f"correlation with the target is {corr}; {choice}")
+            f"each epoch's Spearman correlation with the target is {corr}; but among the better half "
+            f"({d['transfer_among_the_best'][0]['top_half_n']} configs) it is {best} (of the target's best 3). "
+            f"The rule's verdict: {d['supported_rung_why']}")
 
 
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
@@ -776,7 +777,10 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "ninety_line": ninety_line, "gpu_pace": gpu_pace,
           "trial_phases_line": trial_phases_line, "step_profile_line": step_profile_line,
           "step_profile_wide_line": lambda: step_profile_line("step_profile-wide"),
-          "xeon_conv_estimate": xeon_conv_estimate}
+          "xeon_conv_estimate": xeon_conv_estimate,
+          # Written by bench/verdict_calibration.py itself; placed here.
+          "verdict_tradeoff": lambda: "\n" + _bench("verdict_calibration")["tradeoff_table"] + "\n",
+          "verdict_calibration": lambda: _bench("verdict_calibration")["summary"]}
 
 
 def render(text: str) -> str:

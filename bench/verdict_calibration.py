@@ -36,12 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
 from reports.race import RacePlan, race  # noqa: E402
 from reports.verdict import compare, make_plan  # noqa: E402
-from study.presets import LOOKS, RACE_ALPHA, RACE_ROUNDS, REPORT_CANDIDATES  # noqa: E402
+from study.presets import PRESETS, RACE_ALPHA  # noqa: E402
 from study.sequential import OUTCOMES  # noqa: E402
 
 NOISE_FILE = ROOT / "results" / "bench" / "time_to_accuracy.json"
@@ -57,8 +58,16 @@ def measured_noise(epochs: int, source: Path = NOISE_FILE) -> dict:
         raise SystemExit(f"{source} has {len(runs)} seeds of fast-{epochs}ep; the noise needs 3 or more "
                          f"(python bench/time_to_accuracy.py --only noise)")
     val, test = [r["best_val_acc"] for r in runs], [r["test_acc"] for r in runs]
+    tta = [r["test_acc_tta"] for r in runs]
+    # Does test-time augmentation make one run's test accuracy less noisy? The variance ratio with its
+    # 95% F interval (the same seeds, so the interval is rough: the two are not independent).
+    ratio = statistics.variance(tta) / statistics.variance(test)
+    df = len(runs) - 1
+    f_low, f_high = stats.f.ppf([0.975, 0.025], df, df)
     return {"epochs": epochs, "seeds": sorted(r["seed"] for r in runs), "val_std": statistics.stdev(val),
             "test_std": statistics.stdev(test), "val_mean": statistics.mean(val), "test_mean": statistics.mean(test),
+            "test_tta_std": statistics.stdev(tta), "tta_variance_ratio": ratio,
+            "tta_variance_ratio_ci": [ratio / f_low, ratio / f_high],
             "machines": sorted({r["machine_before_run"]["cpu"] for r in runs})}
 
 
@@ -76,7 +85,7 @@ def simulate(gain: float, noise: dict, looks: tuple[int, ...], rounds: int, cand
             return {n: BASE_ACC + gains[n] + rng.normal(0, noise["val_std"]) for n in names}
 
         result = race(list(gains), train_round, race_plan)
-        plan = make_plan(result, looks)
+        plan = make_plan(result, looks, noise=(noise["val_std"], "measured"))  # as a sized study's budget gives
         true_gain = gains[result.winner]
 
         def train_pair(s, g=true_gain):
@@ -105,28 +114,97 @@ def simulate(gain: float, noise: dict, looks: tuple[int, ...], rounds: int, cand
             "mean_margin_points": 100 * float(np.mean(deltas)), "mean_planned_mde_points": 100 * float(np.mean(mdes))}
 
 
+SPEEDS = (320.0, 440.0, 610.0)  # the fast recipe's training images/s on the 2-core machines seen so far
+EVAL_RATIO = 2.84               # evaluation images/s per training image/s (the reference job: 1,438 / 506)
+REFERENCE_SPEED = 440.0         # the machine class the targets name (the time-to-accuracy runs' AMD EPYC)
+
+
+def tradeoff(epochs: tuple[int, ...] = (3, 4)) -> list[dict]:
+    """The CPU preset's main job at each speed and target: trials, the report's runs, the comparison's
+    seeds and their MDE at the noise measured for that target, and the minutes."""
+    from cifar.config import TrainConfig, apply_overrides
+    from study.budget import Throughput
+    from study.presets import PRESETS, plan_job
+
+    cpu, rows = PRESETS.get("cpu"), []
+    base = TrainConfig.from_json(ROOT / "configs" / "fast.json")
+    for e in epochs:
+        for speed in SPEEDS:
+            cfg = apply_overrides(base, {"epochs": e})
+            _, b = plan_job(cpu, cfg, Throughput(speed, EVAL_RATIO * speed, "cpu"), sized_target=False)
+            v = b["verdict"]
+            rows.append({"images_per_s": speed, "target_epochs": e, "trials": b["n_trials"],
+                         "race_runs": (v["candidates"] + 1) * v["race_rounds"],
+                         "looks": v["looks"], "mde_points": round(100 * v["planned_mde"], 2),
+                         "run_std_points": round(100 * v["run_std"], 3), "noise_from": v["run_std_source"],
+                         "run_minutes": b["run_minutes"], "minutes": b["estimate_minutes"]})
+    return rows
+
+
+def summary_line(scenarios: list[dict], looks: tuple[int, ...], noise: dict) -> str:
+    """The docs' sentence on the calibration, written where the results are made."""
+    def pct(r: dict) -> str:
+        return f"{100 * r['rate']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+    aa = scenarios[0]
+    powers = "; ".join(f"+{s['gain_points']:g} points: better {pct(s['power'])}, {s['mean_pairs']:.1f} pairs"
+                       for s in scenarios[1:])
+    return (f"over {aa['reps']:,} simulated jobs per scenario (the race of {len(aa['candidate_gains_points']) - 1} "
+            f"candidates, then looks at {', '.join(map(str, looks))} pairs; one run's noise "
+            f"{100 * noise['val_std']:.2f} points on validation and {100 * noise['test_std']:.2f} on test, from "
+            f"{len(noise['seeds'])} seeds of the fast recipe at {noise['epochs']} epochs): with no difference "
+            f"anywhere, better or worse in "
+            f"{pct(aa['false_decision'])} of jobs, equivalent in {pct(aa['outcomes']['equivalent'])}, "
+            f"{aa['mean_pairs']:.1f} pairs on average; {powers}. {tta_sentence(noise)}")
+
+
+def tta_sentence(noise: dict) -> str:
+    """Whether test-time augmentation measurably steadies one run's test accuracy."""
+    low, high = noise["tta_variance_ratio_ci"]
+    measured = ("steadies one run measurably" if high < 1 else "makes one run noisier" if low > 1
+                else "does not measurably steady one run")
+    return (f"Test-time augmentation {measured}: its test accuracy varies {100 * noise['test_tta_std']:.2f} points "
+            f"against {100 * noise['test_std']:.2f} plain (variance ratio {noise['tta_variance_ratio']:.2f}, 95% "
+            f"interval {low:.2f} to {high:.2f}); the verdict reads plain test accuracy; weight averaging was not "
+            "measured")
+
+
+def tradeoff_table(rows: list[dict]) -> str:
+    head = ("| training images/s | target epochs | trials | race runs | comparison looks (pairs) | MDE at 80% "
+            "(points) | minutes at most |\n|---|---|---|---|---|---|---|")
+    return "\n".join([head, *(f"| {r['images_per_s']:.0f} | {r['target_epochs']} | {r['trials']} | {r['race_runs']} | "
+                              f"{', '.join(map(str, r['looks']))} | {r['mde_points']:.2f} | {r['minutes']:.0f} |"
+                              for r in rows)])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=10_000)
-    p.add_argument("--looks", default=",".join(map(str, LOOKS)))
-    p.add_argument("--race-rounds", type=int, default=RACE_ROUNDS)
-    p.add_argument("--candidates", type=int, default=REPORT_CANDIDATES)
+    p.add_argument("--looks", default=None, help="default: the CPU preset's looks on the reference machine class")
+    p.add_argument("--race-rounds", type=int, default=None, help="default: the CPU preset's")
+    p.add_argument("--candidates", type=int, default=None, help="default: the CPU preset's")
     p.add_argument("--epochs", type=int, default=3, help="the target whose measured noise is simulated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "results" / "bench" / "verdict_calibration.json"))
     args = p.parse_args(argv)
-    looks = tuple(int(x) for x in args.looks.split(","))
+    rows = tradeoff()
+    reference = next(r for r in rows if r["images_per_s"] == REFERENCE_SPEED and r["target_epochs"] == args.epochs)
+    looks = tuple(int(x) for x in args.looks.split(",")) if args.looks else tuple(reference["looks"])
     noise = measured_noise(args.epochs)
+    cpu = PRESETS.get("cpu")
+    rounds, candidates = args.race_rounds or cpu.race_rounds, args.candidates or cpu.candidates
     started = time.time()
-    scenarios = [simulate(g, noise, looks, args.race_rounds, args.candidates, args.reps, args.seed + i)
+    scenarios = [simulate(g, noise, looks, rounds, candidates, args.reps, args.seed + i)
                  for i, g in enumerate(GAINS)]
     aa = scenarios[0]["false_decision"]["rate"]
     power = next(s for s in scenarios if s["gain_points"] == 0.6)["power"]["rate"]
     write_result({"written": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - started, 1),
-                  "noise": noise, "design": {"looks": list(looks), "race_rounds": args.race_rounds,
-                                             "candidates": args.candidates, "race_alpha": RACE_ALPHA, "alpha": 0.05},
+                  "noise": noise, "design": {"looks": list(looks), "race_rounds": rounds, "candidates": candidates,
+                                             "race_alpha": RACE_ALPHA, "alpha": 0.05,
+                                             "machine_class_images_per_s": REFERENCE_SPEED},
                   "targets": {"aa_false_decision_at_most_0.05": aa <= 0.05, "power_at_0.6_at_least_0.8": power >= 0.8},
-                  "scenarios": scenarios}, args.out)
+                  "scenarios": scenarios, "tradeoff": rows, "tradeoff_table": tradeoff_table(rows),
+                  "summary": summary_line(scenarios, looks, noise)}, args.out)
     return 0
 
 

@@ -91,6 +91,8 @@ class Predictor:
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"no model file {self.path}")
+        if self.path.suffix not in (".onnx", ".pt"):
+            raise ValueError(f"{self.path} is neither a model.onnx nor a .pt checkpoint")
         if self.path.suffix == ".onnx":
             session, self.classes = onnx_session(self.path)
             self.backend = "onnxruntime"

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cifar.cli import fail
+from cifar.config import TrainConfig
 from cifar.data import CifarData, DataError, prepare_data
 from cifar.seal import sealed
 from reports.content import (
@@ -51,12 +52,12 @@ from reports.load import candidates_of, load_run, open_study
 from reports.race import RacePlan
 from reports.render import Section, to_html, to_markdown, write_pngs
 from reports.runs import ensure_trained, run_comparison, run_race
-from reports.stats import paired
-from reports.verdict import make_plan, power_text
+from reports.stats import expected_max_curve, paired
+from reports.verdict import COMPARISON_SEED0, Plan, comparison_seeds, make_plan, power_text
 from study.presets import LOOKS, RACE_ALPHA, RACE_ROUNDS, REPORT_CANDIDATES
 from study.sequential import Design
-from study.storage import DEFAULT_STORAGE, ArgParser, UsageError
-from study.trials import compute_spent, job_minutes, record_session, trials_table
+from study.storage import DEFAULT_STORAGE, STORAGE_ENV, ArgParser, UsageError, default_storage
+from study.trials import compute_spent, job_minutes, record_session, session_clock, trials_table
 
 WINNER_CONFIG = "winner_config.json"  # the report's winner at the target: what to train next
 
@@ -113,7 +114,7 @@ def to_dashboard(study, title: str, sections: list[Section], figures: dict) -> N
     import optuna_dashboard
 
     optuna_dashboard.save_note(study, to_markdown(title, sections[:3]))
-    for name in ("differences", "rung_scatter"):
+    for name in ("differences", "rung_scatter", "expected_max"):
         if name in figures:
             optuna_dashboard.save_plotly_graph_object(study, figures[name], graph_object_id=name)
 
@@ -125,7 +126,29 @@ def _design(study, args) -> tuple[RacePlan, tuple[int, ...]]:
     rounds = args.race_rounds or sized.get("race_rounds") or RACE_ROUNDS
     args.candidates = args.candidates or sized.get("candidates") or REPORT_CANDIDATES
     looks = tuple(args.looks or sized.get("looks") or LOOKS)
-    return RacePlan(seeds=tuple(range(1, rounds + 1)), min_rounds=min(2, rounds), alpha=RACE_ALPHA), looks
+    study_seed = TrainConfig.from_dict(study.user_attrs["base_config"]).seed
+    try:
+        race = RacePlan(seeds=tuple(range(1, rounds + 1)), min_rounds=min(2, rounds), alpha=RACE_ALPHA)
+        Design(looks)
+    except ValueError as e:
+        raise UsageError(f"study {study.study_name!r}: {e}") from None
+    if study_seed in (*race.seeds, *comparison_seeds(looks[-1])):
+        raise UsageError(f"study {study.study_name!r} trained its trials at seed {study_seed}, a seed of the race "
+                         f"(1-{rounds}) or the comparison ({COMPARISON_SEED0}-): its runs would count twice")
+    return race, looks
+
+
+def frozen_plan(study, plan: Plan, winner: str) -> Plan:
+    """The stored plan, which a rebuild must reproduce once the test set has been read: another design
+    (looks, margin, candidates, race) after a test read would choose it knowing the test result."""
+    stored, selected = Plan.from_dict(study.user_attrs["verdict_plan"]), study.user_attrs["selection"]["winner"]
+    if not plan.same_design(stored) or winner != selected:
+        raise UsageError(
+            f"study {study.study_name!r} read its test set on {study.user_attrs['first_test_read']} under the plan "
+            f"recorded on {stored.recorded_at} (looks {','.join(map(str, stored.looks))}, margin "
+            f"{stored.delta:g}, winner {selected}); this build would plan looks {','.join(map(str, plan.looks))}, "
+            f"margin {plan.delta:g}, winner {winner}. A new design after a test read needs a new study")
+    return stored
 
 
 def select_sealed(study, args, runs_root: Path):
@@ -137,26 +160,43 @@ def select_sealed(study, args, runs_root: Path):
     with sealed("the report selects its winner on validation first"):
         data = prepare_data(baseline.config.data)
         result = run_race({c.name: c.config for c in everyone}, race_plan, runs_root, data)
-        plan = make_plan(result, looks, delta=args.margin)
+        sized = (study.user_attrs.get("budget") or {}).get("verdict") or {}
+        noise = (sized["run_std"], sized["run_std_source"]) if "run_std" in sized else None
+        plan = make_plan(result, looks, delta=args.margin, noise=noise)
         winner = next(c for c in candidates if c.name == result.winner)
-        study.set_user_attr("selection", {
-            "winner": winner.name, "winner_trial": winner.trial, "leader": result.leader,
-            "candidates": [{"name": c.name, "trial": c.trial} for c in everyone],
-            "race": result.to_dict(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        study.set_user_attr("verdict_plan", plan.to_dict())
+        if "first_test_read" in study.user_attrs:  # frozen: the test set has been read under this plan
+            plan = frozen_plan(study, plan, winner.name)
+        else:
+            study.set_user_attr("selection", {
+                "winner": winner.name, "winner_trial": winner.trial, "leader": result.leader,
+                "candidates": [{"name": c.name, "trial": c.trial} for c in everyone],
+                "race": result.to_dict(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            study.set_user_attr("verdict_plan", plan.to_dict())
     data.unlock_test()
     print(race_text(result) + "\n" + power_text(plan), flush=True)
     return baseline, candidates, data, result, plan
 
 
 def build(study_name: str | None, storage: str, args, out_root: Path, runs_root: Path) -> Path:
-    from reports.figures import differences_figure, rung_scatter_figure, study_figures  # plotly
-
     started = time.time()
     study = open_study(storage, study_name)
+    with session_clock(study, "report", started):
+        return _build(study, args, out_root, runs_root, started)
+
+
+def _build(study, args, out_root: Path, runs_root: Path, started: float) -> Path:
+    from reports.figures import (  # plotly
+        differences_figure,
+        expected_max_figure,
+        rung_scatter_figure,
+        study_figures,
+    )
+
     baseline, candidates, data, result, plan = select_sealed(study, args, runs_root)
     everyone = [baseline, *candidates]
     tuned = next(c for c in candidates if c.name == result.winner)
+    if "first_test_read" not in study.user_attrs:  # from here on the plan is frozen (frozen_plan)
+        study.set_user_attr("first_test_read", time.strftime("%Y-%m-%dT%H:%M:%S"))
     verdict, dirs, reads = run_comparison(baseline.config, tuned.config, plan, runs_root, data)
     runs = {name: [load_run(d) for d in dirs[name]] for name in ("baseline", "tuned")}
 
@@ -165,9 +205,10 @@ def build(study_name: str | None, storage: str, args, out_root: Path, runs_root:
     target = baseline.config.epochs
     curves = study_curves(study.get_trials(deepcopy=False))
     fidelity = rung_correlations(curves, target)
+    curve = expected_max_curve([t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"])
     figures = {**run_figures(runs, data), **study_figures(study),
                "differences": differences_figure(list(cmp.differences), cmp.noise_floor),
-               "rung_scatter": rung_scatter_figure(curves, target)}
+               "rung_scatter": rung_scatter_figure(curves, target), "expected_max": expected_max_figure(curve)}
     meta = {"study": study.study_name, "epochs": target, "seeds": len(verdict.baseline),
             "preset": study.user_attrs.get("preset"),
             "baseline_trial": baseline.trial, "best_trial": tuned.trial, "best": tuned.name,
@@ -175,16 +216,17 @@ def build(study_name: str | None, storage: str, args, out_root: Path, runs_root:
             "train_images": len(data.train), "train_fraction": baseline.config.data.train_fraction,
             "study_budget": study.user_attrs.get("budget"),
             "spent": compute_spent(trials_table(study)), "device": runs["tuned"][0].dir.read_provenance()["device"],
-            "selection_done_at": study.user_attrs["selection"]["at"], "test_reads": reads}
+            "selection_done_at": study.user_attrs["selection"]["at"],
+            "first_test_read": study.user_attrs["first_test_read"], "test_reads": reads}
     record_session(study, "report", started)
     meta["job_minutes"] = job_minutes(study)  # every study and report command on record, this one included
     sections = report_sections(verdict, cmp, table, config_table(baseline.config, tuned.config), meta,
-                               list(figures), result, everyone, fidelity)
+                               list(figures), result, everyone, fidelity, curve)
     out = out_root / study.study_name
     title = f"{verdict.outcome.capitalize()}: tuned against baseline, study {study.study_name}"
     write_report(out, title, sections, table, figures,
                  {"verdict": verdict.to_dict(), "paired": cmp.to_dict(), **meta, "race": result.to_dict(),
-                  "fidelity": fidelity,
+                  "fidelity": fidelity, "expected_max": curve,
                   "candidates": [{"name": c.name, "trial": c.trial, "study_val_acc": c.val_acc} for c in everyone]})
     tuned.config.to_json(out / WINNER_CONFIG)
     to_dashboard(study, title, sections, figures)
@@ -206,7 +248,9 @@ def _looks(text: str) -> tuple[int, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(prog="python -m reports build", description="Build the baseline-vs-tuned report.")
     p.add_argument("--study-name", default=None, help="default: the storage's only study")
-    p.add_argument("--storage", default=DEFAULT_STORAGE)
+    p.add_argument("--storage", default=None,
+                   help=f"any SQLAlchemy URL; default: ${STORAGE_ENV}, else {DEFAULT_STORAGE} (a URL with a "
+                        "password is best given in the environment: off the command line, out of shell history)")
     p.add_argument("--candidates", type=int, default=None,
                    help="the study's top distinct configs that race the baseline on validation (default: the "
                         f"study's, else {REPORT_CANDIDATES})")
@@ -225,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(needs no plotly)")
     try:
         args = p.parse_args(argv)
+        args.storage = args.storage or default_storage()
         if args.candidates is not None and args.candidates < 1:
             raise UsageError(f"--candidates must be >= 1, got {args.candidates}")
         if args.race_rounds is not None and args.race_rounds < 2:

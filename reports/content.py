@@ -25,7 +25,7 @@ from reports.render import FigureRef, Paragraph, Section, Table
 from reports.runs import DATA_LOCATION
 from reports.stats import Paired
 from reports.verdict import Verdict, power_text
-from study.sequential import POWER
+from study.sequential import POWER, mde
 
 Runs = dict[str, list[LoadedRun]]  # "baseline" / "tuned" -> one run per seed
 NOT_COMPARED = ("seed", *DATA_LOCATION)  # config fields that are not part of a configuration
@@ -135,8 +135,9 @@ OUTCOME_WORDS = {
 }
 
 
-def verdict_text(v: Verdict, tuned: str) -> str:
-    """The report's first line: the outcome, the effect with its interval, P(tuned > baseline), the MDE."""
+def verdict_text(v: Verdict, tuned: str, minutes_per_run: float | None = None) -> str:
+    """The report's first line: the outcome, the effect with its interval, P(tuned > baseline), the MDE;
+    undecided, also what these seeds could detect and what a decision would cost."""
     last, plan = v.last, v.plan
     lo, hi = v.p_better[1:]
     p_int = "" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]"
@@ -148,11 +149,17 @@ def verdict_text(v: Verdict, tuned: str) -> str:
             f"{len(plan.looks)}, 95% over all looks); equivalence margin +-{100 * plan.delta:.2f} points. "
             f"P(tuned beats baseline on a fresh seed) = {v.p_better[0]:.2f}{p_int}. Bayesian second opinion: "
             f"P(better) {v.bayes[2]:.2f}, P(equivalent) {v.bayes[1]:.2f}, P(worse) {v.bayes[0]:.2f}. "
-            f"Smallest effect these seeds detect with {POWER:.0%} power: {100 * plan.mde:.2f} points.")
+            f"Minimum detectable effect planned before the test read ({POWER:.0%} power, all {plan.looks[-1]} seeds): "
+            f"{100 * plan.mde:.2f} points.")
     if v.outcome == "undecided":
+        seen = mde(last.std, last.n, last.level)
+        total = 2 * v.more_pairs * (minutes_per_run or 0)
+        cost = (f" ({total:.0f} min at this machine's {minutes_per_run:.1f} min a run)" if total >= 1 and
+                not math.isinf(v.more_pairs) else "")
         more = ("no number of seeds: the observed difference is zero and the spread too wide"
-                if math.isinf(v.more_pairs) else f"about {v.more_pairs:.0f} more pairs of runs")
-        text += f" A decision at this difference and spread would need {more}."
+                if math.isinf(v.more_pairs) else f"about {v.more_pairs:.0f} more pairs of runs{cost}")
+        text += (f" At the spread observed, these {last.n} seeds could detect {100 * seen:.2f} points; a decision "
+                 f"at this difference and spread would need {more}.")
     return text
 
 
@@ -169,6 +176,24 @@ def budget_text(meta: dict) -> str:
                  f"when it was created: {budget['n_trials']} trials by default, the main job estimated at "
                  f"{budget['estimate_minutes']:.0f} min (target {budget['target_minutes']:.0f} min).")
     return text
+
+
+def more_trials_text(curve: list[tuple[int, float]], mde: float) -> str:
+    """Does the study need more trials? The expected best of n trials at n = N and N/2, against the
+    smallest effect the comparison can detect."""
+    if len(curve) < 2:
+        return "Too few completed trials to tell whether more trials would help."
+    big_n, best = curve[-1]
+    half_n, half = curve[len(curve) // 2 - 1]
+    gain = best - half
+    verdict = ("less than the smallest effect the test comparison detects, so more trials are unlikely to find a "
+               "gain this report could show" if gain < mde else
+               "as much as the smallest effect the test comparison detects: the study may still gain from more trials")
+    return (f"Does the study need more trials? Over its {big_n} completed trials, the expected best validation "
+            f"accuracy of {half_n} trials is {_pct(half)} and of {big_n} trials {_pct(best)} (Tang et al. 2020's "
+            f"unbiased estimator; the sampler's trials are not independent draws and pruned trials are left out, "
+            f"so read it as a trend): doubling the trials gained {100 * gain:.2f} points, {verdict} "
+            f"({100 * mde:.2f} points).")
 
 
 def spent_text(spent: dict, job: dict[str, float]) -> str:
@@ -209,8 +234,8 @@ def race_text(race: RaceResult) -> str:
     return (f"Selection (validation only, the test set sealed): {len(race.val) - 1} candidates and the baseline raced "
             f"over {len(race.seeds)} fresh seeds ({', '.join(map(str, race.seeds))}); the study's own seed-0 run of "
             f"each was only the screen that admitted it. {race.winner} won with {_pct(best)} mean validation "
-            f"accuracy {lead} ({_pct(base)}). The winner, the candidates and the plan below were written to the "
-            "study before the first test read.")
+            f"accuracy {lead} ({_pct(base)}). The winner, the candidates and the comparison's plan were written to "
+            "the study before the first test read.")
 
 
 def fidelity_table(rows: list[dict], target: int) -> Table:
@@ -224,14 +249,16 @@ def fidelity_table(rows: list[dict], target: int) -> Table:
 
 def report_sections(v: Verdict, cmp: Paired, table: pd.DataFrame, configs: pd.DataFrame, meta: dict,
                     figure_names: list[str], race: RaceResult, candidates: list[Candidate],
-                    fidelity: list[dict]) -> list[Section]:
+                    fidelity: list[dict], curve: list[tuple[int, float]]) -> list[Section]:
     """The whole report, once: the verdict first, then the plan, selection, budget, configurations, figures."""
     tuned = next(c for c in candidates if c.name == race.winner)
     return [
-        Section(None, [Paragraph(verdict_text(v, tuned_label(tuned)), strong=True),
+        Section(None, [Paragraph(verdict_text(v, tuned_label(tuned), float(table["train_seconds"].mean()) / 60),
+                                 strong=True),
                        headline_table(cmp, table, tuned_label(tuned)), Paragraph(power_text(v.plan)),
                        Paragraph(paired_text(cmp)), Paragraph(race_text(race)), Paragraph(budget_text(meta)),
-                       Paragraph(spent_text(meta["spent"], meta["job_minutes"]))]),
+                       Paragraph(spent_text(meta["spent"], meta["job_minutes"])),
+                       Paragraph(more_trials_text(curve, v.plan.mde))]),
         Section("Candidates, raced on validation", [race_table(race, candidates)]),
         Section("The looks of the test comparison", [looks_table(v)]),
         Section("Did the study's early epochs rank the configs as the target does?", [
@@ -243,9 +270,10 @@ def report_sections(v: Verdict, cmp: Paired, table: pd.DataFrame, configs: pd.Da
             [[r.field, r.baseline, r.tuned] for r in configs.itertuples()],
             highlight=configs["differs"].tolist())]),
         Section("Test reads", [Paragraph(
-            f"Selection written to the study at {meta['selection_done_at']}; the test set was read for "
-            f"{len(meta['test_reads'])} runs from {meta['test_reads'][0]['at']} to {meta['test_reads'][-1]['at']}."
-            if meta["test_reads"] else "No test read.")]),
+            f"Selection and plan written to the study at {meta['selection_done_at']}; the first test read at "
+            f"{meta['first_test_read']}, after which the plan is frozen (a rebuild with another design is "
+            f"refused); {sum(r['evaluated_now'] for r in meta['test_reads'])} runs evaluated on the test set by "
+            f"this build, {len(meta['test_reads'])} read.")]),
         Section("Figures", [FigureRef(n) for n in figure_names]),
     ]
 

@@ -40,6 +40,48 @@ def rung_correlations(curves: Mapping[Hashable, Mapping[int | str, float]], targ
 
 
 RULE_SPEARMAN = 0.6  # the least rank correlation with the target at which a rung may prune
+BEST_FEW = 3         # the target's best configs a rung's halving must keep
+KEEP_SHARE = 1 / 3   # what successive halving keeps at a rung (1 / its reduction factor of 3)
+
+
+def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """An interval for Spearman's rho: Fisher's z with Bonett & Wright's (2000) standard error,
+    sqrt((1 + rho^2 / 2) / (n - 3)); nan below 4 configs."""
+    if n < 4 or math.isnan(rho):
+        return math.nan, math.nan
+    z, se = math.atanh(max(-0.9999, min(0.9999, rho))), math.sqrt((1 + rho**2 / 2) / (n - 3))
+    q = stats.norm.ppf(0.5 + level / 2)
+    return min(rho, math.tanh(z - q * se)), max(rho, math.tanh(z + q * se))  # a perfect order: up to +-1
+
+
+def transfer_among_the_best(curves: Mapping[Hashable, Mapping[int | str, float]], target: int | str,
+                            best: int = BEST_FEW, keep: float = KEEP_SHARE) -> list[dict]:
+    """What a pruner needs, per fidelity: does it rank the configs that matter as the target does?
+    Spearman over the better half at the target (with its interval), and whether a halving at that
+    fidelity (keeping its top ``keep`` share) would have kept every one of the target's ``best``."""
+    rows = []
+    for row in rung_correlations(curves, target):
+        f = row["fidelity"]
+        keys = [k for k, c in curves.items() if f in c and target in c]
+        by_target = sorted(keys, key=lambda k: -curves[k][target])
+        top = by_target[: max(3, len(keys) // 2)]
+        half = rung_correlations({k: curves[k] for k in top}, target)
+        rho = next((r["spearman"] for r in half if r["fidelity"] == f), math.nan)
+        kept = set(sorted(keys, key=lambda k: -curves[k][f])[: max(1, math.ceil(len(keys) * keep))])
+        lost = [k for k in by_target[:best] if k not in kept]
+        rows.append({**row, "spearman_ci": spearman_interval(row["spearman"], row["n"]),
+                     "top_half_n": len(top), "top_half_spearman": rho,
+                     "top_half_ci": spearman_interval(rho, len(top)), "best_removed": [str(k) for k in lost]})
+    return rows
+
+
+def supported_rung(rows: list[dict], threshold: float = RULE_SPEARMAN) -> int | None:
+    """The earliest epoch a pruner may stop trials at, by the rule fixed before the measurement:
+    over all configs Spearman >= ``threshold``, over the better half no reversal (Spearman >= 0),
+    and a halving there keeps every one of the target's best few. None where no epoch qualifies."""
+    ok = [int(str(r["fidelity"]).removeprefix("epoch ")) for r in rows if str(r["fidelity"]).startswith("epoch ")
+          and r["spearman"] >= threshold and r["top_half_spearman"] >= 0 and not r["best_removed"]]
+    return min(ok) if ok else None
 
 
 def first_rung_by_rule(rows: list[dict], threshold: float = RULE_SPEARMAN) -> int | None:

@@ -100,6 +100,15 @@ def rung_scatter_figure(curves: dict[int, dict[int, float]], target: int) -> go.
     return fig
 
 
+def expected_max_figure(curve: list[tuple[int, float]]) -> go.Figure:
+    """The expected best validation accuracy against the number of trials (reports.stats.expected_max)."""
+    fig = go.Figure(go.Scatter(x=[n for n, _ in curve], y=[100 * v for _, v in curve], mode="lines+markers",
+                               name="expected best val_acc"))
+    fig.update_layout(title="Expected best val_acc of n trials (Tang et al. 2020's unbiased estimator over the "
+                            "completed trials)", xaxis_title="trials", yaxis_title="val_acc (%)", height=400)
+    return fig
+
+
 def differences_figure(differences: list[float], noise: float) -> go.Figure:
     """Per-seed test-accuracy differences (winner - baseline, points), with the one-run noise band."""
     seeds = list(range(len(differences)))

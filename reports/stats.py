@@ -122,3 +122,21 @@ def paired(baseline: Sequence[float], tuned: Sequence[float]) -> Paired:
     boot = bootstrap_interval(d) if len(d) >= MIN_BOOTSTRAP_SEEDS else (None, None)
     return Paired(len(d), bm, bs, tm, ts, tuple(float(x) for x in d), dm, dstd, low, high, t, p,
                   sign_flip_p(d), int((d > 0).sum()), int((d < 0).sum()), *boot)
+
+
+def expected_max(values: Sequence[float], n: int) -> float:
+    """The expected best of ``n`` trials drawn from these ``N`` observed values without replacement:
+    the unbiased estimator of Tang et al. (2020, "Showing Your Work Doesn't Always Work"), which
+    corrects the with-replacement estimate of Dodge et al. (2019, "Show Your Work"). With the values
+    sorted ascending, sum over i = n..N of v_(i) C(i-1, n-1) / C(N, n)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    big_n = len(v)
+    if not 1 <= n <= big_n:
+        raise ValueError(f"expected_max needs 1 <= n <= {big_n} observed values, got n = {n}")
+    weights = [math.comb(i - 1, n - 1) for i in range(n, big_n + 1)]
+    return float(np.dot(v[n - 1:], weights) / math.comb(big_n, n))
+
+
+def expected_max_curve(values: Sequence[float]) -> list[tuple[int, float]]:
+    """(n, expected best of n trials) for n = 1..N: does the study need more trials?"""
+    return [(n, expected_max(values, n)) for n in range(1, len(values) + 1)]

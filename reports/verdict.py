@@ -15,7 +15,10 @@ posterior with a region of practical equivalence (the Bayesian correlated t-test
 Pairing by seed is kept (the same seed gives both arms the same split and data
 order), but the plan does not count on it: over the committed reports the
 correlation between the arms' test accuracies on the same seed was -0.03, -0.88
-and -0.55, so a difference is planned with the variance of two independent runs.
+and -0.55, over 3 seeds each, within chance of zero, so a difference is planned
+with the variance of two independent runs. A true negative correlation would
+widen the intervals and lower the power; the rule's error rate would hold, since
+each interval uses the spread it observes.
 
 Usage:
     plan = make_plan(race_result, looks=(6, 8, 10), seeds=comparison_seeds(10))
@@ -31,14 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from reports.race import RaceResult
 from study.sequential import POWER, Design, Look, decide, mde, pairs_for_equivalence, pairs_needed
 
 COMPARISON_SEED0 = 1000     # the comparison's seeds start here: fresh for every run of the race and study
 MIN_DELTA = 0.001           # the smallest equivalence margin taken from the noise (0.1 points)
-P_BETTER_RESAMPLES = 10_000
 
 
 def comparison_seeds(n: int) -> tuple[int, ...]:
@@ -66,6 +68,8 @@ class Plan:
     mde: float               # the smallest true difference the last look detects with 80% power
     mde_first: float         # the same at the first look
     recorded_at: str = ""
+    equivalence_pairs: float = math.nan  # pairs after which, with no true difference, the interval would
+                                         # lie inside the margin (a 50% chance of "equivalent")
 
     def design(self) -> Design:
         return Design(self.looks, self.alpha, self.delta)
@@ -73,22 +77,40 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        return cls(**{**d, "looks": tuple(d["looks"]), "seeds": tuple(d["seeds"])})
 
-def make_plan(race: RaceResult, looks: Sequence[int], alpha: float = 0.05, delta: float | None = None) -> Plan:
-    """The plan from the race's validation accuracies (every contestant's seeds)."""
+    def same_design(self, other: Plan) -> bool:
+        """The same comparison (looks, seeds, level, margin), whenever and from whatever it was planned."""
+        keys = ("looks", "seeds", "alpha", "delta")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+def make_plan(race: RaceResult, looks: Sequence[int], alpha: float = 0.05, delta: float | None = None,
+              noise: tuple[float, str] | None = None) -> Plan:
+    """The plan from the race's validation accuracies (every contestant's seeds). The equivalence
+    margin: ``delta`` where given; else the spread of the difference between two retrains of one
+    config (one run's noise x sqrt(2)), from ``noise`` (one run's validation noise measured for the
+    target on many seeds, and where from: the study's budget) or, without it, from the race."""
     looks = tuple(int(n) for n in looks)
     run_std, df = pooled_std(list(race.val.values()))
     if math.isnan(run_std):
         raise ValueError("the race ran one seed per contestant: no validation spread to plan from")
-    given = delta is not None
-    margin = float(delta) if given else max(MIN_DELTA, round(run_std, 4))
+    if delta is not None:
+        margin, source = float(delta), "given (--margin)"
+    elif noise is not None:
+        margin = max(MIN_DELTA, round(noise[0] * math.sqrt(2), 4))
+        source = f"what retraining one config changes: one run's noise x sqrt(2), {noise[1]}"
+    else:
+        margin = max(MIN_DELTA, round(run_std * math.sqrt(2), 4))
+        source = "what retraining one config changes: one run's noise in the race x sqrt(2)"
     design = Design(looks, alpha, margin)
     diff_std = run_std * math.sqrt(2)
     levels = design.nominal_alphas()
-    return Plan(looks, comparison_seeds(looks[-1]), alpha, margin,
-                "given (--margin)" if given else "one run's validation noise in the race",
+    return Plan(looks, comparison_seeds(looks[-1]), alpha, margin, source,
                 run_std, df, diff_std, mde(diff_std, looks[-1], levels[-1]), mde(diff_std, looks[0], levels[0]),
-                time.strftime("%Y-%m-%dT%H:%M:%S"))
+                time.strftime("%Y-%m-%dT%H:%M:%S"), pairs_for_equivalence(0.0, diff_std, levels[-1], margin))
 
 
 @dataclass
@@ -121,23 +143,28 @@ class Verdict:
                 "more_pairs": self.more_pairs}
 
 
-def p_better(tuned: Sequence[float], baseline: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
+def p_better(tuned: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """P(a fresh tuned run beats a fresh baseline run): the share of all (tuned, baseline) run pairs the
     tuned run wins (ties half), the Mann-Whitney estimate, since the seeds' pairing carries no
-    information here; with its 95% percentile bootstrap interval over both arms' runs."""
+    information here; with Newcombe's (2006) score-type interval (his method 5: Hanley and McNeil's
+    variance with N* = (m + n)/2 - 1), which, unlike a bootstrap, does not collapse onto 1 when every
+    tuned run beats every baseline run, as it will when a comparison stops early on a large effect."""
     a, b = np.asarray(tuned, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
-
-    def stat(x, y, axis=-1):
-        gt = (x[..., :, None] > y[..., None, :]).mean((-2, -1))
-        eq = (x[..., :, None] == y[..., None, :]).mean((-2, -1))
-        return gt + 0.5 * eq
-
-    est = float(stat(a, b))
-    if len(a) < 2 or len(b) < 2:
+    m, n = len(a), len(b)
+    est = float(((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean())
+    if m < 2 or n < 2:
         return est, math.nan, math.nan
-    res = stats.bootstrap((a, b), stat, paired=False, vectorized=True, n_resamples=P_BETTER_RESAMPLES,
-                          method="percentile", rng=np.random.default_rng(seed))
-    return est, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    z2, big_n = stats.norm.ppf(0.5 + level / 2) ** 2, (m + n) / 2 - 1
+
+    def excess(theta: float) -> float:  # (theta - est)^2 - z^2 Var(theta): <= 0 inside the interval
+        var = theta * (1 - theta) / (m * n) * (1 + (big_n - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+        return (theta - est) ** 2 - z2 * var
+
+    # Inside the interval the excess is negative; just off an estimate of 0 or 1 too (the variance is 0 there).
+    inner_low, inner_high = max(est - 1e-9, 0.0), min(est + 1e-9, 1.0)
+    low = optimize.brentq(excess, 0.0, inner_low) if est > 1e-9 else 0.0
+    high = optimize.brentq(excess, inner_high, 1.0) if est < 1 - 1e-9 else 1.0
+    return est, float(low), float(high)
 
 
 def bayes_probs(differences: Sequence[float], rope: float) -> tuple[float, float, float]:
@@ -184,7 +211,8 @@ def compare(plan: Plan, train_pair: Callable[[int], tuple[float, float]], effect
         verdict.p_better = p_better(verdict.tuned, verdict.baseline)
         verdict.bayes = bayes_probs(verdict.differences, plan.delta)
     if verdict.outcome == "undecided":
-        verdict.more_pairs = max(0.0, math.ceil(pairs_to_decide(verdict.last, plan)) - verdict.last.n)
+        needed = pairs_to_decide(verdict.last, plan)
+        verdict.more_pairs = math.inf if math.isinf(needed) else max(0.0, math.ceil(needed) - verdict.last.n)
     return verdict
 
 
@@ -196,4 +224,5 @@ def power_text(plan: Plan) -> str:
             f"{100 * plan.run_std:.2f} points ({plan.run_std_df} degrees of freedom), so one seed's difference is "
             f"planned at {100 * plan.diff_std:.2f} points. The smallest true difference the last look detects "
             f"with {POWER:.0%} power: {100 * plan.mde:.2f} points ({100 * plan.mde_first:.2f} at the first look). "
-            f"Equivalence margin: +-{100 * plan.delta:.2f} points ({plan.delta_source}).")
+            f"Equivalence margin: +-{100 * plan.delta:.2f} points ({plan.delta_source}); with no true difference "
+            f"the interval would lie inside it after about {plan.equivalence_pairs:.0f} pairs.")

@@ -32,17 +32,23 @@ from cifar.sources import RawCifar
 from study.presets import PRESETS, pick_preset, target_budget
 from study.search_space import SPACES, params_of
 from study.storage import (
-    DEFAULT_PRUNER,
     DEFAULT_STORAGE,
     PRUNERS,
     SAMPLERS,
+    STORAGE_ENV,
     ArgParser,
     UsageError,
     artifact_dir_for,
     check_storage_url,
+    default_pruner,
+    default_storage,
+    first_rung,
+    has_password,
     make_storage,
+    measured_first_rung,
+    redact,
 )
-from study.trials import record_session, summarise
+from study.trials import record_session, session_clock, summarise
 from study.workers import FailingInARow, Job, distributed_worker, run_workers, short
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +68,9 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog="python -m study run", description="Create or resume a tuning study and run it.")
     p.add_argument("--study-name", default=None,
                    help="default: the storage's only study, or cifar-<preset> in an empty storage")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="any SQLAlchemy URL")
+    p.add_argument("--storage", default=None,
+                   help=f"any SQLAlchemy URL; default: ${STORAGE_ENV}, else {DEFAULT_STORAGE} (a URL with a "
+                        "password is best given in the environment: off the command line, out of shell history)")
     p.add_argument("--preset", default="auto", choices=("auto", *PRESETS))
     p.add_argument("--config", default=str(ROOT / "configs" / "fast.json"),
                    help="base config: the baseline, trial 0")
@@ -78,7 +86,8 @@ def build_parser() -> ArgParser:
                    help="worker processes (default: preset; gpu: 4 per GPU, cpu: 1); 1 under torchrun")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     p.add_argument("--pruner", default=None, choices=PRUNERS,
-                   help=f"default: a resumed study's own, else {DEFAULT_PRUNER} (measured: docs/study.md)")
+                   help="default: a resumed study's own, else hyperband where bench/fidelity.py measured a rung "
+                        "at the study's target, none where not (docs/study.md)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
     p.add_argument("--heartbeat-interval", type=int, default=30, help="seconds")
     p.add_argument("--grace-period", type=int, default=120, help="seconds without heartbeat -> FAIL")
@@ -95,12 +104,15 @@ def build_parser() -> ArgParser:
 def prepare(argv: Sequence[str]) -> Prepared:
     """Validate everything, then create or load the study. Raises UsageError on bad input."""
     args = build_parser().parse_args(argv)
+    args.storage = args.storage or default_storage()
     preset_name = pick_preset(args.preset)
     preset = PRESETS.get(preset_name)
     if args.n_trials is not None and args.n_trials <= 0:
         raise UsageError(f"--n-trials must be > 0, got {args.n_trials}")
     if args.target_epochs is not None and args.target_epochs <= 0:
         raise UsageError(f"--target-epochs must be > 0, got {args.target_epochs}")
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.workers is not None and args.workers <= 0:
         raise UsageError(f"--workers must be > 0, got {args.workers}")
     workers = args.workers or (1 if launched_by_torchrun() else preset.workers * max(1, torch.cuda.device_count()))
@@ -123,18 +135,24 @@ def prepare(argv: Sequence[str]) -> Prepared:
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     study_name = args.study_name or default_study_name(existing, f"cifar-{preset_name}", args.storage)
     if study_name in existing and existing[study_name].direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise UsageError(f"study {study_name!r} in {args.storage} minimizes; this one maximizes val_acc: "
+        raise UsageError(f"study {study_name!r} in {redact(args.storage)} minimizes; this one maximizes val_acc: "
                          "choose another --study-name")
     stored = existing[study_name].user_attrs.get("budget") if study_name in existing else None
     if stored and args.target_epochs and args.target_epochs != stored.get("target_epochs"):
         raise UsageError(f"study {study_name!r} trains at a target of {stored.get('target_epochs')} epochs; "
                          "a new --target-epochs needs a new --study-name")
     if study_name in existing and not stored:
-        raise UsageError(f"study {study_name!r} in {args.storage} has no target budget (made by an older "
+        raise UsageError(f"study {study_name!r} in {redact(args.storage)} has no target budget (made by an older "
                          "version?): choose another --study-name")
     # A resumed study keeps its pruner unless another is given.
-    pruner = args.pruner or (existing[study_name].user_attrs.get("pruner") if stored else None) or DEFAULT_PRUNER
+    pruner = args.pruner or (existing[study_name].user_attrs.get("pruner") if stored else None)
     base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
+    pruner = pruner or default_pruner(base.epochs)
+    rung, why = measured_first_rung(base.epochs)
+    print(f"pruning: {pruner}" + (f", from epoch {rung} of {base.epochs} ({why})" if pruner != "none" and rung else
+                                  f" ({why})" if pruner == "none" else
+                                  f", from epoch {first_rung(base.epochs)} of {base.epochs}, a rung no "
+                                  f"measurement supports ({why})"), flush=True)
     n_trials = args.n_trials or budget.get("n_trials", preset.n_trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
@@ -163,7 +181,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
 def default_study_name(existing: Sequence[str], new: str, url: str) -> str:
     """As ``study show`` and ``reports build`` do: the storage's only study; ``new`` in an empty one."""
     if len(existing) > 1:
-        raise UsageError(f"{url} holds {len(existing)} studies ({', '.join(existing)}): choose one with "
+        raise UsageError(f"{redact(url)} holds {len(existing)} studies ({', '.join(existing)}): choose one with "
                          "--study-name (a new name starts a new study)")
     return next(iter(existing), new)
 
@@ -180,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     announce(prepared)
     interrupted, failing = False, None
     try:
-        run_workers(prepared.job, prepared.raw)
+        with session_clock(prepared.study, "study", started):
+            run_workers(prepared.job, prepared.raw)
     except KeyboardInterrupt:
         interrupted = True
     except FailingInARow as e:
@@ -232,10 +251,17 @@ def main_distributed(argv: Sequence[str]) -> int:
 
 def announce(prepared: Prepared, processes: str = "") -> None:
     job, base = prepared.job, prepared.base
-    print(f"study {job.study_name!r} in {job.storage}: {job.workers} worker(s){processes} x {job.threads} "
+    print(f"study {job.study_name!r} in {redact(job.storage)}: {job.workers} worker(s){processes} x {job.threads} "
           f"thread(s), up to {job.n_trials} trials at a target of {base.epochs} epochs on "
           f"{base.data.train_fraction:.0%} of the train split, sampler {job.sampler}, pruner {job.pruner}",
           flush=True)
+
+
+def browse_command(job: Job) -> str:
+    """How to open the study in optuna-dashboard; a URL with a password stays in the environment."""
+    if has_password(job.storage):
+        return f"make dashboard   (optuna-dashboard on the storage in ${STORAGE_ENV}, which holds its password)"
+    return f"optuna-dashboard {job.storage} --artifact-dir {job.artifact_dir}   (or make dashboard)"
 
 
 def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
@@ -251,11 +277,13 @@ def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
         return 130
     name = f" --study-name {job.study_name}"
     lines = [f"results: {out}/ (summary.json, trials.csv)",
-             f"browse:  optuna-dashboard {job.storage} --artifact-dir {job.artifact_dir}   (or make dashboard)"]
+             f"browse:  {browse_command(job)}"]
     if "best_value" in summary:
         params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
         lines[:0] = [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}"]
-        lines += [f"report:  python -m reports build --storage {job.storage}{name}   (make study runs it next)",
+        storage = (f" --storage {job.storage}" if not has_password(job.storage) else
+                   f" (the storage from ${STORAGE_ENV})")
+        lines += [f"report:  python -m reports build{storage}{name}   (make study runs it next)",
                   f"what to train: the report's winner, results/reports/{job.study_name}/winner_config.json, "
                   "chosen among the top trials on fresh seeds (the study's best single trial, one seed that may "
                   f"be luck: {out}/best_trial_config.json)"]

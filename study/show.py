@@ -17,7 +17,15 @@ import optuna
 import pandas as pd
 
 from cifar.cli import fail
-from study.storage import DEFAULT_STORAGE, ArgParser, UsageError, make_storage, resolve_study_name
+from study.storage import (
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    ArgParser,
+    UsageError,
+    default_storage,
+    make_storage,
+    resolve_study_name,
+)
 from study.trials import trials_table
 
 
@@ -44,12 +52,15 @@ def printable(table: pd.DataFrame, best: int | None, sort: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgParser(prog="python -m study show", description="Show the trials of a study, or list the studies.")
     p.add_argument("--study-name", default=None, help="default: the storage's only study")
-    p.add_argument("--storage", default=DEFAULT_STORAGE)
+    p.add_argument("--storage", default=None,
+                   help=f"any SQLAlchemy URL; default: ${STORAGE_ENV}, else {DEFAULT_STORAGE} (a URL with a "
+                        "password is best given in the environment: off the command line, out of shell history)")
     p.add_argument("--sort", action="store_true", help="best val_acc first (default: by trial number)")
     p.add_argument("--list", action="store_true", help="list the storage's studies")
     p.add_argument("--csv", default=None, help="also write the trials table to this CSV file")
     try:
         args = p.parse_args(argv)
+        args.storage = args.storage or default_storage()
         storage = make_storage(args.storage, heartbeat_interval=None, grace_period=None, create=False)
         names = optuna.get_all_study_names(storage)
         if args.list or (args.study_name is None and len(names) > 1):

@@ -14,6 +14,10 @@ Usage:
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,24 +29,64 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from cifar.cli import ArgParser, UsageError
 from cifar.registry import Registry
 
-__all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "make_storage", "resolve_study_name", "artifact_dir_for",
-           "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR", "FIRST_RUNG_SHARE",
-           "DEFAULT_PRUNER", "first_rung"]
+__all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "STORAGE_ENV", "default_storage", "redact", "has_password",
+           "make_storage", "resolve_study_name", "artifact_dir_for",
+           "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR", "default_pruner",
+           "measured_first_rung", "first_rung"]
 
 DEFAULT_STORAGE = "sqlite:///results/study.db"
+STORAGE_ENV = "CIFAR_STORAGE"  # a storage URL from the environment: off the command line and shell history
+
+
+def default_storage() -> str:
+    """The storage URL when ``--storage`` is not given: $CIFAR_STORAGE, else the SQLite default."""
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for every line that shows it (parsed or not)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 (a malformed URL: mask anything between user: and @)
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+def has_password(url: str) -> bool:
+    return redact(url) != url
 REDUCTION_FACTOR = 3  # of the Hyperband and successive-halving pruners: one rung = 3x the epochs
-# The pruners' first rung, as a share of the target run. The rule (docs/study.md, fixed before
-# bench/fidelity.py ran): the earliest epoch whose ranking of configs agrees with the target's,
-# Spearman >= 0.6; None where no epoch does, and then a default study does not prune.
-# Measured at the CPU target, 4 epochs, over 10 configs: epoch 1 0.47, epoch 2 0.78 (the first
-# rung), epoch 3 0.85 (results/bench/fidelity.json; tests/test_fidelity.py checks this follows).
-FIRST_RUNG_SHARE: float | None = 0.5
-DEFAULT_PRUNER = "hyperband" if FIRST_RUNG_SHARE else "none"
+# The pruners' first rung comes from the measurement at the study's target (bench/fidelity.py writes
+# ``supported_rung`` by the rule of reports.fidelity.supported_rung: 16 configs at least, the better
+# half not reversed, the target's best 3 kept by a halving there). With none at a target, a default
+# study does not prune; a pruner asked for by hand starts at this unmeasured share of the target.
+FIDELITY_RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
+UNMEASURED_RUNG_SHARE = 0.5
+
+
+@functools.lru_cache(maxsize=16)
+def measured_first_rung(target_epochs: int, results: Path = FIDELITY_RESULTS) -> tuple[int | None, str]:
+    """The rung the committed fidelity measurement supports at this target, and why (or why none)."""
+    found = [(m["configs"], path.name, m) for path in sorted(results.glob("fidelity*.json"))
+             if (m := json.loads(path.read_text())).get("target_epochs") == target_epochs and "supported_rung" in m]
+    if not found:
+        return None, (f"no fidelity measurement at a {target_epochs}-epoch target "
+                      f"(bench/fidelity.py --target-epochs {target_epochs})")
+    _, name, measured = max(found, key=lambda f: f[0])  # several at one target: the one with the most configs
+    return measured["supported_rung"], f"{name}: {measured['supported_rung_why']}"
+
+
+def default_pruner(target_epochs: int) -> str:
+    """Hyperband where a measurement supports a rung at this target, else no pruning."""
+    return "hyperband" if measured_first_rung(target_epochs)[0] else "none"
 
 
 def first_rung(max_epochs: int) -> int:
-    """The first epoch at which a pruner may stop a trial of a ``max_epochs`` target (at least 1)."""
-    return max(1, min(max_epochs, round((FIRST_RUNG_SHARE or 0.0) * max_epochs)))
+    """The first epoch at which a pruner may stop a trial of a ``max_epochs`` target (at least 1):
+    the measured rung, else the unmeasured share."""
+    rung = measured_first_rung(max_epochs)[0]
+    return rung or max(1, min(max_epochs, round(UNMEASURED_RUNG_SHARE * max_epochs)))
 
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", {
@@ -79,7 +123,7 @@ def check_storage_url(url: str, create: bool = True):
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise UsageError(f"malformed storage URL {url!r}; e.g. sqlite:///results/study.db or "
+        raise UsageError(f"malformed storage URL {redact(url)!r}; e.g. sqlite:///results/study.db or "
                          "postgresql://user@host/db") from None
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database or ""
@@ -113,7 +157,7 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period, heartbeat_stale_trial_callback=retry)
     except sqlalchemy.exc.NoSuchModuleError:
-        raise UsageError(f"no SQLAlchemy driver for {parsed.drivername!r} in {url!r}") from None
+        raise UsageError(f"no SQLAlchemy driver for {parsed.drivername!r} in {redact(url)!r}") from None
     except ImportError:
         raise UsageError(f"the database driver for {parsed.drivername!r} is not installed") from None
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DatabaseError) as e:
@@ -127,11 +171,11 @@ def resolve_study_name(storage: RDBStorage, url: str, name: str | None) -> str:
     names = optuna.get_all_study_names(storage)
     if name is None:
         if len(names) != 1:
-            raise UsageError(f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}): "
+            raise UsageError(f"{redact(url)} holds {len(names)} studies ({', '.join(names) or 'none'}): "
                              "choose one with --study-name")
         return names[0]
     if name not in names:
-        raise UsageError(f"no study {name!r} in {url}; it has: {', '.join(names) or 'none'}")
+        raise UsageError(f"no study {name!r} in {redact(url)}; it has: {', '.join(names) or 'none'}")
     return name
 
 

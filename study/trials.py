@@ -13,9 +13,13 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +61,43 @@ def compute_spent(trials: pd.DataFrame) -> dict[str, float]:
     }
 
 
+CLOCK_SECONDS = 60.0  # how often a running command brings its minutes on record up to date
+
+
 def record_session(study: optuna.Study, step: str, started: float) -> None:
-    """Append this command's wall time and the machine it ran on to the study's ``sessions`` user
-    attribute, so the main job's total time (every study and report session, resumed or not) is on
-    record with the machine that took it."""
-    sessions = list(study.user_attrs.get("sessions", []))
-    sessions.append({"step": step, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                     "minutes": round((time.time() - started) / 60, 2), "host": platform.node(),
-                     "machine": describe_machine()})
-    study.set_user_attr("sessions", sessions)
+    """Put this command's wall time so far and the machine it runs on in the study's ``sessions``
+    user attribute (one entry per command, updated in place), so the main job's total time (every
+    study and report session, resumed or not) is on record with the machine that took it."""
+    entry = {"step": step, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+             "minutes": round((time.time() - started) / 60, 2), "host": platform.node(), "pid": os.getpid(),
+             "machine": describe_machine()}
+    same = ("step", "started", "host", "pid")
+    sessions = [s for s in study.user_attrs.get("sessions", []) if any(s.get(k) != entry[k] for k in same)]
+    study.set_user_attr("sessions", [*sessions, entry])
+
+
+@contextlib.contextmanager
+def session_clock(study: optuna.Study, step: str, started: float) -> Iterator[None]:
+    """Keep this command's minutes on record while it runs (every ``CLOCK_SECONDS``) and at its end: a
+    command killed mid-way (a session that ends, a SIGKILL) still counts, up to its last tick."""
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(CLOCK_SECONDS):
+            try:
+                record_session(study, step, started)
+            except Exception:  # noqa: BLE001 (a busy storage skips a tick; the next one catches up)
+                pass
+
+    record_session(study, step, started)
+    thread = threading.Thread(target=tick, daemon=True, name="session-clock")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        record_session(study, step, started)
 
 
 def job_minutes(study: optuna.Study) -> dict[str, float]:

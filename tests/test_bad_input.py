@@ -46,6 +46,8 @@ CASES = [
     ("cifar.serve", "", "the following arguments are required: --model", "no model"),
     ("cifar.serve", "--model {tmp}/none.onnx", "no model file", "missing model file"),
     ("cifar.serve", "--model {tmp}/bad.onnx", "cannot load ONNX model", "a corrupt ONNX file"),
+    ("cifar.serve", "--model {tmp}/some.json", "is neither a model.onnx nor a .pt checkpoint", "not a model file"),
+    ("cifar.serve", "--model {tmp}/garbage/best.pt", "cannot read checkpoint", "a corrupt checkpoint"),
     ("cifar.serve", "--model {run}/best.pt --port 0", "--port in 1..65535", "impossible port"),
     ("cifar.serve", "--model {run}/best.pt --max-files 0", "the limits must be positive", "no files allowed"),
     ("study run", "--sampler grid", "invalid choice: 'grid'", "unknown sampler"),
@@ -59,6 +61,8 @@ CASES = [
     ("study run", "--set epochs=3", "set the epochs with --target-epochs", "epochs that are not the target's"),
     ("study run", "--heartbeat-interval 5 --grace-period 5", "0 < --heartbeat-interval < --grace-period",
      "grace period not longer than the heartbeat"),
+    ("study run", "--timeout -5", "--timeout must be a positive number of seconds, got -5.0", "negative timeout"),
+    ("study run", "--timeout nan", "--timeout must be a positive number of seconds, got nan", "NaN timeout"),
     ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
     ("study run", "--set lr=-1", "lr must be > 0", "bad base override"),
     ("study run", "--set batch_size=16", "outside the default search space in batch_size", "baseline off the grid"),
@@ -69,6 +73,10 @@ CASES = [
     ("study run", "--storage sqlite:////nonexistent-dir/x.db", "does not exist", "impossible file"),
     ("study show", "--study-name s --storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
     ("study show", "--study-name nope --storage sqlite:///{db}", "no study 'nope'", "unknown study"),
+    ("study show", "--storage postgresql://u:secret@127.0.0.1:1/none", "postgresql://u:***@127.0.0.1:1/none",
+     "a password in an unreachable URL: masked"),
+    ("study dashboard", "--port 0", "--port must be in 1..65535, got 0", "no port"),
+    ("study dashboard", "--storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
     ("reports build", "--race-rounds 1", "--race-rounds must be >= 2 (a spread to plan from), got 1", "one round"),
     ("reports build", "--looks 8,6", "--looks wants increasing pair counts", "looks out of order"),
     ("reports build", "--looks 1", "--looks wants increasing pair counts", "a look of one pair"),
@@ -85,6 +93,8 @@ def main_of(command: str):
         from study.run import main
     elif command == "study show":
         from study.show import main
+    elif command == "study dashboard":
+        from study.dashboard import main
     elif command == "reports build":
         from reports.build import main
     else:
@@ -117,6 +127,7 @@ def test_bad_input_is_one_line_and_exit_2(command, args, message, why, places, t
     (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "best.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    (tmp_path / "some.json").write_text("{}")
     argv = args.format(tmp=tmp_path, **places).split()
     if command == "study run":  # a study's storage and base config, unless the case gives its own
         argv += [] if "--storage" in argv else ["--storage", f"sqlite:///{tmp_path / 'new.db'}"]

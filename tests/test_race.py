@@ -56,3 +56,11 @@ def test_bad_race_plans_are_refused(kwargs, match):
 def test_a_race_needs_the_baseline_and_a_candidate():
     with pytest.raises(ValueError, match="baseline"):
         race(["candidate 1", "candidate 2"], lambda names, seed: {}, RacePlan(seeds=(1, 2)))
+
+
+def test_where_the_baseline_leads_the_best_candidate_stays_for_the_comparison():
+    values = {"baseline": [0.90, 0.91, 0.905], "candidate 1": [0.80, 0.82, 0.81], "candidate 2": [0.70, 0.72, 0.7]}
+    train_round, _ = scripted(values)
+    result = race(list(values), train_round, RacePlan(seeds=(1, 2, 3)))
+    assert result.leader == "baseline" and result.winner == "candidate 1"  # the test comparison still has one
+    assert "candidate 2" in result.rounds[1]["knocked_out"] and "candidate 1" in result.survivors()

@@ -199,9 +199,10 @@ def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F81
     study = optuna.load_study(study_name="r", storage=study_env["url"])
     assert winner.epochs == study.user_attrs["budget"]["target_epochs"]
     assert study.user_attrs["selection"]["winner"] == race["winner"] == comparison["winner"]
-    # The plan was in the study before the first test read.
-    assert study.user_attrs["verdict_plan"]["recorded_at"] <= comparison["test_reads"][0]["at"]
-    assert study.user_attrs["selection"]["at"] <= comparison["test_reads"][0]["at"]
+    # The plan was in the study before the first test read, and is frozen after it.
+    assert study.user_attrs["verdict_plan"]["recorded_at"] <= study.user_attrs["first_test_read"]
+    assert study.user_attrs["selection"]["at"] <= study.user_attrs["first_test_read"]
+    plan = dict(study.user_attrs["verdict_plan"])
     assert set(comparison["job_minutes"]) == {"study", "report"}  # the main job's time, on record
     assert len(list((tmp_path / "report-runs").glob("*/test_predictions.pt"))) == 2 * pairs
     pngs = {p.stem for p in (out / "figures").glob("*.png")}
@@ -226,6 +227,13 @@ def test_whole_report_from_tiny_study(study_env, tmp_path, capsys):  # noqa: F81
     assert time.perf_counter() - start < 30
     assert "] training " not in capsys.readouterr().out  # ensure_trained's "[i/n] training NAME" lines
     assert json.loads((out / "comparison.json").read_text())["verdict"]["differences"] == verdict["differences"]
+    assert study.user_attrs["verdict_plan"] == plan  # the rebuild kept the stored plan, its time included
+    # Another design after the test read is refused, the study's plan unchanged.
+    for other in (["--looks", "3,5"], ["--margin", "0.2"]):
+        capsys.readouterr()
+        assert build_main(argv + other) == 2
+        assert "needs a new study" in capsys.readouterr().err
+    assert study.user_attrs["verdict_plan"] == plan
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium); the browser check needs it")
@@ -404,3 +412,36 @@ def test_a_run_trained_elsewhere_without_its_weights_is_trained_again_only_to_be
     assert read["evaluated_now"] == 2 and read["retrained_for_test"] == 1
     assert moved.best.is_file() and moved.predictions.is_file()
     assert moved.read_results().best_val_acc == recorded  # the same config and seed trains the same run
+
+
+# ---------------------------------------------------------------- more trials?
+
+
+@pytest.mark.parametrize("values", [
+    [0.81, 0.84, 0.79, 0.86, 0.83],        # distinct
+    [0.80, 0.80, 0.82, 0.85, 0.85, 0.70],  # ties
+])
+def test_expected_max_is_the_mean_best_over_every_subset(values):
+    """Tang et al.'s estimator against its definition: the mean, over every n-subset of the observed
+    values, of the subset's best (counted by brute force)."""
+    import itertools
+
+    from reports.stats import expected_max, expected_max_curve
+
+    for n in range(1, len(values) + 1):
+        subsets = list(itertools.combinations(values, n))
+        assert expected_max(values, n) == pytest.approx(sum(map(max, subsets)) / len(subsets))
+    curve = expected_max_curve(values)
+    assert curve[0][1] == pytest.approx(np.mean(values)) and curve[-1][1] == max(values)
+    assert all(b >= a for (_, a), (_, b) in zip(curve, curve[1:]))  # more trials never expect less
+    with pytest.raises(ValueError, match="1 <= n"):
+        expected_max(values, len(values) + 1)
+
+
+def test_more_trials_text_weighs_the_gain_against_the_mde():
+    from reports.content import more_trials_text
+
+    flat = [(1, 0.850), (2, 0.851), (3, 0.8515), (4, 0.852)]
+    assert "unlikely" in more_trials_text(flat, 0.006)
+    rising = [(1, 0.80), (2, 0.82), (3, 0.84), (4, 0.86)]
+    assert "may still gain" in more_trials_text(rising, 0.006)

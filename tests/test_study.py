@@ -423,13 +423,18 @@ def test_workers_share_the_gpus_round_robin(monkeypatch):
     assert chosen == [0, 1, 0, 1]
 
 
-@pytest.mark.parametrize("share, target, rung", [(0.25, 4, 1), (0.5, 4, 2), (0.5, 10, 5), (0.75, 4, 3), (None, 4, 1)])
-def test_the_pruners_never_stop_a_trial_before_the_first_rung(share, target, rung, monkeypatch):
+@pytest.mark.parametrize("measured, target, rung", [
+    (1, 4, 1),      # a measured rung is the first rung
+    (3, 4, 3),
+    (None, 4, 2),   # none measured: a pruner asked for by hand starts at half the target
+    (None, 10, 5),
+])
+def test_the_pruners_never_stop_a_trial_before_the_first_rung(measured, target, rung, monkeypatch):
     import random
 
     from study import storage
 
-    monkeypatch.setattr(storage, "FIRST_RUNG_SHARE", share)
+    monkeypatch.setattr(storage, "measured_first_rung", lambda epochs: (measured, "a test's"))
     assert storage.first_rung(target) == rung
     rng = random.Random(0)
     for name in ("hyperband", "halving", "median"):
@@ -453,3 +458,23 @@ def test_a_resumed_study_keeps_its_pruner(study_env):
     assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "2"]) == 0
     study = load(study_env)
     assert study.user_attrs["pruner"] == "median" and len(study.trials) == 2
+
+
+def test_a_commands_minutes_are_on_record_while_it_runs(monkeypatch):
+    """The session clock updates one entry in place while the command runs, so a command killed
+    mid-way (a session that ends) still counts, up to its last tick."""
+    import time as _time
+
+    from study import trials
+
+    monkeypatch.setattr(trials, "CLOCK_SECONDS", 0.05)
+    study = optuna.create_study(direction="maximize")
+    started = _time.time() - 120  # two minutes in already
+    with trials.session_clock(study, "study", started):
+        _time.sleep(0.3)
+        running = study.user_attrs["sessions"]
+        assert len(running) == 1 and running[0]["minutes"] >= 2.0  # on record before the command ends
+    trials.record_session(study, "report", _time.time())
+    sessions = study.user_attrs["sessions"]
+    assert [s["step"] for s in sessions] == ["study", "report"]
+    assert trials.job_minutes(study)["study"] >= 2.0

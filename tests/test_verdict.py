@@ -39,7 +39,13 @@ def test_the_plan_comes_from_the_race_and_names_its_seeds():
     plan = make_plan(RACE, (6, 8, 10))
     assert plan.seeds == tuple(range(COMPARISON_SEED0, COMPARISON_SEED0 + 10))
     assert plan.run_std_df == 6 and plan.diff_std == pytest.approx(plan.run_std * math.sqrt(2))
-    assert plan.delta == pytest.approx(round(plan.run_std, 4)) and "noise" in plan.delta_source
+    # The margin: what retraining one config changes, one run's noise x sqrt(2) (the race's, unless given
+    # the noise measured for the target on many seeds).
+    assert plan.delta == pytest.approx(round(plan.run_std * math.sqrt(2), 4)) and "race" in plan.delta_source
+    measured = make_plan(RACE, (6, 8, 10), noise=(0.003, "8 seeds"))
+    assert measured.delta == pytest.approx(0.0042) and "8 seeds" in measured.delta_source
+    # What "equivalent" would take with no true difference: more pairs for a narrower margin.
+    assert 2 < measured.equivalence_pairs < make_plan(RACE, (6, 8, 10), delta=0.002).equivalence_pairs < math.inf
     assert 0 < plan.mde < plan.mde_first  # more pairs detect less
     assert make_plan(RACE, (6, 8), delta=0.002).delta == 0.002
     assert "0.2" in power_text(make_plan(RACE, (6, 8), delta=0.002))
@@ -76,6 +82,11 @@ def test_p_better_is_the_mann_whitney_share_of_run_pairs():
     est, low, high = p_better(tuned, base)
     assert est == pytest.approx(u / 16) and low <= est <= high
     assert p_better([0.9, 0.91], [0.8, 0.81])[0] == 1.0
+    # Every tuned run ahead: the estimate is 1, its interval does not collapse onto it ...
+    est, low, high = p_better([0.9] * 6, [0.8] * 6)
+    assert est == high == 1.0 and 0.5 < low < 0.9
+    # ... and narrows with more runs.
+    assert p_better([0.9] * 12, [0.8] * 12)[1] > low
 
 
 def test_bayesian_view_against_the_t_test():
