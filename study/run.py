@@ -48,7 +48,7 @@ from study.storage import (
     measured_first_rung,
     redact,
 )
-from study.trials import record_session, session_clock, summarise
+from study.trials import record_session, recover_running, session_clock, summarise
 from study.workers import FailingInARow, Job, distributed_worker, run_workers, short
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +167,9 @@ def prepare(argv: Sequence[str]) -> Prepared:
     elif study.user_attrs.get("space", args.space) != args.space:
         raise UsageError(f"study {study_name!r} searched the {study.user_attrs['space']!r} space; "
                          f"resume it with --space {study.user_attrs['space']}")
+    else:
+        for line in recover_running(study, args.grace_period):
+            print(line, flush=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
     job = Job(storage=args.storage, study_name=study_name, base=base.to_dict(), space=args.space,
               sampler=args.sampler, pruner=pruner, seed=args.seed, n_trials=n_trials,

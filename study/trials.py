@@ -123,3 +123,42 @@ def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path)
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def recover_running(study: optuna.Study, grace_period: int) -> list[str]:
+    """What a resumed study finds: trials left RUNNING. One whose worker ran on this machine and whose
+    process is gone is failed and retried at once, with its parameters and reported epochs (as the
+    heartbeat would after ``grace_period``); any other waits for the heartbeat. Lines to print."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    dead, waiting = [], []
+    for t in running:
+        host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if host == platform.node() and pid.isdigit() and not _alive(int(pid)):
+            dead.append(t)
+        else:
+            waiting.append(t)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
+    for t in dead:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        retry(study, study._storage.get_trial(t._trial_id))
+    lines = []
+    if dead:
+        lines.append(f"resuming: trial(s) {', '.join(str(t.number) for t in dead)} were left running by a worker "
+                     "of this machine that is gone: failed and retried now, from their last checkpoint")
+    if waiting:
+        lines.append(f"resuming: trial(s) {', '.join(str(t.number) for t in waiting)} are running elsewhere or were "
+                     f"left by a worker that cannot be checked from here: if it is gone, its heartbeat goes stale "
+                     f"and the trial is failed and retried {grace_period} s after its last beat")
+    return lines

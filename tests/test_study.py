@@ -478,3 +478,29 @@ def test_a_commands_minutes_are_on_record_while_it_runs(monkeypatch):
     sessions = study.user_attrs["sessions"]
     assert [s["step"] for s in sessions] == ["study", "report"]
     assert trials.job_minutes(study)["study"] >= 2.0
+
+
+def test_a_resumed_study_retries_at_once_a_trial_whose_worker_here_is_gone(study_env, capsys):  # noqa: F811
+    """A trial left RUNNING by a dead process of this machine is failed and retried when the study is
+    resumed, without waiting for its heartbeat; one left by another machine waits, and the line says so."""
+    import platform
+    import subprocess
+    import sys
+
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "1", "--pruner", "none"]) == 0
+    study = load(study_env)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead, elsewhere = study.ask(), study.ask()  # two trials left RUNNING
+    dead.set_user_attr("worker", f"{platform.node()}:{int(gone.stdout)}")
+    elsewhere.set_user_attr("worker", "another-machine:12345")
+    capsys.readouterr()
+    assert main(study_env["args"] + ["--study-name", "s", "--n-trials", "3", "--pruner", "none"]) == 0
+    out = capsys.readouterr().out
+    assert f"trial(s) {dead.number} were left running by a worker of this machine that is gone" in out
+    assert f"trial(s) {elsewhere.number} are running elsewhere" in out and "120 s after its last beat" in out
+    trials = load(study_env).get_trials(deepcopy=False)
+    assert trials[dead.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert trials[elsewhere.number].state == TrialState.RUNNING  # its heartbeat decides, not us
