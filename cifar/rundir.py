@@ -21,6 +21,8 @@ Usage:
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
@@ -144,11 +146,29 @@ def _write_json(path: Path, obj: Any) -> None:
 # ---------------------------------------------------------------- checkpoints
 
 
+class DiskFull(OSError):
+    """A checkpoint could not be written for want of space; the previous one is kept."""
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename: a crash never leaves a torn checkpoint."""
+    """Write to a temporary file and rename: a crash never leaves a torn checkpoint. A full disk
+    (ENOSPC, or a quota) removes the partial file and raises DiskFull, the previous checkpoint intact."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    # Serialised in memory first, written by Python: a full disk is then an OSError with its errno
+    # (torch.save writing to the file itself reports it as an opaque RuntimeError).
+    buffer = io.BytesIO()
+    torch.save({"format_version": CHECKPOINT_VERSION, **state}, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written before"
+        raise DiskFull(errno.ENOSPC, f"no space left to write {path.name} in {path.parent}: {kept}; free space "
+                                     f"and resume with: python -m cifar.train --resume {path.parent}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from cifar.loop import Diverged, evaluate, train_one_epoch
 from cifar.model import SmallCNN, keep_less, model_cost
 from cifar.optim import Lookahead, build_optimizer, build_scheduler
 from cifar.pipeline import Normalize, Pipeline
-from cifar.rundir import RunDir, TrainResult, load_checkpoint
+from cifar.rundir import DiskFull, RunDir, TrainResult, load_checkpoint
 from cifar.runtime import (
     Dist,
     autocast_factory,
@@ -283,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(cfg, data, run.path, resume="resume" in own)
     except ValueError as e:
         return fail(e)
+    except DiskFull as e:  # not bad input: exit 1, one line, the last checkpoint kept
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; resume with: python -m cifar.train --resume RUN_DIR", file=sys.stderr)
         return 130

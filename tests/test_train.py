@@ -352,3 +352,62 @@ def test_bf16_autocast_trains_on_cpu(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: True)  # emulated here if not native
     result = train(tiny_config(epochs=1, amp="bf16"), tiny_data, tmp_path / "run")
     assert result.status == "completed" and math.isfinite(result.best_val_acc)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (root can mount one here); the test skips, saying why, where mounting is refused."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here to fill ({done.stderr.strip()[:80]})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tiny_data, small_disk, capsys):
+    """A real full file system, not an injected error: the epoch-2 checkpoint finds no space, the run
+    ends with one line naming the folder, epoch 1's last.pt stays readable, and with space back the
+    run resumes from it and finishes."""
+    import os
+    import shutil
+
+    from cifar.rundir import DiskFull, RunDir, load_checkpoint
+    from cifar.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(epochs=3)
+    out = small_disk / "run"
+
+    class FillTheDisk:  # after epoch 1's checkpoint is written, leave less room than a checkpoint takes
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 1:
+                free = shutil.disk_usage(small_disk).free
+                with open(small_disk / "filler", "wb") as f:
+                    f.write(b"\0" * max(0, free - 4096))
+
+    with pytest.raises(DiskFull, match=f"no space left to write last.pt in {out}: the previous last.pt is kept"):
+        train(cfg, tiny_data, out, callbacks=[FillTheDisk()], quiet=True, checkpoint_seconds=0)
+    assert load_checkpoint(RunDir(out).last)["epoch"] == 1
+    assert not [p for p in os.listdir(out) if ".tmp" in p]  # the partial write is gone
+    (small_disk / "filler").unlink()
+    result = train(cfg, tiny_data, out, resume=True, quiet=True)
+    assert result.status == "completed" and [r["epoch"] for r in RunDir(out).read_history()] == [1, 2, 3]
+
+
+def test_a_full_disk_is_one_line_and_exit_1_in_the_cli(monkeypatch, capsys, tmp_path):
+    import cifar.train as train_module
+    from cifar.rundir import DiskFull
+
+    def full(*args, **kwargs):
+        raise DiskFull(28, f"no space left to write last.pt in {tmp_path}: the previous last.pt is kept")
+
+    monkeypatch.setattr(train_module, "train", full)
+    monkeypatch.setattr(train_module, "prepare_data", lambda *a, **k: None)
+    assert train_module.main(["--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left to write last.pt")
