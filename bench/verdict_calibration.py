@@ -26,7 +26,6 @@ Writes results/bench/verdict_calibration.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -42,18 +41,16 @@ from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 from bench.common import write_result  # noqa: E402
 from reports.race import RacePlan, race  # noqa: E402
 from reports.verdict import compare, make_plan  # noqa: E402
-from study.presets import PRESETS, RACE_ALPHA  # noqa: E402
+from study.presets import NOISE_FILE, PRESETS, RACE_ALPHA, noise_runs  # noqa: E402
 from study.sequential import OUTCOMES  # noqa: E402
 
-NOISE_FILE = ROOT / "results" / "bench" / "time_to_accuracy.json"
 GAINS = (0.0, 0.0035, 0.006, 0.010)  # the best candidate's true gain over the baseline (accuracy)
 BASE_ACC = 0.81                       # the baseline's true accuracy (3 epochs of the fast recipe)
 
 
 def measured_noise(epochs: int, source: Path = NOISE_FILE) -> dict:
     """One run's validation and test standard deviation over the fast recipe's seeds at ``epochs``."""
-    runs = [r for r in json.loads(source.read_text())["runs"]
-            if r["name"] == f"fast-{epochs}ep" and not r["overrides"].keys() - {"epochs"}]
+    runs = noise_runs(epochs, source)
     if len(runs) < 3:
         raise SystemExit(f"{source} has {len(runs)} seeds of fast-{epochs}ep; the noise needs 3 or more "
                          f"(python bench/time_to_accuracy.py --only noise)")

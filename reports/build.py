@@ -119,10 +119,9 @@ def to_dashboard(study, title: str, sections: list[Section], figures: dict) -> N
             optuna_dashboard.save_plotly_graph_object(study, figures[name], graph_object_id=name)
 
 
-def _design(study, args) -> tuple[RacePlan, tuple[int, ...]]:
+def _design(study, args, sized: dict) -> tuple[RacePlan, tuple[int, ...]]:
     """The race's plan and the comparison's looks: given on the command line, else the study's
-    (sized by its preset when it was created), else the defaults."""
-    sized = (study.user_attrs.get("budget") or {}).get("verdict") or {}
+    (``sized``: the design its preset stored when it was created), else the defaults."""
     rounds = args.race_rounds or sized.get("race_rounds") or RACE_ROUNDS
     args.candidates = args.candidates or sized.get("candidates") or REPORT_CANDIDATES
     looks = tuple(args.looks or sized.get("looks") or LOOKS)
@@ -154,13 +153,13 @@ def frozen_plan(study, plan: Plan, winner: str) -> Plan:
 def select_sealed(study, args, runs_root: Path):
     """The race, with the process's test set sealed; the selection and the comparison's plan recorded
     in the study before the seal is lifted: (baseline, candidates, data, race, plan)."""
-    race_plan, looks = _design(study, args)
+    sized = (study.user_attrs.get("budget") or {}).get("verdict") or {}  # empty for an unsized study
+    race_plan, looks = _design(study, args, sized)
     baseline, candidates = candidates_of(study, args.candidates)
     everyone = [baseline, *candidates]
     with sealed("the report selects its winner on validation first"):
         data = prepare_data(baseline.config.data)
         result = run_race({c.name: c.config for c in everyone}, race_plan, runs_root, data)
-        sized = (study.user_attrs.get("budget") or {}).get("verdict") or {}
         noise = (sized["run_std"], sized["run_std_source"]) if "run_std" in sized else None
         plan = make_plan(result, looks, delta=args.margin, noise=noise)
         winner = next(c for c in candidates if c.name == result.winner)
@@ -203,9 +202,10 @@ def _build(study, args, out_root: Path, runs_root: Path, started: float) -> Path
     table = comparison_frame(runs, verdict.plan.seeds)
     cmp = paired(verdict.baseline, verdict.tuned)
     target = baseline.config.epochs
-    curves = study_curves(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    curves = study_curves(trials)
     fidelity = rung_correlations(curves, target)
-    curve = expected_max_curve([t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"])
+    curve = expected_max_curve([t.value for t in trials if t.state.name == "COMPLETE"])
     figures = {**run_figures(runs, data), **study_figures(study),
                "differences": differences_figure(list(cmp.differences), cmp.noise_floor),
                "rung_scatter": rung_scatter_figure(curves, target), "expected_max": expected_max_figure(curve)}

@@ -41,14 +41,12 @@ class Candidate:
     trial: int           # the study's trial it comes from
     val_acc: float       # that trial's value (seed 0, at the target)
     config: TrainConfig  # at the study's target, seed 0
-    run_dir: str | None  # the trial's run directory, where it ran to the end (reused as seed 0)
 
 
 def _candidate(name: str, t: optuna.trial.FrozenTrial, base: TrainConfig, space: str) -> Candidate:
     complete = t.state == TrialState.COMPLETE
     return Candidate(name, t.number, t.value if complete else float("nan"),
-                     suggest_config(optuna.trial.FixedTrial(t.params), base, space),
-                     t.user_attrs.get("run_dir") if complete else None)
+                     suggest_config(optuna.trial.FixedTrial(t.params), base, space))
 
 
 def candidates_of(study: optuna.Study, k: int) -> tuple[Candidate, list[Candidate]]:

@@ -84,14 +84,22 @@ DEFAULT_RUN_STD = 0.004  # one run's validation noise where none is measured for
                          # points at 5 epochs in the committed reports' validation, more at fewer epochs)
 
 
+def noise_runs(epochs: int, source: Path = NOISE_FILE) -> list[dict]:
+    """The committed records of the fast recipe at ``epochs`` (bench/time_to_accuracy.py), each run
+    with no override but its epochs: the seeds one run's noise is measured over."""
+    if not source.is_file():
+        return []
+    return [r for r in json.loads(source.read_text())["runs"]
+            if r["name"] == f"fast-{epochs}ep" and not r["overrides"].keys() - {"epochs"}]
+
+
 def measured_run_std(epochs: int, source: Path = NOISE_FILE) -> tuple[float, str]:
     """One run's accuracy standard deviation of the fast recipe at ``epochs`` over the committed seeds
     (bench/time_to_accuracy.py), the larger of validation's and test's, and where it comes from; the
     default where fewer than 3 seeds. The comparison reads test accuracy while the report can only plan
     from validation (its race): at 3 epochs over 8 seeds test varied more (0.29 points against 0.24),
     so the size takes the larger."""
-    runs = [r for r in json.loads(source.read_text())["runs"] if r["name"] == f"fast-{epochs}ep"] \
-        if source.is_file() else []
+    runs = noise_runs(epochs, source)
     if len(runs) < 3:
         return DEFAULT_RUN_STD, (f"the default {100 * DEFAULT_RUN_STD:.2f} points (no 3 seeds at {epochs} epochs "
                                  "measured)")

@@ -157,10 +157,6 @@ class Design:
         if not self.delta > 0:
             raise ValueError(f"the equivalence margin must be > 0, got {self.delta}")
 
-    def bounds(self) -> list[float]:
-        """The boundaries on the normal scale (known variance)."""
-        return spending_bounds(self.looks, self.alpha)
-
     def t_bounds(self) -> list[float]:
         """The boundaries on the scale of the paired t statistic, spending the same alpha per look."""
         return t_spending_bounds(self.looks, self.alpha)
@@ -190,17 +186,15 @@ def _t_quantile(q: float, df: int) -> float:
     return float(stats.t.ppf(q, df))
 
 
-def interval(differences: Sequence[float], level: float | None = None,
-             critical: float | None = None) -> tuple[float, float, float, float]:
-    """(mean, std, low, high): the t interval of the mean difference at two-sided level ``level``, or
-    with the t-scale ``critical`` value given."""
+def interval(differences: Sequence[float], critical: float) -> tuple[float, float, float, float]:
+    """(mean, std, low, high): the interval of the mean difference, ``critical`` standard errors wide on
+    each side (a look's t-scale bound)."""
     d = np.asarray(differences, dtype=np.float64)
     n, mean = len(d), float(d.mean())
     std = float(d.std(ddof=1)) if n > 1 else math.nan
     if n < 2 or not std > 0:
         return mean, std, math.nan, math.nan
-    c = critical if critical is not None else _t_quantile(1 - level / 2, n - 1)
-    half = c * std / math.sqrt(n)
+    half = critical * std / math.sqrt(n)
     return mean, std, mean - half, mean + half
 
 
@@ -224,22 +218,10 @@ def decide(differences: Sequence[float], design: Design) -> Look:
         raise ValueError(f"{n} pairs is not a look of the design {design.looks}")
     k = design.looks.index(n)
     level = design.nominal_alphas()[k]
-    mean, std, low, high = interval(differences, critical=design.t_bounds()[k])
+    mean, std, low, high = interval(differences, design.t_bounds()[k])
     last = k == len(design.looks) - 1
     outcome = outcome_of(low, high, design.delta)
     return Look(n, mean, std, level, low, high, outcome or ("undecided" if last else None), last)
-
-
-def run_sequential(differences: Sequence[float], design: Design) -> list[Look]:
-    """Every look the differences reach, in order, up to the first that decides."""
-    out = []
-    for n in design.looks:
-        if len(differences) < n:
-            break
-        out.append(decide(differences[:n], design))
-        if out[-1].outcome:
-            break
-    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -271,7 +253,7 @@ def pairs_for_equivalence(mean: float, std: float, level: float, delta: float) -
     if room <= 0 or not std > 0:
         return math.inf
     n = 2
-    while stats.t.ppf(1 - level / 2, n - 1) * std / math.sqrt(n) >= room:
+    while _t_quantile(1 - level / 2, n - 1) * std / math.sqrt(n) >= room:
         n += 1
         if n > 100_000:
             return math.inf

@@ -89,19 +89,10 @@ CASES = [
 
 
 def main_of(command: str):
-    if command == "study run":
-        from study.run import main
-    elif command == "study show":
-        from study.show import main
-    elif command == "study dashboard":
-        from study.dashboard import main
-    elif command == "reports build":
-        from reports.build import main
-    else:
-        import importlib
+    """The command's main: "study run" is study.run's, "cifar.train" cifar.train's."""
+    import importlib
 
-        main = importlib.import_module(command).main
-    return main
+    return importlib.import_module(command.replace(" ", ".")).main
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from study.sequential import (
     outcome_of,
     pairs_for_equivalence,
     pairs_needed,
-    run_sequential,
     spending_bounds,
     t_spending_bounds,
 )
@@ -97,12 +96,6 @@ def test_decide_at_a_look_and_undecided_at_the_last():
     assert decide([0.01, -0.01, 0.012], design).outcome is None  # the first look goes on
     with pytest.raises(ValueError, match="not a look"):
         decide([0.01, 0.02], design)
-
-
-def test_run_sequential_stops_at_the_first_decision():
-    design = Design((3, 4, 5), delta=0.001)
-    looks = run_sequential([0.01, 0.011, 0.012, -0.5, -0.5], design)
-    assert [lk.n for lk in looks] == [3] and looks[0].outcome == "better"
 
 
 @pytest.mark.parametrize("looks", [(), (1, 2), (6, 6), (8, 6)])

@@ -69,6 +69,13 @@ def test_compare_trains_only_up_to_the_deciding_look():
     assert verdict.p_better[0] == 1.0 and verdict.bayes[2] > 0.99 and math.isnan(verdict.more_pairs)
 
 
+def test_the_comparison_stops_at_the_first_decision():
+    differences = [0.01, 0.011, 0.012, -0.5, -0.5]
+    plan = fixed_plan(looks=(3, 4, 5), delta=0.001)
+    verdict = compare(plan, lambda seed: (0.0, differences[seed - plan.seeds[0]]), effect_sizes=False)
+    assert [lk.n for lk in verdict.looks] == [3] and verdict.looks[0].outcome == "better"
+
+
 def test_an_undecided_comparison_says_what_a_decision_would_need():
     rng = np.random.default_rng(0)
     verdict = compare(fixed_plan(delta=0.0001), lambda seed: (0.80 + rng.normal(0, 0.01), 0.80 + rng.normal(0, 0.01)))
