@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -82,6 +82,9 @@ def build_parser() -> ArgParser:
     p.add_argument("--n-trials", type=int, default=None,
                    help="finished trials to reach (default: preset, sized to the machine where it says so)")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default: preset)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="the main job's time (study and report) that a new study is sized to "
+                        "(default: the preset's; cpu: 170)")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: preset; gpu: 4 per GPU, cpu: 1); 1 under torchrun")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
@@ -113,6 +116,12 @@ def prepare(argv: Sequence[str]) -> Prepared:
         raise UsageError(f"--target-epochs must be > 0, got {args.target_epochs}")
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.minutes is not None and not 0 < args.minutes < float("inf"):
+        raise UsageError(f"--minutes must be a positive number, got {args.minutes}")
+    if args.minutes is not None:
+        if not preset.minutes:
+            raise UsageError(f"--minutes sizes the job to this machine, which the {preset_name} preset does not do")
+        preset = replace(preset, minutes=args.minutes)
     if args.workers is not None and args.workers <= 0:
         raise UsageError(f"--workers must be > 0, got {args.workers}")
     workers = args.workers or (1 if launched_by_torchrun() else preset.workers * max(1, torch.cuda.device_count()))

@@ -63,6 +63,9 @@ CASES = [
      "grace period not longer than the heartbeat"),
     ("study run", "--timeout -5", "--timeout must be a positive number of seconds, got -5.0", "negative timeout"),
     ("study run", "--timeout nan", "--timeout must be a positive number of seconds, got nan", "NaN timeout"),
+    ("study run", "--minutes 0", "--minutes must be a positive number, got 0.0", "no minutes"),
+    ("study run", "--preset smoke --minutes 60", "--minutes sizes the job to this machine, which the smoke preset "
+                  "does not do", "minutes on an unsized preset"),
     ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
     ("study run", "--set lr=-1", "lr must be > 0", "bad base override"),
     ("study run", "--set batch_size=16", "outside the default search space in batch_size", "baseline off the grid"),
