@@ -49,6 +49,23 @@ class ArgParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def number(kind: type, low: float, high: float, above: bool = False):
+    """An argparse ``type``: an int or float in [low, high] ((low, high] where ``above``), finite.
+    Zero, a negative, NaN or a huge value outside the range is one line naming the range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (low < value if above else low <= value) or not value <= high:  # NaN fails too
+            shown = [str(int(x)) if float(x).is_integer() else f"{x:g}" for x in (low, high)]
+            raise argparse.ArgumentTypeError(f"wants {'an integer' if kind is int else 'a number'} in "
+                                             f"{'(' if above else '['}{shown[0]}, {shown[1]}], got {text!r}")
+        return value
+    parse.number_range = (kind, low, high, above)  # what tests/test_bad_input.py sweeps
+    return parse
+
+
 def fail(error: Exception | str) -> int:
     """Print ``error`` as one line on stderr; the exit status of bad input."""
     print(f"error: {error}", file=sys.stderr)

@@ -33,6 +33,11 @@ BLOCKS = _model.BLOCKS.names
 PIPELINES = _pipeline.PIPELINES.names
 
 
+MOST = 1_000_000  # no number of a config is larger in size (seeds: up to 2**32 - 1): a larger one is a typo
+
+_OutOfRange = type("_OutOfRange", (ValueError,), {})  # a number outside every sensible range: NaN, a typo's zeros
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -58,8 +63,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.val_size >= 0, f"val_size must be >= 0, got {self.val_size}")
-        _check(0.0 < self.train_fraction <= 1.0,
-               f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        _check(0.0 < self.train_fraction <= 1.0, f"train_fraction must be in (0, 1], got {self.train_fraction}")
         _check(self.crop_padding >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
         _check(0 <= self.cutout <= 32, f"cutout must be in [0, 32], got {self.cutout}")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
@@ -159,11 +163,9 @@ class TrainConfig:
         _check(self.lookahead_every >= 1, f"lookahead_every must be >= 1, got {self.lookahead_every}")
         _check(0.0 <= self.lookahead_decay <= 1.0, f"lookahead_decay must be in [0, 1], got {self.lookahead_decay}")
         _check(0.0 <= self.lookahead_start <= 1.0, f"lookahead_start must be in [0, 1], got {self.lookahead_start}")
-        _check(0.0 <= self.label_smoothing < 1.0,
-               f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
-        _check(self.early_stop_patience >= 0,
-               f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
+        _check(self.early_stop_patience >= 0, f"early_stop_patience must be >= 0, got {self.early_stop_patience}")
         _check(self.eval_batch_size > 0, f"eval_batch_size must be > 0, got {self.eval_batch_size}")
         _check_choice("amp", self.amp, AMP_MODES)
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
@@ -223,14 +225,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             if not isinstance(value, bool):
                 raise ValueError
             return value
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if hint in (int, float):
+            if isinstance(value, bool) or (hint is int and isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
+            number, (low, high) = hint(value), (0, 2**32 - 1) if key.endswith("seed") else (-MOST, MOST)
+            if not low <= number <= high:  # NaN and infinity are not
+                raise _OutOfRange(f"config key {key!r}: {value!r} is not a number in [{low:,}, {high:,}]")
+            return number
         if hint is str:
             if not isinstance(value, str):
                 raise ValueError
@@ -239,13 +240,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             if isinstance(value, str):
                 value = [v for v in value.replace(" ", "").split(",") if v]
             return tuple(_coerce(key, v, typing.get_args(hint)[0]) for v in value)
+    except _OutOfRange:
+        raise
     except (TypeError, ValueError):
-        raise ValueError(f"config key {key!r}: cannot read {value!r} as {_type_name(hint)}") from None
+        raise ValueError(f"config key {key!r}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from None
     raise TypeError(f"unsupported config type {hint!r}")  # internal: a new field type
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))
 
 
 def _flat_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cifar.cli import ArgParser, UsageError, fail
+from cifar.cli import ArgParser, UsageError, fail, number
 from cifar.export import classifier_from_checkpoint, onnx_session, run_session, run_torch
 from cifar.sources import IMAGE_SIZE, to_rgb32
 
@@ -217,16 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgParser(prog="python -m cifar.serve", description="Serve a CIFAR-10 model over HTTP.")
     parser.add_argument("--model", required=True, help="model.onnx (onnxruntime) or a .pt checkpoint")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes, help="per uploaded file")
-    parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels)
-    parser.add_argument("--max-files", type=int, default=Limits.max_files, help="per batch request")
+    parser.add_argument("--port", type=number(int, 1, 65535), default=8000)
+    parser.add_argument("--max-bytes", type=number(int, 1, 1 << 30), default=Limits.max_bytes,
+                        help="per uploaded file")
+    parser.add_argument("--max-pixels", type=number(int, 1, 10**9), default=Limits.max_pixels)
+    parser.add_argument("--max-files", type=number(int, 1, 10_000), default=Limits.max_files,
+                        help="per batch request")
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
         return fail(e)
-    if min(args.max_bytes, args.max_pixels, args.max_files) <= 0 or not 0 < args.port < 65536:
-        return fail("the limits must be positive and --port in 1..65535")
     try:
         predictor = Predictor(args.model)
     except (ValueError, FileNotFoundError) as e:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cifar.cli import fail
+from cifar.cli import fail, number
 from cifar.config import TrainConfig
 from cifar.data import CifarData, DataError, prepare_data
 from cifar.seal import sealed
@@ -236,9 +236,14 @@ def _build(study, args, out_root: Path, runs_root: Path, started: float) -> Path
     return out
 
 
+MOST_PAIRS = 10_000  # a comparison's most pairs of seeds: more is a typo
+
+
 def _looks(text: str) -> tuple[int, ...]:
     try:
         looks = tuple(int(x) for x in text.split(","))
+        if max(looks) > MOST_PAIRS:
+            raise ValueError(f"at most {MOST_PAIRS} pairs")
         Design(looks)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--looks wants increasing pair counts from 2 up, like 6,8,10: {e}") from None
@@ -251,15 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--storage", default=None,
                    help=f"any SQLAlchemy URL; default: ${STORAGE_ENV}, else {DEFAULT_STORAGE} (a URL with a "
                         "password is best given in the environment: off the command line, out of shell history)")
-    p.add_argument("--candidates", type=int, default=None,
+    p.add_argument("--candidates", type=number(int, 1, 100), default=None,
                    help="the study's top distinct configs that race the baseline on validation (default: the "
                         f"study's, else {REPORT_CANDIDATES})")
-    p.add_argument("--race-rounds", type=int, default=None,
-                   help=f"the race's most rounds, one fresh seed each (default: the study's, else {RACE_ROUNDS})")
+    p.add_argument("--race-rounds", type=number(int, 2, 1000), default=None,
+                   help="the race's most rounds, one fresh seed each, 2 at least: a spread to plan from "
+                        f"(default: the study's, else {RACE_ROUNDS})")
     p.add_argument("--looks", type=_looks, default=None,
                    help="pairs of seeds at each look of the test comparison, e.g. 6,8,10 (default: the "
                         f"study's, else {','.join(map(str, LOOKS))})")
-    p.add_argument("--margin", type=float, default=None,
+    p.add_argument("--margin", type=number(float, 0, 0.5, above=True), default=None,
                    help="equivalence margin in accuracy, e.g. 0.003 for 0.3 points (default: one run's "
                         "validation noise, measured in the race)")
     p.add_argument("--out", default="results/reports", help="the folder each report goes to: <out>/<study>/")
@@ -270,12 +276,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
         args.storage = args.storage or default_storage()
-        if args.candidates is not None and args.candidates < 1:
-            raise UsageError(f"--candidates must be >= 1, got {args.candidates}")
-        if args.race_rounds is not None and args.race_rounds < 2:
-            raise UsageError(f"--race-rounds must be >= 2 (a spread to plan from), got {args.race_rounds}")
-        if args.margin is not None and not 0 < args.margin < 1:
-            raise UsageError(f"--margin must be an accuracy in (0, 1), like 0.003, got {args.margin}")
         if args.runs_only:
             study = open_study(args.storage, args.study_name)
             baseline, candidates, data, result, plan = select_sealed(study, args, Path(args.runs_dir))

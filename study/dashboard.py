@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cifar.cli import fail
+from cifar.cli import fail, number
 from study.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -35,12 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--storage", default=None,
                    help=f"any SQLAlchemy URL; default: ${STORAGE_ENV}, else {DEFAULT_STORAGE}")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=number(int, 1, 65535), default=8080)
     p.add_argument("--artifact-dir", default=None, help="default: where the study writes its artifacts")
     try:
         args = p.parse_args(argv)
-        if not 0 < args.port < 65536:
-            raise UsageError(f"--port must be in 1..65535, got {args.port}")
         url = args.storage or default_storage()
         storage = make_storage(url, heartbeat_interval=None, grace_period=None, create=False)
     except UsageError as e:

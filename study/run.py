@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from cifar.cli import fail, split_set
+from cifar.cli import fail, number, split_set
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import DataError, check_data
 from cifar.runtime import init_distributed, launched_by_torchrun
@@ -74,26 +74,28 @@ def build_parser() -> ArgParser:
     p.add_argument("--preset", default="auto", choices=("auto", *PRESETS))
     p.add_argument("--config", default=str(ROOT / "configs" / "fast.json"),
                    help="base config: the baseline, trial 0")
-    p.add_argument("--target-epochs", type=int, default=None,
+    p.add_argument("--target-epochs", type=number(int, 1, 10_000), default=None,
                    help="epochs of the target run: each trial's, and the report's (default: preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config field (repeatable)")
     p.add_argument("--space", default="default", choices=SPACES)
-    p.add_argument("--n-trials", type=int, default=None,
+    p.add_argument("--n-trials", type=number(int, 1, 1_000_000), default=None,
                    help="finished trials to reach (default: preset, sized to the machine where it says so)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds (default: preset)")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--timeout", type=number(float, 0, 1e8, above=True), default=None,
+                   help="seconds (default: preset)")
+    p.add_argument("--minutes", type=number(float, 0, 1e6, above=True), default=None,
                    help="the main job's time (study and report) that a new study is sized to "
                         "(default: the preset's; cpu: 170)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=number(int, 1, 1024), default=None,
                    help="worker processes (default: preset; gpu: 4 per GPU, cpu: 1); 1 under torchrun")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     p.add_argument("--pruner", default=None, choices=PRUNERS,
                    help="default: a resumed study's own, else hyperband where bench/fidelity.py measured a rung "
                         "at the study's target, none where not (docs/study.md)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
-    p.add_argument("--heartbeat-interval", type=int, default=30, help="seconds")
-    p.add_argument("--grace-period", type=int, default=120, help="seconds without heartbeat -> FAIL")
+    p.add_argument("--seed", type=number(int, 0, 2**31 - 1), default=0, help="sampler seed (worker i uses seed + i)")
+    p.add_argument("--heartbeat-interval", type=number(int, 1, 86_400), default=30, help="seconds")
+    p.add_argument("--grace-period", type=number(int, 2, 864_000), default=120,
+                   help="seconds without heartbeat -> FAIL")
     p.add_argument("--artifact-dir", default=None,
                    help="dashboard artifacts (default: beside a SQLite file, else results/artifacts)")
     p.add_argument("--runs-dir", default="runs/studies", help="trial run directories go here")
@@ -110,23 +112,13 @@ def prepare(argv: Sequence[str]) -> Prepared:
     args.storage = args.storage or default_storage()
     preset_name = pick_preset(args.preset)
     preset = PRESETS.get(preset_name)
-    if args.n_trials is not None and args.n_trials <= 0:
-        raise UsageError(f"--n-trials must be > 0, got {args.n_trials}")
-    if args.target_epochs is not None and args.target_epochs <= 0:
-        raise UsageError(f"--target-epochs must be > 0, got {args.target_epochs}")
-    if args.timeout is not None and not 0 < args.timeout < float("inf"):
-        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    if args.minutes is not None and not 0 < args.minutes < float("inf"):
-        raise UsageError(f"--minutes must be a positive number, got {args.minutes}")
     if args.minutes is not None:
         if not preset.minutes:
             raise UsageError(f"--minutes sizes the job to this machine, which the {preset_name} preset does not do")
         preset = replace(preset, minutes=args.minutes)
-    if args.workers is not None and args.workers <= 0:
-        raise UsageError(f"--workers must be > 0, got {args.workers}")
     workers = args.workers or (1 if launched_by_torchrun() else preset.workers * max(1, torch.cuda.device_count()))
-    if args.heartbeat_interval <= 0 or args.grace_period <= args.heartbeat_interval:
-        raise UsageError("need 0 < --heartbeat-interval < --grace-period")
+    if args.grace_period <= args.heartbeat_interval:
+        raise UsageError("need --heartbeat-interval < --grace-period")
     sets = dict(split_set(kv) for kv in args.set)
     if "epochs" in sets:
         raise UsageError("a study trains at its target: set the epochs with --target-epochs, not --set epochs")

@@ -48,26 +48,32 @@ CASES = [
     ("cifar.serve", "--model {tmp}/bad.onnx", "cannot load ONNX model", "a corrupt ONNX file"),
     ("cifar.serve", "--model {tmp}/some.json", "is neither a model.onnx nor a .pt checkpoint", "not a model file"),
     ("cifar.serve", "--model {tmp}/garbage/best.pt", "cannot read checkpoint", "a corrupt checkpoint"),
-    ("cifar.serve", "--model {run}/best.pt --port 0", "--port in 1..65535", "impossible port"),
-    ("cifar.serve", "--model {run}/best.pt --max-files 0", "the limits must be positive", "no files allowed"),
+    ("cifar.serve", "--model {run}/best.pt --port 0", "argument --port: wants an integer in [1, 65535], got '0'",
+     "impossible port"),
+    ("cifar.serve", "--model {run}/best.pt --max-files 0",
+     "argument --max-files: wants an integer in [1, 10000], got '0'",
+     "no files allowed"),
     ("study run", "--sampler grid", "invalid choice: 'grid'", "unknown sampler"),
     ("study run", "--pruner wilcoxon", "invalid choice: 'wilcoxon'", "unknown pruner"),
     ("study run", "--preset huge", "invalid choice: 'huge'", "unknown preset"),
     ("study run", "--space galaxy", "invalid choice: 'galaxy'", "unknown search space"),
-    ("study run", "--n-trials 0", "--n-trials must be > 0, got 0", "nothing to do"),
-    ("study run", "--n-trials -3", "--n-trials must be > 0, got -3", "negative count"),
-    ("study run", "--workers 0", "--workers must be > 0, got 0", "no workers"),
-    ("study run", "--target-epochs 0", "--target-epochs must be > 0, got 0", "no target"),
+    ("study run", "--n-trials 0", "argument --n-trials: wants an integer in [1, 1000000], got '0'", "nothing to do"),
+    ("study run", "--n-trials -3", "argument --n-trials: wants an integer in [1, 1000000], got '-3'", "negative count"),
+    ("study run", "--workers 0", "argument --workers: wants an integer in [1, 1024], got '0'", "no workers"),
+    ("study run", "--target-epochs 0", "argument --target-epochs: wants an integer in [1, 10000], got '0'",
+     "no target"),
     ("study run", "--set epochs=3", "set the epochs with --target-epochs", "epochs that are not the target's"),
-    ("study run", "--heartbeat-interval 5 --grace-period 5", "0 < --heartbeat-interval < --grace-period",
+    ("study run", "--heartbeat-interval 5 --grace-period 5", "need --heartbeat-interval < --grace-period",
      "grace period not longer than the heartbeat"),
-    ("study run", "--timeout -5", "--timeout must be a positive number of seconds, got -5.0", "negative timeout"),
-    ("study run", "--timeout nan", "--timeout must be a positive number of seconds, got nan", "NaN timeout"),
-    ("study run", "--minutes 0", "--minutes must be a positive number, got 0.0", "no minutes"),
+    ("study run", "--timeout -5", "argument --timeout: wants a number in (0, 100000000], got '-5'", "negative timeout"),
+    ("study run", "--timeout nan", "argument --timeout: wants a number in (0, 100000000], got 'nan'", "NaN timeout"),
+    ("study run", "--minutes 0", "argument --minutes: wants a number in (0, 1000000], got '0'", "no minutes"),
     ("study run", "--preset smoke --minutes 60", "--minutes sizes the job to this machine, which the smoke preset "
                   "does not do", "minutes on an unsized preset"),
     ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
     ("study run", "--set lr=-1", "lr must be > 0", "bad base override"),
+    ("study run", "--set lr=nan", "config key 'lr': 'nan' is not a number in", "NaN base override"),
+    ("cifar.train", "--epochs 1e9", "config key 'epochs': cannot read '1e9' as int", "epochs in float notation"),
     ("study run", "--set batch_size=16", "outside the default search space in batch_size", "baseline off the grid"),
     ("study run", "--set data_dir={junk}", "holds no CIFAR-10 data", "no data set there (checked first)"),
     ("study run", "--set val_size=100000", "val_size must be in [0, 60)", "more validation images than data"),
@@ -78,14 +84,15 @@ CASES = [
     ("study show", "--study-name nope --storage sqlite:///{db}", "no study 'nope'", "unknown study"),
     ("study show", "--storage postgresql://u:secret@127.0.0.1:1/none", "postgresql://u:***@127.0.0.1:1/none",
      "a password in an unreachable URL: masked"),
-    ("study dashboard", "--port 0", "--port must be in 1..65535, got 0", "no port"),
+    ("study dashboard", "--port 0", "argument --port: wants an integer in [1, 65535], got '0'", "no port"),
     ("study dashboard", "--storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
-    ("reports build", "--race-rounds 1", "--race-rounds must be >= 2 (a spread to plan from), got 1", "one round"),
+    ("reports build", "--race-rounds 1", "argument --race-rounds: wants an integer in [2, 1000], got '1'", "one round"),
     ("reports build", "--looks 8,6", "--looks wants increasing pair counts", "looks out of order"),
     ("reports build", "--looks 1", "--looks wants increasing pair counts", "a look of one pair"),
-    ("reports build", "--margin 0", "--margin must be an accuracy in (0, 1)", "no margin"),
-    ("reports build", "--margin nan", "--margin must be an accuracy in (0, 1)", "NaN margin"),
-    ("reports build", "--candidates 0", "--candidates must be >= 1, got 0", "nothing to select among"),
+    ("reports build", "--margin 0", "argument --margin: wants a number in (0, 0.5], got '0'", "no margin"),
+    ("reports build", "--margin nan", "argument --margin: wants a number in (0, 0.5], got 'nan'", "NaN margin"),
+    ("reports build", "--candidates 0", "argument --candidates: wants an integer in [1, 100], got '0'",
+     "nothing to select among"),
     ("reports build", "--storage sqlite:///{tmp}/none.db", "no study database at", "no database"),
     ("reports build", "--study-name nope --storage sqlite:///{db}", "no study 'nope'", "unknown study"),
 ]
@@ -134,22 +141,104 @@ def test_bad_input_is_one_line_and_exit_2(command, args, message, why, places, t
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created, no database either
 
 
+# The sweep: every numeric option of every command line (argparse's typed options, and every numeric
+# config key that cifar.train takes as --KEY) with each probe. A probe is rejected as above unless
+# LEGAL names it, in which case the option's own parsing must accept it (the command is not run).
+PROBES = ("0", "-1", "nan", "1000000000000")
+COMMANDS = ("cifar.evaluate", "cifar.export", "cifar.serve", "study run", "study show", "study dashboard",
+            "reports build")
+LEGAL = {("cifar.evaluate", "--tta", "0"), ("cifar.export", "--tta", "0"), ("study run", "--seed", "0")}
+LEGAL |= {("cifar.train", f"--{key}", "0") for key in (
+    "val_size", "split_seed", "crop_padding", "cutout", "num_workers", "stem_width", "dropout", "momentum",
+    "muon_momentum", "weight_decay", "warmup_epochs", "warmup_fraction", "lr_start", "lr_floor",
+    "whiten_bias_epochs", "lookahead_decay", "lookahead_start", "label_smoothing", "grad_clip",
+    "early_stop_patience", "seed")}
+
+
+def parser_of(command: str, monkeypatch):
+    """The ArgParser that the command's main builds (caught at its parse_args, nothing run)."""
+    from cifar.cli import ArgParser
+
+    seen = []
+
+    def grab(self, *args, **kwargs):
+        seen.append(self)
+        raise SystemExit(0)
+
+    with monkeypatch.context() as m:
+        m.setattr(ArgParser, "parse_args", grab)
+        with pytest.raises(SystemExit):
+            main_of(command)([])
+    return seen[0]
+
+
+def numeric_options(monkeypatch) -> list[tuple[str, str, object]]:
+    """(command, option, its parsing) of every numeric option; cifar.train's parse through the config."""
+    from cifar.config import TrainConfig, apply_overrides, flatten
+
+    found = []
+    for command in COMMANDS:
+        for action in parser_of(command, monkeypatch)._actions:
+            numeric = action.type in (int, float) or hasattr(action.type, "number_range")
+            if numeric and action.option_strings:
+                found.append((command, action.option_strings[0], action))
+    for key, value in flatten(TrainConfig()).items():
+        if isinstance(value, (int, float, tuple)) and not isinstance(value, bool):
+            found.append(("cifar.train", f"--{key}", lambda text, key=key: apply_overrides(TrainConfig(), {key: text})))
+    return found
+
+
+def test_every_numeric_option_refuses_zero_negative_nan_and_huge(places, tmp_path, monkeypatch, capsys):
+    options = numeric_options(monkeypatch)
+    assert len({o for c, o, _ in options if c == "cifar.train"}) >= 35 and len(options) >= 50
+    monkeypatch.chdir(tmp_path)  # a command that wrongly ran would write here
+    for command, option, parse in options:
+        if command != "cifar.train":  # an option typed int or float, unbounded, is a gap the sweep reports
+            assert parse.choices or hasattr(parse.type, "number_range"), f"{command} {option}: no range"
+        for probe in PROBES:
+            if (command, option, probe) in LEGAL:
+                parse(probe) if command == "cifar.train" else \
+                    parse.type(probe) if parse.choices is None else int(probe) in parse.choices or pytest.fail(probe)
+                continue
+            assert main_of(command)([option, probe]) == 2, f"{command} {option} {probe} accepted"
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+            assert option.lstrip("-").replace("-", "_") in err.replace("-", "_") or "invalid" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def table() -> str:
     rows = ["| command | arguments | why it is bad | what it gets (exit 2 and one line) |", "|---|---|---|---|"]
     rows += [f"| `python -m {c}` | `{a}` | {w} | `error: ...{m}...` |" for c, a, m, w in CASES]
     return "\n".join(rows)
 
 
+def sweep_table() -> str:
+    with pytest.MonkeyPatch.context() as m:
+        options = numeric_options(m)
+    rows = ["| command | numeric options | refused: exit 2 and one line | legal, not run |", "|---|---|---|---|"]
+    for command in dict.fromkeys(c for c, _, _ in options):
+        names = [o for c, o, _ in options if c == command]
+        legal = sorted(f"`{o} {p}`" for c, o, p in LEGAL if c == command)
+        rows.append(f"| `python -m {command}` | {len(names)}: {', '.join(f'`{o}`' for o in names)} | "
+                    f"`{' '.join(PROBES)}` but the legal ones | {', '.join(legal) or 'none'} |")
+    return "\n".join(rows)
+
+
 def test_tests_readme_lists_every_case():
     text = (ROOT / "tests" / "README.md").read_text()
     assert table() in text and len(CASES) >= 30
+    assert sweep_table() in text
 
 
-if __name__ == "__main__":  # rewrite the table in tests/README.md
+if __name__ == "__main__":  # rewrite the tables in tests/README.md
+    sys.path.insert(0, str(ROOT))
     path = ROOT / "tests" / "README.md"
     head, rest = path.read_text().split("<!-- bad-input -->\n", 1)
     tail = rest.split("<!-- /bad-input -->", 1)[1]
-    path.write_text(f"{head}<!-- bad-input -->\n{table()}\n<!-- /bad-input -->{tail}")
+    tail, sweep_tail = tail.split("<!-- numeric-sweep -->\n", 1)[0], tail.split("<!-- /numeric-sweep -->", 1)[1]
+    path.write_text(f"{head}<!-- bad-input -->\n{table()}\n<!-- /bad-input -->{tail}<!-- numeric-sweep -->\n"
+                    f"{sweep_table()}\n<!-- /numeric-sweep -->{sweep_tail}")
     sys.exit(0)
 
 
