@@ -49,7 +49,7 @@ from study.storage import (
     redact,
 )
 from study.trials import record_session, recover_running, session_clock, summarise
-from study.workers import FailingInARow, Job, distributed_worker, run_workers, short
+from study.workers import FailingInARow, Job, StorageLost, distributed_worker, run_workers, short
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = True
     except FailingInARow as e:
         failing = e
+    except StorageLost as e:  # nothing more to record where the database is gone
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     code = finish(prepared, started, interrupted)
     if failing:
         print(f"error: {failing}", file=sys.stderr)

@@ -18,6 +18,9 @@ import functools
 import json
 import os
 import re
+import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +33,8 @@ from cifar.cli import ArgParser, UsageError
 from cifar.registry import Registry
 
 __all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "STORAGE_ENV", "default_storage", "redact", "has_password",
-           "make_storage", "resolve_study_name", "artifact_dir_for",
+           "make_storage", "PatientStorage", "PATIENCE_S", "lost_connection", "resolve_study_name",
+           "artifact_dir_for",
            "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR", "default_pruner",
            "measured_first_rung", "first_rung"]
 
@@ -135,9 +139,85 @@ def check_storage_url(url: str, create: bool = True):
     return parsed
 
 
+PATIENCE_S = 120.0  # how long a call waits out an unreachable database server before it gives up
+
+
+def lost_connection(error: BaseException) -> bool:
+    """A lost or refused connection to the server (not bad data, not a lock): worth waiting out."""
+    import sqlalchemy
+
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    return isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or \
+        getattr(cause, "connection_invalidated", False)
+
+
+def _patient(method: Callable, name: str) -> Callable:
+    @functools.wraps(method)
+    def call(self: PatientStorage, *args: Any, **kwargs: Any) -> Any:
+        started, wait, retried = time.monotonic(), 0.5, False
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retried write whose first try committed before its answer was lost: already done.
+                if not (retried and name == "set_trial_state_values"
+                        and self.get_trial(args[0]).state == kwargs.get("state", args[1:2] and args[1])):
+                    raise
+                result = True
+            except Exception as e:
+                if not lost_connection(e) or time.monotonic() - started + wait > self.patience:
+                    if retried:  # given up: the next outage is announced again
+                        PatientStorage._down_since = None
+                    raise
+                self._outage(str(getattr(e.__cause__, "orig", e.__cause__) or e).strip().splitlines()[0])
+                retried = True
+                time.sleep(wait)
+                wait = min(2 * wait, 5.0)
+                continue
+            if retried:
+                self._outage(None)
+            return result
+    return call
+
+
+class PatientStorage(RDBStorage):
+    """An RDB storage on a database server that waits out an outage (a restart, a failover): each
+    call that finds the server gone retries with backoff for up to ``patience`` seconds, then gives
+    up as RDBStorage would (the heartbeat then retries the worker's trial). The process says once
+    when it starts waiting and once when the server is back. Optuna's RDBStorage has no such retry:
+    its connection pool's pre-ping only replaces connections that died while idle."""
+
+    patience = PATIENCE_S
+    _lock, _down_since = threading.Lock(), None
+
+    def _outage(self, why: str | None) -> None:
+        """``why``: the server is gone (said once per outage); None: it answered again."""
+        with PatientStorage._lock:
+            down = PatientStorage._down_since
+            if why is not None and down is None:
+                PatientStorage._down_since = time.monotonic()
+                print(f"storage unreachable ({why}); worker {os.getpid()} waits up to {self.patience:.0f} s "
+                      "for it", file=sys.stderr, flush=True)
+            elif why is None and down is not None:
+                PatientStorage._down_since = None
+                print(f"storage back after {time.monotonic() - down:.0f} s; worker {os.getpid()} goes on",
+                      file=sys.stderr, flush=True)
+
+
+for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+              "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+              "get_study_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_param",
+              "get_trial_id_from_study_id_trial_number", "set_trial_state_values", "set_trial_intermediate_value",
+              "set_trial_user_attr", "set_trial_system_attr", "get_trial_user_attrs", "get_trial_system_attrs",
+              "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
+              "_get_stale_trial_ids"):
+    setattr(PatientStorage, _name, _patient(getattr(RDBStorage, _name), _name))
+
+
 def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: int | None = 180,
                  create: bool = True) -> RDBStorage:
-    """An RDB storage with heartbeats; one-line errors for bad URLs and unreachable servers."""
+    """An RDB storage with heartbeats, patient with a database server (``PatientStorage``); one-line
+    errors for bad URLs and servers unreachable at the start."""
     import sqlalchemy
 
     parsed = check_storage_url(url, create)
@@ -154,7 +234,8 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
     retry = (RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
              if heartbeat_interval else None)
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+        kind = RDBStorage if parsed.get_backend_name() == "sqlite" else PatientStorage  # a file has no outage
+        return kind(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period, heartbeat_stale_trial_callback=retry)
     except sqlalchemy.exc.NoSuchModuleError:
         raise UsageError(f"no SQLAlchemy driver for {parsed.drivername!r} in {redact(url)!r}") from None

@@ -33,7 +33,7 @@ from cifar.runtime import Dist
 from cifar.sources import RawCifar
 from study import budget as budget_lib
 from study.objective import Objective
-from study.storage import make_pruner, make_sampler, make_storage
+from study.storage import PATIENCE_S, lost_connection, make_pruner, make_sampler, make_storage
 
 
 class Progress:
@@ -92,6 +92,14 @@ class FailingInARow(RuntimeError):
         super().__init__(f"{what}; fix the cause and run the same command again (failed trials count "
                          "towards --n-trials)")
         self.what = what
+
+
+class StorageLost(RuntimeError):
+    """The database server stayed away longer than a worker waits (``PatientStorage``)."""
+
+    def __init__(self, workers: str = "the worker"):
+        super().__init__(f"{workers} lost the storage for over {PATIENCE_S:.0f} s and stopped; run the same command "
+                         "again once the database is back (the trials they held are retried)")
 
 
 class StopOnFailures:
@@ -165,7 +173,12 @@ def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
     torch.set_num_threads(job.threads)
     if torch.cuda.is_available():  # workers share the GPUs round-robin: worker i on GPU i mod count
         torch.cuda.set_device(index % torch.cuda.device_count())
-    optimize(load_study(job, index), make_objective(job, raw=raw), job)
+    try:
+        optimize(load_study(job, index), make_objective(job, raw=raw), job)
+    except Exception as e:
+        if lost_connection(e):
+            raise StorageLost() from None
+        raise
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -230,6 +243,7 @@ def distributed_worker(job: Job, rank: Dist) -> None:
 
 
 WORKER_FAILING = 3  # a spawned worker's exit status when its trials kept failing
+WORKER_STORAGE_LOST = 4  # ... when the database server stayed away
 
 
 def _worker_entry(job: Job, index: int) -> None:
@@ -240,6 +254,8 @@ def _worker_entry(job: Job, index: int) -> None:
     except FailingInARow as e:
         print(f"worker {index}: {e.what}", file=sys.stderr, flush=True)
         sys.exit(WORKER_FAILING)
+    except StorageLost:
+        sys.exit(WORKER_STORAGE_LOST)
 
 
 def run_workers(job: Job, raw: RawCifar | None = None) -> None:
@@ -261,6 +277,9 @@ def run_workers(job: Job, raw: RawCifar | None = None) -> None:
         for p in procs:
             p.join(timeout=30)
         raise
+    lost = sum(p.exitcode == WORKER_STORAGE_LOST for p in procs)
+    if lost:
+        raise StorageLost(f"{lost} of {len(procs)} workers")
     failing = sum(p.exitcode == WORKER_FAILING for p in procs)
     if failing:
         raise FailingInARow(f"in {failing} of {len(procs)} workers, trials kept failing (the reasons above)")

@@ -86,3 +86,109 @@ def test_a_storage_password_is_in_no_output_and_no_file(study_env, tmp_path):  #
     assert not [s for s in stored if MARKER in s]
     written = [p for p in tmp_path.rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]
     assert written == []
+
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of our own in a temporary folder, on a free port, that a test may stop
+    and start (initdb and pg_ctl; as root, run as the postgres user, which initdb requires)."""
+
+    def __init__(self):
+        import pwd
+        import shutil
+        import socket
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="cifar-pg-"))  # not under pytest's folder: postgres must enter it
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            os.chown(self.root, pwd.getpwnam("postgres").pw_uid, -1)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._run(PG_BIN / "initdb", "-D", self.root / "data", "-A", "trust", "-U", "postgres")
+        self._cleanup = lambda: shutil.rmtree(self.root, ignore_errors=True)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *cmd):
+        subprocess.run([*self.as_user, *map(str, cmd)], check=True, capture_output=True, timeout=120)
+
+    def start(self):
+        self._run(PG_BIN / "pg_ctl", "-D", self.root / "data", "-w", "-l", self.root / "log",
+                  "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start")
+
+    def stop(self):
+        self._run(PG_BIN / "pg_ctl", "-D", self.root / "data", "-w", "-m", "fast", "stop")
+
+    def close(self):
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        self._cleanup()
+
+
+@pytest.mark.skipif(PG_BIN is None, reason="needs PostgreSQL's initdb and pg_ctl (/usr/lib/postgresql/*/bin)")
+def test_a_study_waits_out_a_storage_outage(study_env, tmp_path):  # noqa: F811
+    """2 workers on a PostgreSQL server of its own; the server stops for 15 s while trials run, then
+    starts again: every worker waits (one line when it starts, one when the server is back), the study
+    finishes its trials, and no completed trial and no reported epoch is lost."""
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        args = [a if a != study_env["url"] else server.url for a in study_env["args"]]
+        args += ["--study-name", "outage", "--n-trials", "10", "--workers", "2", "--target-epochs", "40",
+                 "--pruner", "none", "--artifact-dir", str(tmp_path / "artifacts")]
+        job = subprocess.Popen([sys.executable, "-m", "study", "run", *args], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        states = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and job.poll() is None:  # stop once a trial is done, others running
+            try:
+                states = [t.state for t in optuna.load_study(study_name="outage", storage=server.url).trials]
+            except (KeyError, ValueError):
+                states = []
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
+                break
+            time.sleep(0.2)
+        assert job.poll() is None, job.communicate()
+        server.stop()
+        time.sleep(15)
+        server.start()
+        out, err = job.communicate(timeout=600)
+        trials = optuna.load_study(study_name="outage", storage=server.url).trials
+    finally:
+        server.close()
+    assert job.returncode == 0, out + err
+    assert "storage unreachable" in err and "storage back after" in err, err
+    assert err.count("storage unreachable") <= 2 and "Traceback" not in err, err  # one line per worker at most
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # Every trial completed, none failed or left running; 2 workers may each start the 10th (Optuna's
+    # MaxTrialsCallback looks after a trial), so 10 or 11.
+    assert len(complete) == len(trials) in (10, 11), [t.state for t in trials]
+    assert all(sorted(t.intermediate_values) == list(range(1, 41)) for t in complete)  # every epoch kept
+
+
+@pytest.mark.skipif(PG_BIN is None, reason="needs PostgreSQL's initdb and pg_ctl (/usr/lib/postgresql/*/bin)")
+def test_a_storage_call_gives_up_after_its_patience(capsys):
+    """A server that stays away: the call waits its patience (one line), then raises as RDBStorage would."""
+    from study.storage import lost_connection, make_storage
+
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        storage = make_storage(server.url, heartbeat_interval=None, grace_period=None)
+        storage.get_all_studies()
+        server.stop()
+        storage.patience, started = 3.0, time.monotonic()
+        with pytest.raises(optuna.exceptions.StorageInternalError) as lost:
+            storage.get_all_studies()
+        waited = time.monotonic() - started
+    finally:
+        server.close()
+    assert lost_connection(lost.value) and 1.5 < waited < 10, waited
+    err = capsys.readouterr().err
+    assert err.count("storage unreachable") == 1 and "storage back" not in err, err
