@@ -54,6 +54,15 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
+def start_python(args: list[str], usage: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python ARGS`` in the project's root, started through the launcher (above), which writes the
+    child's own resource use to ``usage`` when it ends; stdout and stderr to ``log``. In a session of
+    its own, so that ``os.killpg(p.pid, ...)`` stops the launcher and the child together."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(usage), *args], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def run_python(args: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> SimpleNamespace:
     """``python ARGS`` in the project's root, run to its end: its own resource use (``os.wait4``'s
     fields, ru_maxrss, ru_utime, ru_minflt...: peak memory, CPU seconds, page faults), measured by a

@@ -423,6 +423,7 @@ def report_result(study: str) -> str:
 
 TARGET_STUDY = "cifar-cpu-main"  # the reference main job of the final design: study, then report
 FIRST_STUDY = "cifar-cpu-target"  # the first main job of the target-budget design, before the sizing fixes
+VERDICT_STUDY = "cifar-cpu-verdict"  # the main job of the verdict design: study, race, sequential comparison
 GPU_STUDY = "cifar-gpu-013502"  # the gpu preset's main job on a lent H200 (bench/gpu.sh), stopped at 81 trials
 
 # The machine of reference jobs made before a study's sessions recorded it (``sessions[i]["machine"]``),
@@ -457,6 +458,36 @@ def job_line(study: str = TARGET_STUDY, whose: str = "our") -> str:
     return (f"{sum(minutes.values()):.{digits}f} min on {whose} {job_machine(study)}{measured}: the study "
             f"{minutes['study']:.{digits}f} min ({_finished(study)} trials at a {d['epochs']}-epoch target), "
             f"the report {minutes['report']:.{digits}f} min")
+
+
+def verdict_headline(study: str = VERDICT_STUDY) -> str:
+    """A reference job's decision in one sentence: the outcome, the effect with its repeated interval,
+    P(tuned beats baseline on a fresh seed) and the MDE planned before the test read (its comparison.json)."""
+    d = _comparison(study)
+    v, plan = d["verdict"], d["verdict"]["plan"]
+    last, (p, p_low, p_high) = v["looks"][-1], v["p_better"]
+    mean = lambda xs: 100 * sum(xs) / len(xs)  # noqa: E731
+    return (f"**{v['outcome']}**: trial {d['best_trial']} against the baseline, {mean(v['tuned']):.2f}% against "
+            f"{mean(v['baseline']):.2f}% test accuracy over {last['n']} fresh seeds each, "
+            f"**{100 * last['mean']:+.2f} points**, repeated 95% interval [{100 * last['low']:+.2f}, "
+            f"{100 * last['high']:+.2f}] (look {len(v['looks'])} of {len(plan['looks'])}, equivalence margin "
+            f"±{100 * plan['delta']:.2f}); P(tuned beats baseline on a fresh seed) **{p:.2f}** [{p_low:.2f}, "
+            f"{p_high:.2f}]; the smallest effect its seeds detect with 80% power, planned before the test read: "
+            f"**{100 * plan['mde']:.2f} points**")
+
+
+def race_line(study: str = VERDICT_STUDY) -> str:
+    """The race on validation that chose a reference job's winner (its comparison.json)."""
+    d = _comparison(study)
+    race, trial = d["race"], {c["name"]: f"trial {c['trial']}" for c in d["candidates"]}
+    trial["baseline"] = "the baseline"
+    mean = lambda xs: f"{100 * sum(xs) / len(xs):.2f}%"  # noqa: E731
+    out = [r["knocked_out"] for r in race["rounds"] if r["knocked_out"]]
+    return (f"on validation over {len(race['rounds'])} fresh seeds ({', '.join(str(r['seed']) for r in race['rounds'])}"
+            f"), the study's own runs only the screen: "
+            + ", ".join(f"{trial[n]} {mean(v)}" for n, v in sorted(race["val"].items(), key=lambda kv: -sum(kv[1])))
+            + f"; {'knocked out: ' + str(out) if out else 'no one knocked out'}; {trial[race['winner']]} won"
+            + (", leading every round" if all(r["leader"] == race["winner"] for r in race["rounds"]) else ""))
 
 
 def gpu_pace(study: str = GPU_STUDY) -> str:
@@ -775,6 +806,8 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_report": lambda: paired_result(GPU_STUDY), "gpu_rungs": lambda: study_rungs(GPU_STUDY),
           "gpu_overhead": trial_overhead, "gpu_report_short": lambda: paired_short(GPU_STUDY),
           "ninety_line": ninety_line, "gpu_pace": gpu_pace,
+          "verdict_job": lambda: job_line(VERDICT_STUDY), "verdict_headline": verdict_headline,
+          "verdict_race": race_line,
           "trial_phases_line": trial_phases_line, "step_profile_line": step_profile_line,
           "step_profile_wide_line": lambda: step_profile_line("step_profile-wide"),
           "xeon_conv_estimate": xeon_conv_estimate,

@@ -81,8 +81,7 @@ def build_parser() -> ArgParser:
     p.add_argument("--space", default="default", choices=SPACES)
     p.add_argument("--n-trials", type=number(int, 1, 1_000_000), default=None,
                    help="finished trials to reach (default: preset, sized to the machine where it says so)")
-    p.add_argument("--timeout", type=number(float, 0, 1e8, above=True), default=None,
-                   help="seconds (default: preset)")
+    p.add_argument("--timeout", type=number(float, 0, 1e8, above=True), default=None, help="seconds")
     p.add_argument("--minutes", type=number(float, 0, 1e6, above=True), default=None,
                    help="the main job's time (study and report) that a new study is sized to "
                         "(default: the preset's; cpu: 170)")
@@ -94,8 +93,7 @@ def build_parser() -> ArgParser:
                         "at the study's target, none where not (docs/study.md)")
     p.add_argument("--seed", type=number(int, 0, 2**31 - 1), default=0, help="sampler seed (worker i uses seed + i)")
     p.add_argument("--heartbeat-interval", type=number(int, 1, 86_400), default=30, help="seconds")
-    p.add_argument("--grace-period", type=number(int, 2, 864_000), default=120,
-                   help="seconds without heartbeat -> FAIL")
+    p.add_argument("--grace-period", type=number(int, 2, 864_000), default=120, help="seconds without heartbeat")
     p.add_argument("--artifact-dir", default=None,
                    help="dashboard artifacts (default: beside a SQLite file, else results/artifacts)")
     p.add_argument("--runs-dir", default="runs/studies", help="trial run directories go here")

@@ -150,8 +150,12 @@ def recover_running(study: optuna.Study, grace_period: int) -> list[str]:
         else:
             waiting.append(t)
     retry = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
-    for t in dead:
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    for t in list(dead):
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker starting beside us took it
+            dead.remove(t)
+            continue
         retry(study, study._storage.get_trial(t._trial_id))
     lines = []
     if dead:

@@ -181,7 +181,24 @@ def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
         raise
 
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+def counted(study: optuna.Study) -> tuple[int, int]:
+    """(trials that count towards --n-trials, trials waiting to run). Complete, pruned and failed trials
+    count, except a failed trial that the heartbeat retried: its retry counts instead. So a study does not
+    stop with a retry left waiting (Optuna's MaxTrialsCallback would: the killed trial lost)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
+    return done, sum(t.state == TrialState.WAITING for t in trials)
+
+
+def until_counted(n_trials: int):
+    """A study callback: stop once ``n_trials`` trials count as finished (``counted``) and none waits."""
+    def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done, waiting = counted(study)
+        if done >= n_trials and not waiting:
+            study.stop()
+    return stop
 
 
 def optimize(study: optuna.Study, objective, job: Job) -> None:
@@ -190,10 +207,11 @@ def optimize(study: optuna.Study, objective, job: Job) -> None:
     if job.n_trials:
         # MaxTrialsCallback looks only after a trial: a study resumed with its count reached
         # would otherwise run one more trial.
-        if len(study.get_trials(deepcopy=False, states=FINISHED)) >= job.n_trials:
+        done, waiting = counted(study)
+        if done >= job.n_trials and not waiting:
             return
         # Counted over every worker: the study stops at n_trials finished trials in total.
-        callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=FINISHED))
+        callbacks.append(until_counted(job.n_trials))
     # Progress prints every trial, failures with their reason; Optuna's own log would add
     # a traceback for a Ctrl-C.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -242,8 +260,7 @@ def distributed_worker(job: Job, rank: Dist) -> None:
         another_trial(False)
 
 
-WORKER_FAILING = 3  # a spawned worker's exit status when its trials kept failing
-WORKER_STORAGE_LOST = 4  # ... when the database server stayed away
+WORKER_FAILING, WORKER_STORAGE_LOST = 3, 4  # a spawned worker's exit status: trials kept failing, storage gone
 
 
 def _worker_entry(job: Job, index: int) -> None:
@@ -265,8 +282,7 @@ def run_workers(job: Job, raw: RawCifar | None = None) -> None:
         worker(job, 0, raw)
         return
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_entry, args=(job, i), name=f"study-worker-{i}")
-             for i in range(job.workers)]
+    procs = [ctx.Process(target=_worker_entry, args=(job, i), name=f"study-worker-{i}") for i in range(job.workers)]
     for p in procs:
         p.start()
         time.sleep(1.0)  # stagger the first trials so the sampler sees each other's RUNNING trials
@@ -277,8 +293,7 @@ def run_workers(job: Job, raw: RawCifar | None = None) -> None:
         for p in procs:
             p.join(timeout=30)
         raise
-    lost = sum(p.exitcode == WORKER_STORAGE_LOST for p in procs)
-    if lost:
+    if lost := sum(p.exitcode == WORKER_STORAGE_LOST for p in procs):
         raise StorageLost(f"{lost} of {len(procs)} workers")
     failing = sum(p.exitcode == WORKER_FAILING for p in procs)
     if failing:

@@ -7,31 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cifar.config import DataConfig, ModelConfig, TrainConfig, apply_overrides
 from cifar.data import CifarData, Split, channel_stats
-
-CLASSES = ["ant", "bee", "cow"]
-
-
-def synthetic_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images whose class sets the dominant colour channel, plus noise: learnable, not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % len(CLASSES)
-    x = torch.randint(0, 120, (n, 3, 32, 32), generator=g)
-    x[torch.arange(n), y] += 120
-    return x.to(torch.uint8), y
-
-
-def make_image_folder(root: Path, n_train: int = 30, n_test: int = 9, suffix: str = ".png") -> Path:
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        x, y = synthetic_images(n, seed)
-        for i in range(n):
-            folder = root / split / CLASSES[int(y[i])]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(folder / f"{i:04d}{suffix}")
-    return root
+from cifar.synthetic import CLASSES, make_image_folder, synthetic_images
 
 
 @pytest.fixture

@@ -166,8 +166,8 @@ def test_a_study_waits_out_a_storage_outage(study_env, tmp_path):  # noqa: F811
     assert "storage unreachable" in err and "storage back after" in err, err
     assert err.count("storage unreachable") <= 2 and "Traceback" not in err, err  # one line per worker at most
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    # Every trial completed, none failed or left running; 2 workers may each start the 10th (Optuna's
-    # MaxTrialsCallback looks after a trial), so 10 or 11.
+    # Every trial completed, none failed or left running; 2 workers may each start the 10th (the count
+    # is looked at after a trial), so 10 or 11.
     assert len(complete) == len(trials) in (10, 11), [t.state for t in trials]
     assert all(sorted(t.intermediate_values) == list(range(1, 41)) for t in complete)  # every epoch kept
 

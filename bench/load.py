@@ -1,0 +1,288 @@
+"""Benchmark: many workers on one study, some of them killed, and what each storage costs per trial.
+
+Two parts, one run, on this machine:
+
+1. **Faults.** ``--workers`` `python -m study run` processes (one worker each, as separate machines
+   would run them) on one study in a PostgreSQL database, with short trials (a tiny synthetic image
+   folder, ``--epochs`` epochs each); a quarter of them (``--kill-share``) are SIGKILLed at random
+   moments and started again. Checked from the storage afterwards: every lineage of trials (a trial
+   and its retries) ended in exactly one finished trial (none lost, none duplicated), none is left
+   RUNNING or WAITING, and every retry of a trial killed after its first checkpoint resumed from it.
+   Also each worker's peak memory (its own ru_maxrss: every worker imports PyTorch).
+2. **Storage cost.** The storage calls of a trial (ask with 4 parameters, a report and a pruning check
+   per epoch, 3 user attributes, tell), no training, timed per trial with 1 process and with many at
+   once: RDB on PostgreSQL and on SQLite, JournalStorage on a file and on Redis, and GrpcStorageProxy
+   in front of PostgreSQL. SQLite runs at 2, 4, 8, 16 and 32 processes to find where errors start.
+
+Usage:
+    python bench/load.py [--workers 16] [--trials 48] [--storage postgresql://postgres@127.0.0.1:5432/test]
+Writes results/bench/load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import start_python, write_result  # noqa: E402
+from cifar.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from cifar.synthetic import CLASSES, make_image_folder  # noqa: E402
+
+POSTGRES = os.environ.get("CIFAR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = "redis://127.0.0.1:6379"
+SQLITE_PROCESSES = (2, 4, 8, 16, 32)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+# ---------------------------------------------------------------- part 1: faults
+
+
+def tiny_base(folder: Path, work: Path, epochs: int) -> Path:
+    """A base config that trains in about a second on the synthetic folder (the tests' tiny model)."""
+    cfg = TrainConfig(data=DataConfig(data_dir=str(folder), cache_dir=str(work / "cache"), val_size=24),
+                      model=ModelConfig(widths=(8, 16), depth=1, stem_width=0, dropout=0.0, num_classes=len(CLASSES)),
+                      epochs=epochs, batch_size=256, optimizer="sgd1024", lr=8.8, warmup_epochs=0.5,
+                      eval_batch_size=64, device="cpu")
+    path = work / "base.json"
+    cfg.to_json(path)
+    return path
+
+
+def lineages(trials: list[optuna.trial.FrozenTrial]) -> dict[int, list[optuna.trial.FrozenTrial]]:
+    """The trials grouped by the first trial of their retry chain (Optuna's ``retry_history``)."""
+    groups: dict[int, list] = {}
+    for t in trials:
+        history = t.system_attrs.get("retry_history", [])
+        groups.setdefault(history[0] if history else t.number, []).append(t)
+    return groups
+
+
+def check(trials: list[optuna.trial.FrozenTrial]) -> dict:
+    """Lost, duplicated and stuck trials, and how the retries started, from the storage."""
+    groups = lineages(trials)
+    ends = {k: [t for t in g if t.state in (TrialState.COMPLETE, TrialState.PRUNED)] for k, g in groups.items()}
+    retries = [t for t in trials if t.system_attrs.get("retry_history")]
+    resumed = [t for t in retries if t.user_attrs.get("resumed_from")]
+    return {"trials": len(trials), "lineages": len(groups),
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+            "failed": sum(t.state == TrialState.FAIL for t in trials),
+            "lost": sum(not e for e in ends.values()), "duplicated": sum(len(e) > 1 for e in ends.values()),
+            "stuck": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials),
+            "retried": len(retries), "resumed_from_checkpoint": len(resumed),
+            "started_over": len(retries) - len(resumed)}
+
+
+def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, seed: int, work: Path,
+           kill_window: tuple[float, float] = (5.0, 40.0)) -> dict:
+    """The study run by ``workers`` processes, ``kill_share`` of them killed once each at a random second
+    of ``kill_window`` (after the rest started) and started again; what the storage holds afterwards."""
+    folder = make_image_folder(work / "imgs", n_train=240, n_test=30)
+    base = tiny_base(folder, work, epochs)
+    name = f"load-{os.getpid()}-{int(time.time())}"
+    command = ["-m", "study", "run", "--storage", url, "--study-name", name, "--config", str(base),
+               "--preset", "smoke", "--target-epochs", str(epochs), "--n-trials", str(trials), "--workers", "1",
+               "--pruner", "none", "--heartbeat-interval", "2", "--grace-period", "8",
+               "--runs-dir", str(work / "runs"), "--out", str(work / "results"),
+               "--artifact-dir", str(work / "artifacts")]
+    rng = random.Random(seed)
+    logs = work / "logs"
+    logs.mkdir()
+    started = time.monotonic()
+
+    def start(i: int, attempt: int):
+        return start_python(command, work / f"usage-{i}-{attempt}.json", logs / f"worker-{i}-{attempt}.log")
+
+    procs = {0: start(0, 0)}  # the first creates the study (its baseline trial, its budget); then the rest
+    while name not in optuna.get_all_study_names(url):
+        if procs[0].poll() is not None:
+            raise SystemExit(f"error: the first worker exited with {procs[0].returncode}: {logs}/worker-0-0.log")
+        time.sleep(0.2)
+    procs.update({i: start(i, 0) for i in range(1, workers)})
+    study = optuna.load_study(study_name=name, storage=url)
+    victims = rng.sample(range(workers), round(kill_share * workers))
+    kill_at = {i: time.monotonic() + rng.uniform(*kill_window) for i in victims}
+    kills = []
+    while any(p.poll() is None for p in procs.values()) or kill_at:
+        holding = {str(t.user_attrs.get("worker", "")).rpartition(":")[2]
+                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        for i, when in list(kill_at.items()):
+            if procs[i].poll() is not None:  # a worker that already finished is not killed
+                del kill_at[i]
+            elif time.monotonic() >= when and str(_child_pid(procs[i].pid)) in holding:  # mid-trial
+                del kill_at[i]
+                os.killpg(procs[i].pid, signal.SIGKILL)
+                procs[i].wait()
+                kills.append({"worker": i, "at_s": round(time.monotonic() - started, 1)})
+                time.sleep(1.0)
+                procs[i] = start(i, 1)
+        time.sleep(0.2)
+    seconds = time.monotonic() - started
+    codes = {i: p.returncode for i, p in procs.items()}
+    result = {"workers": workers, "trials_requested": trials, "epochs": epochs, "kills": len(kills),
+              "kill_times_s": kills, "seconds": round(seconds, 1), "exit_codes_nonzero": {
+                  i: c for i, c in codes.items() if c != 0}, **check(study.trials)}
+    peaks = [_peak_mb(u) for u in work.glob("usage-*.json")]
+    result["peak_rss_mb"] = {"max": max(peaks), "median": statistics.median(peaks), "workers_measured": len(peaks)}
+    optuna.delete_study(study_name=name, storage=url)
+    return result
+
+
+def _child_pid(launcher: int) -> int | None:
+    """The worker that a launcher (bench.common.start_python) forked."""
+    try:
+        return int(Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _peak_mb(usage: Path) -> float:
+    import json
+
+    return round(json.loads(usage.read_text())["ru_maxrss"] / 1024, 1)
+
+
+# ---------------------------------------------------------------- part 2: storage cost
+
+
+def open_storage(kind: str, address: str):
+    from optuna.storages import GrpcStorageProxy, JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+    from study.storage import make_storage
+
+    if kind.startswith("rdb"):
+        return make_storage(address, heartbeat_interval=30, grace_period=120)
+    if kind == "journal-file":
+        return JournalStorage(JournalFileBackend(address))
+    if kind == "journal-redis":
+        return JournalStorage(JournalRedisBackend(address))
+    host, port = address.rsplit(":", 1)
+    return GrpcStorageProxy(host=host, port=int(port))
+
+
+def _cost_worker(kind: str, address: str, name: str, trials: int, epochs: int, gate, out) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name=name, storage=open_storage(kind, address))
+    seconds, errors, first_error = [], 0, ""
+    gate.wait()
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        try:
+            trial = study.ask()
+            trial.suggest_categorical("optimizer", ["sgd1024", "adamw", "muon"])
+            trial.suggest_float("lr_scale", 0.2, 5.0, log=True)
+            trial.suggest_categorical("batch_size", [256, 512, 1024])
+            trial.suggest_float("dropout", 0.0, 0.3)
+            for epoch in range(1, epochs + 1):
+                trial.report(0.5 + epoch / 100, epoch)
+                trial.should_prune()
+            for key in ("params", "flops", "run_dir"):
+                trial.set_user_attr(key, 1)
+            study.tell(trial, 0.5)
+        except Exception as e:  # noqa: BLE001 (counted: where the storage starts to fail is the measurement)
+            errors += 1
+            first_error = first_error or f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        seconds.append(time.perf_counter() - t0)
+    out.put((seconds, errors, first_error))
+
+
+def storage_cost(kind: str, address: str, processes: int, trials: int, epochs: int) -> dict:
+    name = f"cost-{kind}-{processes}-{os.getpid()}-{int(time.time() * 1000)}"
+    optuna.create_study(study_name=name, storage=open_storage(kind, address), direction="maximize")
+    ctx = multiprocessing.get_context("spawn")
+    gate, out = ctx.Barrier(processes + 1), ctx.Queue()
+    procs = [ctx.Process(target=_cost_worker, args=(kind, address, name, trials, epochs, gate, out))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    gate.wait()
+    started = time.perf_counter()
+    results = [out.get(timeout=1800) for _ in procs]
+    wall = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    seconds = [s for r in results for s in r[0]]
+    errors = sum(r[1] for r in results)
+    return {"storage": kind, "processes": processes, "trials": len(seconds), "errors": errors,
+            "first_error": next((r[2] for r in results if r[2]), ""),
+            "seconds_per_trial_median": round(statistics.median(seconds), 4),
+            "seconds_per_trial_p90": round(sorted(seconds)[int(0.9 * (len(seconds) - 1))], 4),
+            "trials_per_second": round(len(seconds) / wall, 1)}
+
+
+def _grpc_server(url: str, port: int) -> None:
+    from optuna.storages import run_grpc_proxy_server
+
+    from study.storage import make_storage
+
+    run_grpc_proxy_server(make_storage(url, heartbeat_interval=30, grace_period=120), host="127.0.0.1", port=port)
+
+
+def costs(url: str, processes: int, trials: int, epochs: int, work: Path) -> list[dict]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = multiprocessing.get_context("spawn").Process(target=_grpc_server, args=(url, port), daemon=True)
+    server.start()
+    time.sleep(3)
+    kinds = {"rdb-postgresql": url, "rdb-sqlite": f"sqlite:///{work / 'cost.db'}",
+             "journal-file": str(work / "journal.log"), "journal-redis": REDIS,
+             "grpc-postgresql": f"127.0.0.1:{port}"}
+    rows = []
+    try:
+        for kind, address in kinds.items():  # one process, then many, side by side per storage
+            for n in (1, processes) if kind != "rdb-sqlite" else (1, *SQLITE_PROCESSES):
+                rows.append(storage_cost(kind, address, n, trials, epochs))
+                print(rows[-1], flush=True)
+    finally:
+        server.terminate()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--storage", default=POSTGRES, help="the PostgreSQL database the study and the costs use")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--trials", type=int, default=48, help="finished trials the faults part's study asks for")
+    p.add_argument("--kill-share", type=float, default=0.25)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--cost-trials", type=int, default=20, help="trials per process in the storage-cost part")
+    p.add_argument("--parts", default="faults,cost")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "results" / "bench" / "load.json"))
+    args = p.parse_args(argv)
+    result: dict = {"machine": f"{os.cpu_count()}-core {platform.processor() or platform.machine()}",
+                    "command": "python bench/load.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "faults" in args.parts:
+            (work / "faults").mkdir()
+            result["faults"] = faults(args.storage, args.workers, args.trials, args.kill_share, args.epochs,
+                                      args.seed, work / "faults")
+            print(result["faults"], flush=True)
+        if "cost" in args.parts:
+            (work / "cost").mkdir()
+            result["cost"] = costs(args.storage, args.workers, args.cost_trials, args.epochs, work / "cost")
+    write_result(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
