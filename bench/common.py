@@ -4,6 +4,7 @@ running a Python process to its end with its resource use."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,13 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_result(result: dict[str, Any], out: str | Path, detail: str | None = None) -> None:

@@ -22,6 +22,7 @@ Writes results/bench/load.json.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -39,14 +40,13 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import start_python, write_result  # noqa: E402
+from bench.common import free_port, start_python, write_result  # noqa: E402
 from cifar.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from cifar.synthetic import CLASSES, make_image_folder  # noqa: E402
 
 POSTGRES = os.environ.get("CIFAR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = "redis://127.0.0.1:6379"
 SQLITE_PROCESSES = (2, 4, 8, 16, 32)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 # ---------------------------------------------------------------- part 1: faults
@@ -151,8 +151,6 @@ def _child_pid(launcher: int) -> int | None:
 
 
 def _peak_mb(usage: Path) -> float:
-    import json
-
     return round(json.loads(usage.read_text())["ru_maxrss"] / 1024, 1)
 
 
@@ -234,11 +232,7 @@ def _grpc_server(url: str, port: int) -> None:
 
 
 def costs(url: str, processes: int, trials: int, epochs: int, work: Path) -> list[dict]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = multiprocessing.get_context("spawn").Process(target=_grpc_server, args=(url, port), daemon=True)
     server.start()
     time.sleep(3)

@@ -17,7 +17,6 @@ import argparse
 import io
 import os
 import platform
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import free_port, write_result  # noqa: E402
 
 WARMUP = 20
 
@@ -58,9 +57,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "serve.json"))
     args = parser.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "cifar.serve", "--model", args.model, "--port", str(port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"

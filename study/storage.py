@@ -142,11 +142,23 @@ def check_storage_url(url: str, create: bool = True):
 PATIENCE_S = 120.0  # how long a call waits out an unreachable database server before it gives up
 
 
+def _db_error(error: BaseException) -> BaseException:
+    """The SQLAlchemy error itself: Optuna's RDBStorage wraps it in a StorageInternalError."""
+    return error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+
+
+def _db_message(error: BaseException) -> str:
+    """The first line the database driver gave for ``error`` (its name where it gave none)."""
+    cause = _db_error(error)
+    text = str(getattr(cause, "orig", None) or cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
 def lost_connection(error: BaseException) -> bool:
     """A lost or refused connection to the server (not bad data, not a lock): worth waiting out."""
     import sqlalchemy
 
-    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    cause = _db_error(error)
     return isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or \
         getattr(cause, "connection_invalidated", False)
 
@@ -161,7 +173,7 @@ def _patient(method: Callable, name: str) -> Callable:
             except optuna.exceptions.UpdateFinishedTrialError:
                 # A retried write whose first try committed before its answer was lost: already done.
                 if not (retried and name == "set_trial_state_values"
-                        and self.get_trial(args[0]).state == kwargs.get("state", args[1:2] and args[1])):
+                        and self.get_trial(args[0]).state == (kwargs["state"] if "state" in kwargs else args[1])):
                     raise
                 result = True
             except Exception as e:
@@ -169,7 +181,7 @@ def _patient(method: Callable, name: str) -> Callable:
                     if retried:  # given up: the next outage is announced again
                         PatientStorage._down_since = None
                     raise
-                self._outage(str(getattr(e.__cause__, "orig", e.__cause__) or e).strip().splitlines()[0])
+                self._outage(_db_message(e))
                 retried = True
                 time.sleep(wait)
                 wait = min(2 * wait, 5.0)
@@ -242,9 +254,8 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
     except ImportError:
         raise UsageError(f"the database driver for {parsed.drivername!r} is not installed") from None
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DatabaseError) as e:
-        first = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: {first}") \
-            from None
+        raise UsageError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: "
+                         f"{_db_message(e)}") from None
 
 
 def resolve_study_name(storage: RDBStorage, url: str, name: str | None) -> str:

@@ -181,22 +181,21 @@ def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
         raise
 
 
-def counted(study: optuna.Study) -> tuple[int, int]:
-    """(trials that count towards --n-trials, trials waiting to run). Complete, pruned and failed trials
-    count, except a failed trial that the heartbeat retried: its retry counts instead. So a study does not
-    stop with a retry left waiting (Optuna's MaxTrialsCallback would: the killed trial lost)."""
+def reached(study: optuna.Study, n_trials: int) -> bool:
+    """Whether ``n_trials`` trials count as finished and none waits to run. Complete, pruned and failed
+    trials count, except a failed trial that the heartbeat retried: its retry counts instead. So a study
+    does not stop with a retry left waiting (Optuna's MaxTrialsCallback would: the killed trial lost)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
-    return done, sum(t.state == TrialState.WAITING for t in trials)
+    return done >= n_trials and not any(t.state == TrialState.WAITING for t in trials)
 
 
-def until_counted(n_trials: int):
-    """A study callback: stop once ``n_trials`` trials count as finished (``counted``) and none waits."""
+def until_reached(n_trials: int):
+    """A study callback: stop once ``reached``."""
     def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done, waiting = counted(study)
-        if done >= n_trials and not waiting:
+        if reached(study, n_trials):
             study.stop()
     return stop
 
@@ -205,13 +204,12 @@ def optimize(study: optuna.Study, objective, job: Job) -> None:
     failures = StopOnFailures()
     callbacks: list = [Progress(job.n_trials, job.workers, job.base["epochs"], job.pruner), failures]
     if job.n_trials:
-        # MaxTrialsCallback looks only after a trial: a study resumed with its count reached
+        # The callback looks only after a trial: a study resumed with its count reached
         # would otherwise run one more trial.
-        done, waiting = counted(study)
-        if done >= job.n_trials and not waiting:
+        if reached(study, job.n_trials):
             return
         # Counted over every worker: the study stops at n_trials finished trials in total.
-        callbacks.append(until_counted(job.n_trials))
+        callbacks.append(until_reached(job.n_trials))
     # Progress prints every trial, failures with their reason; Optuna's own log would add
     # a traceback for a Ctrl-C.
     optuna.logging.set_verbosity(optuna.logging.ERROR)

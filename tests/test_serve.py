@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.common import free_port
 from cifar.serve import BadImage, Limits, Predictor, decode_image
 from tests.conftest import CLASSES, synthetic_images
 
@@ -39,12 +39,6 @@ def png_claiming(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[12:ihdr + 13]))
     data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
     return bytes(data)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

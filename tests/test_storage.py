@@ -98,16 +98,15 @@ class ThrowawayPostgres:
     def __init__(self):
         import pwd
         import shutil
-        import socket
         import tempfile
+
+        from bench.common import free_port
 
         self.root = Path(tempfile.mkdtemp(prefix="cifar-pg-"))  # not under pytest's folder: postgres must enter it
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:
             os.chown(self.root, pwd.getpwnam("postgres").pw_uid, -1)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self._run(PG_BIN / "initdb", "-D", self.root / "data", "-A", "trust", "-U", "postgres")
         self._cleanup = lambda: shutil.rmtree(self.root, ignore_errors=True)
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
