@@ -14,9 +14,8 @@ Two parts, one run, on this machine:
    once: RDB on PostgreSQL and on SQLite, JournalStorage on a file and on Redis, and GrpcStorageProxy
    in front of PostgreSQL. SQLite runs at 2, 4, 8, 16 and 32 processes to find where errors start.
 
-Usage:
+Usage (writes results/bench/load.json):
     python bench/load.py [--workers 16] [--trials 48] [--storage postgresql://postgres@127.0.0.1:5432/test]
-Writes results/bench/load.json.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import random
 import signal
 import statistics
@@ -42,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, start_python, write_result  # noqa: E402
 from cifar.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from cifar.runtime import describe_machine  # noqa: E402
 from cifar.synthetic import CLASSES, make_image_folder  # noqa: E402
 
 POSTGRES = os.environ.get("CIFAR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -250,6 +249,24 @@ def costs(url: str, processes: int, trials: int, epochs: int, work: Path) -> lis
     return rows
 
 
+def summarise(rows: list[dict], processes: int) -> dict:
+    """Per storage: seconds per trial alone and with ``processes`` at once (and the ratio, the cost of
+    sharing); for SQLite, the fewest processes at which errors start (None: none up to the most tried)."""
+    per = {}
+    for kind in dict.fromkeys(r["storage"] for r in rows):
+        alone = next(r for r in rows if r["storage"] == kind and r["processes"] == 1)
+        shared = next((r for r in rows if r["storage"] == kind and r["processes"] == processes), None)
+        per[kind] = {"alone_s": alone["seconds_per_trial_median"],
+                     "shared_s": shared and shared["seconds_per_trial_median"],
+                     "shared_over_alone": shared and round(shared["seconds_per_trial_median"]
+                                                           / alone["seconds_per_trial_median"], 2),
+                     "errors_shared": shared and shared["errors"]}
+    failing = [r["processes"] for r in rows if r["storage"] == "rdb-sqlite" and r["errors"]]
+    tried = [r["processes"] for r in rows if r["storage"] == "rdb-sqlite"]
+    return {"processes": processes, "storages": per, "sqlite_errors_from": min(failing, default=None),
+            "sqlite_most_tried": max(tried, default=None)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--storage", default=POSTGRES, help="the PostgreSQL database the study and the costs use")
@@ -262,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "results" / "bench" / "load.json"))
     args = p.parse_args(argv)
-    result: dict = {"machine": f"{os.cpu_count()}-core {platform.processor() or platform.machine()}",
+    result: dict = {"machine": describe_machine(),
                     "command": "python bench/load.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -274,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         if "cost" in args.parts:
             (work / "cost").mkdir()
             result["cost"] = costs(args.storage, args.workers, args.cost_trials, args.epochs, work / "cost")
+            result["cost_summary"] = summarise(result["cost"], args.workers)
     write_result(result, args.out)
     return 0
 

@@ -737,15 +737,23 @@ def _num(x: float) -> str:
     return "n/a" if x != x else f"{x:.2f}"
 
 
-def fidelity_table() -> str:
-    """Each rung (an epoch of the target run) against the target: rank correlation and regret
-    over the configs of the fidelity benchmark (results/bench/fidelity.json)."""
-    d = _bench("fidelity")
+def _rho_ci(pair: list) -> str:
+    return "n/a" if pair[0] != pair[0] else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def fidelity_table(name: str = "fidelity") -> str:
+    """Each cheaper fidelity (an epoch of the target run, a complete shorter run) against the target:
+    rank correlations over all configs and over the better half, with 95% intervals, whether a halving
+    there keeps the target's best 3, and the regret (results/bench/<name>.json)."""
+    d = _bench(name)
     target, floor = d["target_epochs"], d["noise_floor"]
-    rows = ["| fidelity | configs | Spearman | Kendall | regret at the target (points) |", "|---|---|---|---|---|"]
-    for r in d["correlations"]:
-        rows.append(f"| {r['fidelity']} | {r['n']} | {_num(r['spearman'])} | {_num(r['kendall'])} | "
-                    f"{100 * r['regret']:.2f} |")
+    rows = ["| fidelity | configs | Spearman [95% CI] | Kendall | better half: Spearman [95% CI] | "
+            "a halving there removes (of the best 3) | regret at the target (points) |",
+            "|---|---|---|---|---|---|---|"]
+    for r in d["transfer_among_the_best"]:
+        rows.append(f"| {r['fidelity']} | {r['n']} | {_num(r['spearman'])} {_rho_ci(r['spearman_ci'])} | "
+                    f"{_num(r['kendall'])} | {_num(r['top_half_spearman'])} {_rho_ci(r['top_half_ci'])} | "
+                    f"{', '.join(r['best_removed']) or 'none'} | {100 * r['regret']:.2f} |")
     best, worst = d["ranking_at_target"][0], d["ranking_at_target"][-1]
     m = d["machine"]
     spread = (f"{100 * floor['std']:.2f} points over {len(floor['baseline_val_acc'])} seeds"
@@ -757,7 +765,8 @@ def fidelity_table() -> str:
              f"{100 * worst[0]:.2f}% to {100 * best[0]:.2f}%; one seed each, the baseline's seed 0); "
              f"the baseline's one-run standard deviation at the target (the noise floor): {spread}. "
              f"Machine: {m['cpu']}, {m['threads']} threads, the baseline model at "
-             f"{m['baseline_images_per_s']:.0f} images/s; written {d['written']}."]
+             f"{m['baseline_images_per_s']:.0f} images/s; written {d['written']}. "
+             f"The rule's verdict: {d['supported_rung_why']}."]
     return "\n".join(rows)
 
 
@@ -781,6 +790,7 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "allocator_b1024_epyc_line": lambda: allocator_line("allocator-b1024-epyc"),
           "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
+          "fidelity_3ep_table": lambda: f"\n{fidelity_table('fidelity-3ep')}\n",
           "fidelity_line": fidelity_line, "muon_line": muon_line,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,

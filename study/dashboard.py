@@ -25,9 +25,17 @@ from study.storage import (
     UsageError,
     artifact_dir_for,
     default_storage,
+    has_password,
     make_storage,
     redact,
 )
+
+
+def browse_command(storage: str, artifact_dir: str) -> str:
+    """How to open a study in optuna-dashboard; a URL with a password stays in the environment."""
+    if has_password(storage):
+        return f"make dashboard   (optuna-dashboard on the storage in ${STORAGE_ENV}, which holds its password)"
+    return f"optuna-dashboard {storage} --artifact-dir {artifact_dir}   (or make dashboard)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from cifar.config import TrainConfig, apply_overrides
 from cifar.data import DataError, check_data
 from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
+from study.dashboard import browse_command
 from study.presets import PRESETS, pick_preset, target_budget
 from study.search_space import SPACES, params_of
 from study.storage import (
@@ -40,6 +41,7 @@ from study.storage import (
     UsageError,
     artifact_dir_for,
     check_storage_url,
+    crowding_warning,
     default_pruner,
     default_storage,
     first_rung,
@@ -256,17 +258,12 @@ def main_distributed(argv: Sequence[str]) -> int:
 
 def announce(prepared: Prepared, processes: str = "") -> None:
     job, base = prepared.job, prepared.base
+    warning = crowding_warning(job.storage, prepared.study, job.workers)
     print(f"study {job.study_name!r} in {redact(job.storage)}: {job.workers} worker(s){processes} x {job.threads} "
           f"thread(s), up to {job.n_trials} trials at a target of {base.epochs} epochs on "
-          f"{base.data.train_fraction:.0%} of the train split, sampler {job.sampler}, pruner {job.pruner}",
+          f"{base.data.train_fraction:.0%} of the train split, sampler {job.sampler}, pruner {job.pruner}"
+          + (f"\n{warning}" if warning else ""),
           flush=True)
-
-
-def browse_command(job: Job) -> str:
-    """How to open the study in optuna-dashboard; a URL with a password stays in the environment."""
-    if has_password(job.storage):
-        return f"make dashboard   (optuna-dashboard on the storage in ${STORAGE_ENV}, which holds its password)"
-    return f"optuna-dashboard {job.storage} --artifact-dir {job.artifact_dir}   (or make dashboard)"
 
 
 def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
@@ -280,15 +277,14 @@ def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
     if interrupted:
         print("run the same command again to resume the study", file=sys.stderr)
         return 130
-    name = f" --study-name {job.study_name}"
-    lines = [f"results: {out}/ (summary.json, trials.csv)",
-             f"browse:  {browse_command(job)}"]
+    lines = [f"results: {out}/ (summary.json, trials.csv)", f"browse:  {browse_command(job.storage, job.artifact_dir)}"]
     if "best_value" in summary:
         params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
         lines[:0] = [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}"]
         storage = (f" --storage {job.storage}" if not has_password(job.storage) else
                    f" (the storage from ${STORAGE_ENV})")
-        lines += [f"report:  python -m reports build{storage}{name}   (make study runs it next)",
+        lines += [f"report:  python -m reports build{storage} --study-name {job.study_name}"
+                  "   (make study runs it next)",
                   f"what to train: the report's winner, results/reports/{job.study_name}/winner_config.json, "
                   "chosen among the top trials on fresh seeds (the study's best single trial, one seed that may "
                   f"be luck: {out}/best_trial_config.json)"]

@@ -36,7 +36,7 @@ __all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "STORAGE_ENV", "default
            "make_storage", "PatientStorage", "PATIENCE_S", "lost_connection", "resolve_study_name",
            "artifact_dir_for",
            "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR", "default_pruner",
-           "measured_first_rung", "first_rung"]
+           "measured_first_rung", "first_rung", "crowding_warning"]
 
 DEFAULT_STORAGE = "sqlite:///results/study.db"
 STORAGE_ENV = "CIFAR_STORAGE"  # a storage URL from the environment: off the command line and shell history
@@ -256,6 +256,26 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DatabaseError) as e:
         raise UsageError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: "
                          f"{_db_message(e)}") from None
+
+
+LOAD_RESULTS = FIDELITY_RESULTS / "load.json"  # bench/load.py: where SQLite's errors start on this machine class
+
+
+def crowding_warning(url: str, study: optuna.Study, workers: int, results: Path = LOAD_RESULTS) -> str | None:
+    """One line where more processes would write one SQLite file (this job's workers and the trials
+    running elsewhere) than the committed load benchmark found free of errors; None otherwise."""
+    if not url.startswith("sqlite") or not results.is_file():
+        return None
+    measured = json.loads(results.read_text())
+    summary = measured.get("cost_summary") or {}
+    errors_from, tried = summary.get("sqlite_errors_from"), summary.get("sqlite_most_tried")
+    limit = errors_from - 1 if errors_from else tried
+    writers = workers + len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    if not limit or writers <= limit:
+        return None
+    seen = (f"errors start at {errors_from} processes" if errors_from else f"no more than {tried} were measured")
+    return (f"warning: {writers} workers on one SQLite file, where {seen} (bench/load.py on a "
+            f"{measured.get('machine', 'machine')}): use PostgreSQL for more (--storage postgresql://...)")
 
 
 def resolve_study_name(storage: RDBStorage, url: str, name: str | None) -> str:
