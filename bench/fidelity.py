@@ -50,6 +50,7 @@ from cifar.train import train  # noqa: E402
 from reports.fidelity import (  # noqa: E402
     first_rung_by_rule,
     rung_correlations,
+    study_curves,
     supported_rung,
     transfer_among_the_best,
 )
@@ -106,7 +107,39 @@ def execute(name: str, fidelity: str, params: dict, cfg: TrainConfig, rd: RunDir
             "train_fraction": cfg.data.train_fraction, "epochs": cfg.epochs}
 
 
-def analyse(records: list[dict], target: int) -> dict:
+def study_population(storage: str, name: str, target: int) -> dict:
+    """The same measurement over a finished study's own trials at this target: the population a pruner
+    really sees (the sampler's, concentrated on good configs). Its trials must all have run to the target
+    (no pruning), else the survivors are a biased sample."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    if study.user_attrs.get("budget", {}).get("target_epochs") != target:
+        raise SystemExit(f"error: study {name!r} did not train at the {target}-epoch target")
+    if any(t.state == optuna.trial.TrialState.PRUNED for t in study.trials):
+        raise SystemExit(f"error: study {name!r} pruned trials: its survivors are no fair population")
+    curves = {str(k): {**{f"epoch {e}": v for e, v in c.items() if e != target}, "target": c[target]}
+              for k, c in study_curves(study.trials).items() if target in c}
+    return {"study": name, "storage": storage, "trials": len(curves),
+            "transfer_among_the_best": transfer_among_the_best(curves, "target")}
+
+
+def verdict(rung: int | None, configs: int, alone: int | None, population: dict | None) -> str:
+    """The rule's verdict in words: the rung, or why there is none."""
+    if rung:
+        return (f"epoch {rung}: the earliest that ranks all configs (Spearman >= 0.6) and the better half (>= 0) "
+                "as the target does and whose halving keeps the target's best 3"
+                + (" in the study's own trials too" if population else ""))
+    if configs < MIN_CONFIGS:
+        return f"no rung: {configs} configs measured, {MIN_CONFIGS} needed"
+    if not alone or not population:
+        return "no rung: no epoch ranks the configs that matter as the target does"
+    found = "; ".join(f"{r['fidelity']} would remove trial(s) {' and '.join(r['best_removed'])} of its best 3"
+                      if r["best_removed"] else f"{r['fidelity']} ranks them at Spearman {r['spearman']:.2f}, the "
+                      f"better half at {r['top_half_spearman']:.2f}" for r in population["transfer_among_the_best"])
+    return (f"no rung: epoch {alone} passes the rule over these configs, but not over the "
+            f"{population['trials']} unpruned trials of study {population['study']} at this target: {found}")
+
+
+def analyse(records: list[dict], target: int, population: dict | None = None) -> dict:
     """Rank correlations of every fidelity with the target, over the seed-0 configs that have both."""
     final = {r["name"]: r["val_acc"].get(target) for r in records if r["fidelity"] == "target"}
     curves = {}
@@ -125,13 +158,12 @@ def analyse(records: list[dict], target: int) -> dict:
     base = [v for n, v in final.items() if n.startswith("baseline-seed") and v is not None]
     rows = rung_correlations(curves, "target")
     transfer = transfer_among_the_best(curves, "target")
-    rung = supported_rung(transfer) if len(curves) >= MIN_CONFIGS else None
-    why = (f"epoch {rung}: the earliest that ranks all configs (Spearman >= 0.6) and the better half (>= 0) as the "
-           "target does and whose halving keeps the target's best 3" if rung else
-           f"no rung: {len(curves)} configs measured, {MIN_CONFIGS} needed" if len(curves) < MIN_CONFIGS else
-           "no rung: no epoch ranks the configs that matter as the target does")
+    both = [transfer] + ([population["transfer_among_the_best"]] if population else [])
+    rung = supported_rung(*both) if len(curves) >= MIN_CONFIGS else None
+    why = verdict(rung, len(curves), supported_rung(transfer), population)
     return {"configs": len(curves), "correlations": rows, "first_rung_by_rule": first_rung_by_rule(rows),
-            "transfer_among_the_best": transfer, "supported_rung": rung, "supported_rung_why": why,
+            "transfer_among_the_best": transfer, "study_population": population,
+            "supported_rung": rung, "supported_rung_why": why,
             "noise_floor": {"baseline_val_acc": base, "std": statistics.stdev(base) if len(base) > 1 else None},
             "ranking_at_target": sorted(((v["target"], n) for n, v in curves.items()), reverse=True)}
 
@@ -147,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", action="store_true", help="also the data-subset fidelity")
     parser.add_argument("--compressed", action="store_true",
                         help="also complete shorter runs (the whole schedule in 1 .. target-1 epochs)")
+    parser.add_argument("--study", nargs=2, metavar=("STORAGE", "NAME"), default=None,
+                        help="also a finished, unpruned study at this target: the rung must pass there too")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench" / "fidelity"))
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "fidelity.json"))
     args = parser.parse_args(argv)
@@ -156,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     known = {r["key"]: {**r, "val_acc": {int(e): v for e, v in r["val_acc"].items()}}
              for r in json.loads(out.read_text())["runs"]} if out.is_file() else {}
     runs = plan(base, args.configs, args.space, args.subset, args.compressed)
+    population = study_population(*args.study, args.target_epochs) if args.study else None
     data_cache: dict = {}
     records = []
     measured = json.loads(out.read_text()).get("machine") if out.is_file() else None
@@ -169,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         known[key] = records[-1]
         write_result({"command": "python bench/fidelity.py " + " ".join(argv or sys.argv[1:]),
                       "target_epochs": args.target_epochs, "planned": len(runs), "machine": measured,
-                      "written": time.strftime("%Y-%m-%d %H:%M:%S"), **analyse(records, args.target_epochs),
+                      "written": time.strftime("%Y-%m-%d %H:%M:%S"), **analyse(records, args.target_epochs, population),
                       "runs": records}, out, detail="runs")
     return 0
 

@@ -1,22 +1,19 @@
 """Benchmark: many workers on one study, some of them killed, and what each storage costs per trial.
 
-Two parts, one run, on this machine:
-
 1. **Faults.** ``--workers`` `python -m study run` processes (one worker each, as separate machines
-   would run them) on one study in a PostgreSQL database, with short trials (a tiny synthetic image
-   folder, ``--epochs`` epochs each); a quarter of them (``--kill-share``) are SIGKILLed at random
-   moments and started again. Checked from the storage afterwards: every lineage of trials (a trial
-   and its retries) ended in exactly one finished trial (none lost, none duplicated), none is left
-   RUNNING or WAITING, and every retry of a trial killed after its first checkpoint resumed from it.
-   Also each worker's peak memory (its own ru_maxrss: every worker imports PyTorch).
+   would run them) on one PostgreSQL study with short trials (a tiny synthetic image folder, ``--epochs``
+   epochs each), and the same with ``--sqlite-workers`` on a SQLite file; a quarter (``--kill-share``) are
+   SIGKILLed at random moments and started again. Checked from the storage afterwards: every lineage of
+   trials (a trial and its retries) ended in exactly one finished trial (none lost, none duplicated), none
+   is left RUNNING or WAITING, and every retry of a trial killed after its first checkpoint resumed from
+   it. Also each worker's peak memory (its own ru_maxrss: every worker imports PyTorch).
 2. **Storage cost.** The storage calls of a trial (ask with 4 parameters, a report and a pruning check
    per epoch, 3 user attributes, tell), no training, timed per trial with 1 process and with many at
    once: RDB on PostgreSQL and on SQLite, JournalStorage on a file and on Redis, and GrpcStorageProxy
    in front of PostgreSQL. SQLite runs at 2, 4, 8, 16 and 32 processes to find where errors start.
 
-Usage (writes results/bench/load.json):
-    python bench/load.py [--workers 16] [--trials 48] [--storage postgresql://postgres@127.0.0.1:5432/test]
-"""
+Usage: python bench/load.py [--workers 16] [--trials 48] [--storage postgresql://postgres@127.0.0.1:5432/test]
+(writes results/bench/load.json)"""
 
 from __future__ import annotations
 
@@ -274,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=48, help="finished trials the faults part's study asks for")
     p.add_argument("--kill-share", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--cost-trials", type=int, default=20, help="trials per process in the storage-cost part")
-    p.add_argument("--parts", default="faults,cost")
+    p.add_argument("--cost-trials", type=int, default=20, help="trials per process, storage-cost part")
+    p.add_argument("--sqlite-workers", type=int, default=4)
+    p.add_argument("--parts", default="faults,faults-sqlite,cost")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "results" / "bench" / "load.json"))
     args = p.parse_args(argv)
@@ -283,11 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                     "command": "python bench/load.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if "faults" in args.parts:
-            (work / "faults").mkdir()
-            result["faults"] = faults(args.storage, args.workers, args.trials, args.kill_share, args.epochs,
-                                      args.seed, work / "faults")
-            print(result["faults"], flush=True)
+        sqlite = f"sqlite:///{work / 'faults-sqlite.db'}"  # the same load on one machine's file, fewer workers
+        for part, url, n in (("faults", args.storage, args.workers), ("faults-sqlite", sqlite, args.sqlite_workers)):
+            if part in args.parts.split(","):
+                (work / part).mkdir()
+                result[part] = faults(url, n, args.trials, args.kill_share, args.epochs, args.seed, work / part)
+                print(part, result[part], flush=True)
         if "cost" in args.parts:
             (work / "cost").mkdir()
             result["cost"] = costs(args.storage, args.workers, args.cost_trials, args.epochs, work / "cost")

@@ -738,7 +738,7 @@ def _num(x: float) -> str:
 
 
 def _rho_ci(pair: list) -> str:
-    return "n/a" if pair[0] != pair[0] else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+    return "" if pair[0] != pair[0] else f" [{pair[0]:.2f}, {pair[1]:.2f}]"
 
 
 def fidelity_table(name: str = "fidelity") -> str:
@@ -751,8 +751,8 @@ def fidelity_table(name: str = "fidelity") -> str:
             "a halving there removes (of the best 3) | regret at the target (points) |",
             "|---|---|---|---|---|---|---|"]
     for r in d["transfer_among_the_best"]:
-        rows.append(f"| {r['fidelity']} | {r['n']} | {_num(r['spearman'])} {_rho_ci(r['spearman_ci'])} | "
-                    f"{_num(r['kendall'])} | {_num(r['top_half_spearman'])} {_rho_ci(r['top_half_ci'])} | "
+        rows.append(f"| {r['fidelity']} | {r['n']} | {_num(r['spearman'])}{_rho_ci(r['spearman_ci'])} | "
+                    f"{_num(r['kendall'])} | {_num(r['top_half_spearman'])}{_rho_ci(r['top_half_ci'])} | "
                     f"{', '.join(r['best_removed']) or 'none'} | {100 * r['regret']:.2f} |")
     best, worst = d["ranking_at_target"][0], d["ranking_at_target"][-1]
     m = d["machine"]
@@ -784,6 +784,64 @@ def fidelity_line() -> str:
             f"The rule's verdict: {d['supported_rung_why']}")
 
 
+def fidelity_population(name: str = "fidelity-3ep") -> str:
+    """The rule over a finished study's own trials (results/bench/<name>.json's ``study_population``),
+    and where the target's best trial stood at each epoch."""
+    import optuna
+
+    d = _bench(name)
+    pop = d["study_population"]
+    study = optuna.load_study(study_name=pop["study"], storage=pop["storage"])
+    curves = {t.number: t.intermediate_values for t in study.trials if t.state.name == "COMPLETE"}
+    target = d["target_epochs"]
+    best = max(curves, key=lambda k: curves[k][target])
+    ranks = "; ".join(
+        f"{sorted(curves, key=lambda k: -curves[k][e]).index(best) + 1} of {len(curves)} at epoch {e} "
+        f"({100 * curves[best][e]:.2f}% against {100 * max(c[e] for c in curves.values()):.2f}% for its leader)"
+        for e in range(1, target))
+    return (f"{d['supported_rung_why']}. The target's best, trial {best} "
+            f"({100 * curves[best][target]:.2f}% at epoch {target}), ranked {ranks}")
+
+
+STORAGE_USE = {"rdb-postgresql": "many workers, many machines (the default for a shared study)",
+               "rdb-sqlite": "one machine, a few workers (the default: a file, nothing to run)",
+               "journal-file": "one machine, no database (a file of operations; NFS needs care)",
+               "journal-redis": "several machines where Redis runs and PostgreSQL does not",
+               "grpc-postgresql": "very many workers: one proxy process holds the database connections"}
+
+
+def load_faults_line() -> str:
+    """The load benchmark's faults part in one sentence (results/bench/load.json)."""
+    d = _bench("load")
+    f = d["faults"]
+    return (f"{f['workers']} `study run` processes on one PostgreSQL study of {f['trials_requested']} trials "
+            f"({f['epochs']} epochs each on a tiny synthetic folder), {f['kills']} of them SIGKILLed while "
+            f"holding a running trial and started again: {f['lost']} trials lost, {f['duplicated']} duplicated, "
+            f"{f['stuck']} left running or waiting; {f['retried']} retried, {f['resumed_from_checkpoint']} of "
+            f"them from their predecessor's checkpoint; {f['seconds'] / 60:.1f} min in all; each worker's peak "
+            f"memory {f['peak_rss_mb']['median']:.0f} MB (median, {f['peak_rss_mb']['max']:.0f} MB at most: "
+            f"every worker imports PyTorch); measured on a {d['machine']}")
+
+
+def storage_cost_table() -> str:
+    """Each storage's seconds per trial alone and shared, and where SQLite's errors start."""
+    d = _bench("load")
+    c = d["cost_summary"]
+    rows = [f"| storage | use it for | s per trial, 1 process | s per trial, {c['processes']} at once | ratio | "
+            f"errors at {c['processes']} |", "|---|---|---|---|---|---|"]
+    for kind, r in c["storages"].items():
+        rows.append(f"| {kind} | {STORAGE_USE[kind]} | {r['alone_s']:.3f} | {r['shared_s']:.3f} | "
+                    f"{r['shared_over_alone']:.1f} | {r['errors_shared']} |")
+    sqlite = [r for r in d["cost"] if r["storage"] == "rdb-sqlite"]
+    errors = ", ".join(f"{r['processes']}: {r['errors']} of {r['trials']}" for r in sqlite)
+    start = (f"errors start at {c['sqlite_errors_from']} processes" if c["sqlite_errors_from"] else
+             f"no errors up to {c['sqlite_most_tried']} processes")
+    rows += ["", f"A trial's storage calls without training (ask with 4 parameters, a report and a pruning check "
+             f"per epoch, 3 user attributes, tell), medians over every trial of every process, on a "
+             f"{d['machine']}. SQLite's failed trials by processes ({errors}): {start}."]
+    return "\n".join(rows)
+
+
 BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_time_to_accuracy": lambda: f"\n{gpu_time_to_accuracy()}\n", "baseline_decision": baseline_decision,
           "allocator_line": allocator_line, "allocator_b1024_line": lambda: allocator_line("allocator-b1024"),
@@ -791,7 +849,7 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "fidelity_3ep_table": lambda: f"\n{fidelity_table('fidelity-3ep')}\n",
-          "fidelity_line": fidelity_line, "muon_line": muon_line,
+          "fidelity_line": fidelity_line, "fidelity_3ep_population": fidelity_population, "muon_line": muon_line,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,

@@ -75,12 +75,17 @@ def transfer_among_the_best(curves: Mapping[Hashable, Mapping[int | str, float]]
     return rows
 
 
-def supported_rung(rows: list[dict], threshold: float = RULE_SPEARMAN) -> int | None:
-    """The earliest epoch a pruner may stop trials at, by the rule fixed before the measurement:
-    over all configs Spearman >= ``threshold``, over the better half no reversal (Spearman >= 0),
-    and a halving there keeps every one of the target's best few. None where no epoch qualifies."""
-    ok = [int(str(r["fidelity"]).removeprefix("epoch ")) for r in rows if str(r["fidelity"]).startswith("epoch ")
-          and r["spearman"] >= threshold and r["top_half_spearman"] >= 0 and not r["best_removed"]]
+def supported_rung(*populations: list[dict], threshold: float = RULE_SPEARMAN) -> int | None:
+    """The earliest epoch a pruner may stop trials at, by the rule fixed before the measurement, in
+    every population measured (rows of ``transfer_among_the_best``): over all configs Spearman >=
+    ``threshold``, over the better half no reversal (Spearman >= 0), and a halving there keeps every
+    one of the target's best few. None where no epoch qualifies in all of them."""
+    def passing(rows: list[dict]) -> set[int]:
+        return {int(str(r["fidelity"]).removeprefix("epoch ")) for r in rows
+                if str(r["fidelity"]).startswith("epoch ") and r["spearman"] >= threshold
+                and r["top_half_spearman"] >= 0 and not r["best_removed"]}
+
+    ok = set.intersection(*map(passing, populations)) if populations else set()
     return min(ok) if ok else None
 
 

@@ -88,8 +88,10 @@ def test_the_study_prunes_only_where_a_committed_measurement_supports_a_rung():
     for path in sorted((ROOT / "results" / "bench").glob("fidelity*.json")):
         result = json.loads(path.read_text())
         target, rung = result["target_epochs"], result["supported_rung"]
-        if result["configs"] >= 16:  # the rule's verdict, recomputed from the committed rows
-            assert supported_rung(result["transfer_among_the_best"]) == rung
+        if result["configs"] >= 16:  # the rule's verdict, recomputed from the committed rows (both populations)
+            population = result.get("study_population")
+            assert supported_rung(result["transfer_among_the_best"],
+                                  *([population["transfer_among_the_best"]] if population else [])) == rung
         else:
             assert rung is None and "16 needed" in result["supported_rung_why"]
         assert storage.measured_first_rung(target)[0] == rung
@@ -112,6 +114,39 @@ def test_transfer_among_the_best_finds_a_rung_that_would_remove_the_winner():
     assert low < rows["epoch 2"]["spearman"] == high == 1.0  # a perfect order: the interval reaches 1
     # Epoch 1 ranks all nine well enough (Spearman >= 0.6) but would lose the winner: epoch 2 is the rung.
     assert rows["epoch 1"]["spearman"] >= 0.6 and supported_rung(list(rows.values())) == 2
+
+
+def test_a_rung_must_also_keep_the_best_of_the_studys_own_trials(tmp_path):
+    import optuna
+
+    from bench.fidelity import study_population, verdict
+    from reports.fidelity import supported_rung, transfer_among_the_best
+
+    # The random population: epoch 1 ranks as the target does. The study's own population (good configs
+    # only): its winner "9" starts slowest, so a halving at epoch 1 would remove it.
+    random = {k: {"epoch 1": 0.3 + 0.02 * k, "target": 0.6 + 0.01 * k} for k in range(16)}
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=url, study_name="s", direction="maximize")
+    study.set_user_attr("budget", {"target_epochs": 2})
+    for k in range(10):
+        trial = study.ask()
+        trial.report(0.10 if k == 9 else 0.5 + 0.01 * k, 1)
+        trial.report(0.80 + 0.001 * k, 2)
+        study.tell(trial, 0.80 + 0.001 * k)
+    population = study_population(url, "s", 2)
+    assert population["trials"] == 10
+    mine, theirs = transfer_among_the_best(random, "target"), population["transfer_among_the_best"]
+    assert supported_rung(mine) == 1 and theirs[0]["best_removed"] == ["9"]
+    assert supported_rung(mine, theirs) is None
+    why = verdict(None, 16, 1, population)
+    assert "epoch 1 passes the rule" in why and "would remove trial(s) 9" in why
+    with pytest.raises(SystemExit, match="did not train at the 3-epoch target"):
+        study_population(url, "s", 3)
+    trial = study.ask()
+    trial.report(0.2, 1)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    with pytest.raises(SystemExit, match="pruned trials"):
+        study_population(url, "s", 2)
 
 
 def test_spearman_interval():
