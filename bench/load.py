@@ -6,7 +6,8 @@
    SIGKILLed at random moments and started again. Checked from the storage afterwards: every lineage of
    trials (a trial and its retries) ended in exactly one finished trial (none lost, none duplicated), none
    is left RUNNING or WAITING, and every retry of a trial killed after its first checkpoint resumed from
-   it. Also each worker's peak memory (its own ru_maxrss: every worker imports PyTorch).
+   it. Also each worker's peak memory (its own ru_maxrss: every worker imports PyTorch, whose shared
+   libraries each process counts in full).
 2. **Storage cost.** The storage calls of a trial (ask with 4 parameters, a report and a pruning check
    per epoch, 3 user attributes, tell), no training, timed per trial with 1 process and with many at
    once: RDB on PostgreSQL and on SQLite, JournalStorage on a file and on Redis, and GrpcStorageProxy
@@ -41,11 +42,7 @@ from cifar.runtime import describe_machine  # noqa: E402
 from cifar.synthetic import CLASSES, make_image_folder  # noqa: E402
 
 POSTGRES = os.environ.get("CIFAR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = "redis://127.0.0.1:6379"
-SQLITE_PROCESSES = (2, 4, 8, 16, 32)
-
-
-# ---------------------------------------------------------------- part 1: faults
+REDIS, SQLITE_PROCESSES = "redis://127.0.0.1:6379", (2, 4, 8, 16, 32)
 
 
 def tiny_base(folder: Path, work: Path, epochs: int) -> Path:
@@ -68,37 +65,39 @@ def lineages(trials: list[optuna.trial.FrozenTrial]) -> dict[int, list[optuna.tr
     return groups
 
 
-def check(trials: list[optuna.trial.FrozenTrial]) -> dict:
-    """Lost, duplicated and stuck trials, and how the retries started, from the storage."""
+def check(trials: list[optuna.trial.FrozenTrial], runs: Path) -> dict:
+    """Lost, duplicated, stuck trials; how retries started (a dead trial's left beside its checkpoint: a fault)."""
     groups = lineages(trials)
     ends = {k: [t for t in g if t.state in (TrialState.COMPLETE, TrialState.PRUNED)] for k, g in groups.items()}
     retries = [t for t in trials if t.system_attrs.get("retry_history")]
     resumed = [t for t in retries if t.user_attrs.get("resumed_from")]
+    before = {t.number: next(p for p in trials if p.number == t.system_attrs["retry_history"][-1]) for t in retries}
+    alive = [t for t in retries if "epochs_run" in before[t.number].user_attrs]  # its worker lived: a late beat
     return {"trials": len(trials), "lineages": len(groups),
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
             "lost": sum(not e for e in ends.values()), "duplicated": sum(len(e) > 1 for e in ends.values()),
             "stuck": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials),
-            "retried": len(retries), "resumed_from_checkpoint": len(resumed),
-            "started_over": len(retries) - len(resumed)}
+            "retried": len(retries), "retried_while_alive": len(alive), "resumed_from_checkpoint": len(resumed),
+            "started_over": len(retries) - len(resumed), "started_over_with_a_checkpoint": sum(
+                (runs / f"trial-{before[t.number].number:04d}" / "last.pt").is_file()
+                for t in retries if t not in resumed and t not in alive)}
 
 
 def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, seed: int, work: Path,
            kill_window: tuple[float, float] = (5.0, 40.0)) -> dict:
-    """The study run by ``workers`` processes, ``kill_share`` of them killed once each at a random second
-    of ``kill_window`` (after the rest started) and started again; what the storage holds afterwards."""
+    """The study run by ``workers`` processes, ``kill_share`` of them killed once each (from a random second of
+    ``kill_window`` on, past a trial's first epoch: its checkpoint written), restarted; what the storage holds."""
     folder = make_image_folder(work / "imgs", n_train=240, n_test=30)
     base = tiny_base(folder, work, epochs)
     name = f"load-{os.getpid()}-{int(time.time())}"
     command = ["-m", "study", "run", "--storage", url, "--study-name", name, "--config", str(base),
                "--preset", "smoke", "--target-epochs", str(epochs), "--n-trials", str(trials), "--workers", "1",
-               "--pruner", "none", "--heartbeat-interval", "2", "--grace-period", "8",
+               "--pruner", "none", "--heartbeat-interval", "2", "--grace-period", "20",
                "--runs-dir", str(work / "runs"), "--out", str(work / "results"),
                "--artifact-dir", str(work / "artifacts")]
-    rng = random.Random(seed)
-    logs = work / "logs"
+    rng, logs, started = random.Random(seed), work / "logs", time.monotonic()
     logs.mkdir()
-    started = time.monotonic()
 
     def start(i: int, attempt: int):
         return start_python(command, work / f"usage-{i}-{attempt}.json", logs / f"worker-{i}-{attempt}.log")
@@ -114,12 +113,12 @@ def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, 
     kill_at = {i: time.monotonic() + rng.uniform(*kill_window) for i in victims}
     kills = []
     while any(p.poll() is None for p in procs.values()) or kill_at:
-        holding = {str(t.user_attrs.get("worker", "")).rpartition(":")[2]
-                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        holding = {str(t.user_attrs.get("worker", "")).rpartition(":")[2]  # past its first epoch: a checkpoint
+                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.intermediate_values}
         for i, when in list(kill_at.items()):
             if procs[i].poll() is not None:  # a worker that already finished is not killed
                 del kill_at[i]
-            elif time.monotonic() >= when and str(_child_pid(procs[i].pid)) in holding:  # mid-trial
+            elif time.monotonic() >= when and str(_child_pid(procs[i].pid)) in holding:  # mid-trial, resumable
                 del kill_at[i]
                 os.killpg(procs[i].pid, signal.SIGKILL)
                 procs[i].wait()
@@ -128,11 +127,15 @@ def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, 
                 procs[i] = start(i, 1)
         time.sleep(0.2)
     seconds = time.monotonic() - started
-    codes = {i: p.returncode for i, p in procs.items()}
+    killed = {k["worker"] for k in kills}
+    failed = {i: {"code": p.returncode, "last_line": (logs / f"worker-{i}-{int(i in killed)}.log").read_text()
+                  .strip().splitlines()[-1:]} for i, p in procs.items() if p.returncode != 0}
     result = {"workers": workers, "trials_requested": trials, "epochs": epochs, "kills": len(kills),
-              "kill_times_s": kills, "seconds": round(seconds, 1), "exit_codes_nonzero": {
-                  i: c for i, c in codes.items() if c != 0}, **check(study.trials)}
-    peaks = [_peak_mb(u) for u in work.glob("usage-*.json")]
+              "kill_times_s": kills, "seconds": round(seconds, 1), "exit_codes_nonzero": failed,
+              "live_trials_failed_by_a_late_beat": sum(log.read_text().count("failed by another worker's heartbeat")
+                                                       for log in logs.glob("*.log")),
+              **check(study.trials, work / "runs" / name)}
+    peaks = [round(json.loads(u.read_text())["ru_maxrss"] / 1024, 1) for u in work.glob("usage-*.json")]
     result["peak_rss_mb"] = {"max": max(peaks), "median": statistics.median(peaks), "workers_measured": len(peaks)}
     optuna.delete_study(study_name=name, storage=url)
     return result
@@ -146,11 +149,6 @@ def _child_pid(launcher: int) -> int | None:
         return None
 
 
-def _peak_mb(usage: Path) -> float:
-    return round(json.loads(usage.read_text())["ru_maxrss"] / 1024, 1)
-
-
-# ---------------------------------------------------------------- part 2: storage cost
 
 
 def open_storage(kind: str, address: str):
@@ -220,11 +218,15 @@ def storage_cost(kind: str, address: str, processes: int, trials: int, epochs: i
 
 
 def _grpc_server(url: str, port: int) -> None:
-    from optuna.storages import run_grpc_proxy_server
+    """The proxy as Optuna's docs ask: the RDB storage behind its cache (get_storage), a thread per client."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optuna.storages import get_storage, run_grpc_proxy_server
 
     from study.storage import make_storage
 
-    run_grpc_proxy_server(make_storage(url, heartbeat_interval=30, grace_period=120), host="127.0.0.1", port=port)
+    run_grpc_proxy_server(get_storage(make_storage(url, heartbeat_interval=30, grace_period=120)), host="127.0.0.1",
+                          port=port, thread_pool=ThreadPoolExecutor(max_workers=64))
 
 
 def costs(url: str, processes: int, trials: int, epochs: int, work: Path) -> list[dict]:
@@ -232,9 +234,8 @@ def costs(url: str, processes: int, trials: int, epochs: int, work: Path) -> lis
     server = multiprocessing.get_context("spawn").Process(target=_grpc_server, args=(url, port), daemon=True)
     server.start()
     time.sleep(3)
-    kinds = {"rdb-postgresql": url, "rdb-sqlite": f"sqlite:///{work / 'cost.db'}",
-             "journal-file": str(work / "journal.log"), "journal-redis": REDIS,
-             "grpc-postgresql": f"127.0.0.1:{port}"}
+    kinds = {"rdb-postgresql": url, "rdb-sqlite": f"sqlite:///{work / 'cost.db'}", "journal-file": str(
+        work / "journal.log"), "journal-redis": REDIS, "grpc-postgresql": f"127.0.0.1:{port}"}
     rows = []
     try:
         for kind, address in kinds.items():  # one process, then many, side by side per storage

@@ -58,14 +58,9 @@ class Progress:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         eta = self.eta_minutes(done)
-        if trial.state == TrialState.FAIL:
-            value = f"({fail_reason(trial)[:120]})"
-        elif trial.value is not None:
-            value = f"val_acc {trial.value:.4f}"
-        elif trial.intermediate_values:
-            value = f"last val_acc {max(trial.intermediate_values.items())[1]:.4f}"
-        else:
-            value = ""
+        value = (f"({fail_reason(trial)[:120]})" if trial.state == TrialState.FAIL else
+                 f"val_acc {trial.value:.4f}" if trial.value is not None else
+                 f"last val_acc {max(trial.intermediate_values.items())[1]:.4f}" if trial.intermediate_values else "")
         params = " ".join(f"{k}={short(v)}" for k, v in trial.params.items())
         try:
             best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
@@ -124,9 +119,6 @@ class StopOnFailures:
 def short(v: Any) -> str:
     """A parameter value as a trial line prints it (floats to 3 significant digits)."""
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-# ---------------------------------------------------------------- workers
 
 
 @dataclass(frozen=True)
@@ -213,8 +205,18 @@ def optimize(study: optuna.Study, objective, job: Job) -> None:
     # Progress prints every trial, failures with their reason; Optuna's own log would add
     # a traceback for a Ctrl-C.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study.optimize(objective, timeout=job.timeout, callbacks=callbacks, catch=(RuntimeError,),
-                   gc_after_trial=True)
+    end = time.monotonic() + job.timeout if job.timeout else None
+    while not (end and time.monotonic() >= end) and not (job.n_trials and reached(study, job.n_trials)):
+        try:
+            study.optimize(objective, timeout=end and end - time.monotonic(), callbacks=callbacks,
+                           catch=(RuntimeError,), gc_after_trial=True)
+            break
+        except ValueError as e:  # our trial was failed meanwhile: its beat came later than the grace period
+            if not str(e).startswith("Cannot tell a"):
+                raise
+            print("warning: a trial of this worker was failed by another worker's heartbeat check while it ran "
+                  "(its beat came later than --grace-period allows on a busy machine): its retry trains it "
+                  "again; this worker goes on", flush=True)
     if failures.stopped:
         raise FailingInARow(f"{failures.limit} trials in a row failed, the last with {failures.last}")
 

@@ -424,6 +424,32 @@ def test_workers_share_the_gpus_round_robin(monkeypatch):
     assert chosen == [0, 1, 0, 1]
 
 
+def test_a_worker_whose_running_trial_was_failed_by_a_heartbeat_check_goes_on(tmp_path, capsys):
+    """A live worker's trial failed by another worker (its beat came late on a busy machine) and retried:
+    Optuna's tell then raises "Cannot tell a FAIL trial"; the worker says so in one line and goes on."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    import study.workers as workers
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", direction="maximize")
+
+    def objective(trial):
+        if trial.number == 0:  # what fail_stale_trials does to a trial whose heartbeat is stale
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(trial._trial_id))
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    job = workers.Job(storage="sqlite://", study_name="s", base={"epochs": 1}, space="default", sampler="tpe",
+                      pruner="none", seed=0, n_trials=3, timeout=None, threads=1, heartbeat_interval=30,
+                      grace_period=120, runs_root="runs", artifact_dir="a", workers=1)
+    workers.optimize(study, objective, job)
+    out = capsys.readouterr().out
+    assert out.count("failed by another worker's heartbeat check") == 1
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.FAIL and states[1:].count(TrialState.COMPLETE) == 3  # the retry among them
+    assert study.trials[1].system_attrs["retry_history"] == [0]
+
+
 @pytest.mark.parametrize("measured, target, rung", [
     (1, 4, 1),      # a measured rung is the first rung
     (3, 4, 3),
