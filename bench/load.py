@@ -65,14 +65,15 @@ def lineages(trials: list[optuna.trial.FrozenTrial]) -> dict[int, list[optuna.tr
     return groups
 
 
-def check(trials: list[optuna.trial.FrozenTrial], runs: Path) -> dict:
-    """Lost, duplicated, stuck trials; how retries started (a dead trial's left beside its checkpoint: a fault)."""
+def check(trials: list[optuna.trial.FrozenTrial], runs: Path, killed: set[str]) -> dict:
+    """Lost, duplicated, stuck trials; how retries started (a retry of a trial whose worker was not ``killed``
+    came from a late heartbeat; a dead trial's retry that started over beside its checkpoint is a fault)."""
     groups = lineages(trials)
     ends = {k: [t for t in g if t.state in (TrialState.COMPLETE, TrialState.PRUNED)] for k, g in groups.items()}
     retries = [t for t in trials if t.system_attrs.get("retry_history")]
     resumed = [t for t in retries if t.user_attrs.get("resumed_from")]
     before = {t.number: next(p for p in trials if p.number == t.system_attrs["retry_history"][-1]) for t in retries}
-    alive = [t for t in retries if "epochs_run" in before[t.number].user_attrs]  # its worker lived: a late beat
+    alive = [t for t in retries if str(before[t.number].user_attrs.get("worker")).rpartition(":")[2] not in killed]
     return {"trials": len(trials), "lineages": len(groups),
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -118,35 +119,34 @@ def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, 
         for i, when in list(kill_at.items()):
             if procs[i].poll() is not None:  # a worker that already finished is not killed
                 del kill_at[i]
-            elif time.monotonic() >= when and str(_child_pid(procs[i].pid)) in holding:  # mid-trial, resumable
+            elif time.monotonic() >= when and _child_pid(procs[i].pid) in holding:  # mid-trial, resumable
                 del kill_at[i]
+                pid = _child_pid(procs[i].pid)
                 os.killpg(procs[i].pid, signal.SIGKILL)
                 procs[i].wait()
-                kills.append({"worker": i, "at_s": round(time.monotonic() - started, 1)})
+                kills.append({"worker": i, "pid": pid, "at_s": round(time.monotonic() - started, 1)})
                 time.sleep(1.0)
                 procs[i] = start(i, 1)
         time.sleep(0.2)
-    seconds = time.monotonic() - started
-    killed = {k["worker"] for k in kills}
+    seconds, killed = time.monotonic() - started, {k["worker"] for k in kills}
     failed = {i: {"code": p.returncode, "last_line": (logs / f"worker-{i}-{int(i in killed)}.log").read_text()
                   .strip().splitlines()[-1:]} for i, p in procs.items() if p.returncode != 0}
-    result = {"workers": workers, "trials_requested": trials, "epochs": epochs, "kills": len(kills),
+    result = {"study": name, "workers": workers, "trials_requested": trials, "epochs": epochs, "kills": len(kills),
               "kill_times_s": kills, "seconds": round(seconds, 1), "exit_codes_nonzero": failed,
               "live_trials_failed_by_a_late_beat": sum(log.read_text().count("failed by another worker's heartbeat")
                                                        for log in logs.glob("*.log")),
-              **check(study.trials, work / "runs" / name)}
+              **check(study.trials, work / "runs" / name, {k["pid"] for k in kills})}
     peaks = [round(json.loads(u.read_text())["ru_maxrss"] / 1024, 1) for u in work.glob("usage-*.json")]
     result["peak_rss_mb"] = {"max": max(peaks), "median": statistics.median(peaks), "workers_measured": len(peaks)}
-    optuna.delete_study(study_name=name, storage=url)
+    if not result["lost"]:  # a study that lost a trial stays in the database, to read why
+        optuna.delete_study(study_name=name, storage=url)
     return result
 
 
-def _child_pid(launcher: int) -> int | None:
-    """The worker that a launcher (bench.common.start_python) forked."""
-    try:
-        return int(Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()[0])
-    except (OSError, IndexError, ValueError):
-        return None
+def _child_pid(launcher: int) -> str:
+    """The worker that a launcher (bench.common.start_python) forked ("" where there is none yet)."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children")
+    return (children.read_text().split() or [""])[0] if children.exists() else ""
 
 
 
@@ -234,8 +234,8 @@ def costs(url: str, processes: int, trials: int, epochs: int, work: Path) -> lis
     server = multiprocessing.get_context("spawn").Process(target=_grpc_server, args=(url, port), daemon=True)
     server.start()
     time.sleep(3)
-    kinds = {"rdb-postgresql": url, "rdb-sqlite": f"sqlite:///{work / 'cost.db'}", "journal-file": str(
-        work / "journal.log"), "journal-redis": REDIS, "grpc-postgresql": f"127.0.0.1:{port}"}
+    kinds = {"rdb-postgresql": url, "rdb-sqlite": f"sqlite:///{work / 'cost.db'}", "journal-file": str(work / "j.log"),
+             "journal-redis": REDIS, "grpc-postgresql": f"127.0.0.1:{port}"}
     rows = []
     try:
         for kind, address in kinds.items():  # one process, then many, side by side per storage

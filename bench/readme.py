@@ -755,7 +755,7 @@ def fidelity_table(name: str = "fidelity") -> str:
                     f"{_num(r['kendall'])} | {_num(r['top_half_spearman'])}{_rho_ci(r['top_half_ci'])} | "
                     f"{', '.join(r['best_removed']) or 'none'} | {100 * r['regret']:.2f} |")
     best, worst = d["ranking_at_target"][0], d["ranking_at_target"][-1]
-    m = d["machine"]
+    m, speeds = d["machine"], [r["images_per_s"] for r in d["runs"] if r.get("images_per_s")]
     spread = (f"{100 * floor['std']:.2f} points over {len(floor['baseline_val_acc'])} seeds"
               if floor["std"] is not None else "not measured yet (one seed so far)")
     done = f"{len(d['runs'])} of the {d['planned']} planned runs done" if len(d["runs"]) < d["planned"] else ""
@@ -765,8 +765,9 @@ def fidelity_table(name: str = "fidelity") -> str:
              f"{100 * worst[0]:.2f}% to {100 * best[0]:.2f}%; one seed each, the baseline's seed 0); "
              f"the baseline's one-run standard deviation at the target (the noise floor): {spread}. "
              f"Machine: {m['cpu']}, {m['threads']} threads, the baseline model at "
-             f"{m['baseline_images_per_s']:.0f} images/s; written {d['written']}. "
-             f"The rule's verdict: {d['supported_rung_why']}."]
+             f"{m['baseline_images_per_s']:.0f} images/s when the benchmark started; its runs trained at "
+             f"{min(speeds):.0f} to {max(speeds):.0f} images/s (several sessions, machines and loads); written "
+             f"{d['written']}. The rule's verdict: {d['supported_rung_why']}."]
     return "\n".join(rows)
 
 
@@ -811,34 +812,43 @@ STORAGE_USE = {"rdb-postgresql": "many workers, many machines (the default for a
 
 
 def load_faults_line() -> str:
-    """The load benchmark's faults part in one sentence (results/bench/load.json)."""
+    """The load benchmark's faults parts in one sentence each (results/bench/load.json)."""
     d = _bench("load")
-    f = d["faults"]
-    return (f"{f['workers']} `study run` processes on one PostgreSQL study of {f['trials_requested']} trials "
-            f"({f['epochs']} epochs each on a tiny synthetic folder), {f['kills']} of them SIGKILLed while "
-            f"holding a running trial and started again: {f['lost']} trials lost, {f['duplicated']} duplicated, "
-            f"{f['stuck']} left running or waiting; {f['retried']} retried, {f['resumed_from_checkpoint']} of "
-            f"them from their predecessor's checkpoint; {f['seconds'] / 60:.1f} min in all; each worker's peak "
-            f"memory {f['peak_rss_mb']['median']:.0f} MB (median, {f['peak_rss_mb']['max']:.0f} MB at most: "
-            f"every worker imports PyTorch); measured on a {d['machine']}")
+
+    def part(f: dict, where: str) -> str:
+        return (f"{f['workers']} `study run` processes on one {where} study of {f['trials_requested']} trials "
+                f"({f['epochs']} epochs each on a tiny synthetic folder), {f['kills']} SIGKILLed past a trial's "
+                f"first epoch and started again: {f['lost']} trials lost, {f['duplicated']} duplicated, "
+                f"{f['stuck']} left running or waiting, {len(f['exit_codes_nonzero'])} workers stopped by an error; "
+                f"{f['live_trials_failed_by_a_late_beat']} trials of live workers failed on a late heartbeat; "
+                f"{f['retried']} retried ({f['retried_while_alive']} of them while their worker lived on), "
+                f"{f['resumed_from_checkpoint']} resumed from the predecessor's checkpoint, "
+                f"{f['started_over_with_a_checkpoint']} of a dead trial started over beside its checkpoint; "
+                f"{f['seconds'] / 60:.1f} min; each worker's peak resident memory {f['peak_rss_mb']['median']:.0f} MB "
+                f"(median; PyTorch's shared libraries counted in every process)")
+
+    return f"{part(d['faults'], 'PostgreSQL')}; and {part(d['faults-sqlite'], 'SQLite')}; on a {d['machine']}"
 
 
 def storage_cost_table() -> str:
-    """Each storage's seconds per trial alone and shared, and where SQLite's errors start."""
+    """Each storage's seconds per trial and trials per second, alone and shared; where SQLite's errors start."""
     d = _bench("load")
-    c = d["cost_summary"]
-    rows = [f"| storage | use it for | s per trial, 1 process | s per trial, {c['processes']} at once | ratio | "
-            f"errors at {c['processes']} |", "|---|---|---|---|---|---|"]
+    c, n = d["cost_summary"], d["cost_summary"]["processes"]
+    rate = {(r["storage"], r["processes"]): r["trials_per_second"] for r in d["cost"]}
+    rows = [f"| storage | use it for | s per trial, 1 process | s per trial, {n} at once | trials/s, 1 process | "
+            f"trials/s, {n} at once | errors at {n} |", "|---|---|---|---|---|---|---|"]
     for kind, r in c["storages"].items():
         rows.append(f"| {kind} | {STORAGE_USE[kind]} | {r['alone_s']:.3f} | {r['shared_s']:.3f} | "
-                    f"{r['shared_over_alone']:.1f} | {r['errors_shared']} |")
+                    f"{rate[kind, 1]:.1f} | {rate[kind, n]:.1f} | {r['errors_shared']} |")
     sqlite = [r for r in d["cost"] if r["storage"] == "rdb-sqlite"]
-    errors = ", ".join(f"{r['processes']}: {r['errors']} of {r['trials']}" for r in sqlite)
+    by_n = "; ".join(f"{r['processes']}: {r['errors']} errors, {r['seconds_per_trial_median']:.2f} s per trial"
+                     for r in sqlite)
     start = (f"errors start at {c['sqlite_errors_from']} processes" if c["sqlite_errors_from"] else
-             f"no errors up to {c['sqlite_most_tried']} processes")
+             f"no errors up to {c['sqlite_most_tried']} processes (each waits up to 120 s for the write lock)")
     rows += ["", f"A trial's storage calls without training (ask with 4 parameters, a report and a pruning check "
-             f"per epoch, 3 user attributes, tell), medians over every trial of every process, on a "
-             f"{d['machine']}. SQLite's failed trials by processes ({errors}): {start}."]
+             f"per epoch, 3 user attributes, tell), the median over every trial of every process, on a "
+             f"{d['machine']}: {n} processes share its cores, so a shared figure holds the CPU's share too. "
+             f"SQLite by processes ({by_n}): {start}."]
     return "\n".join(rows)
 
 
@@ -849,7 +859,9 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "baseline_throughput": baseline_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "fidelity_3ep_table": lambda: f"\n{fidelity_table('fidelity-3ep')}\n",
-          "fidelity_line": fidelity_line, "fidelity_3ep_population": fidelity_population, "muon_line": muon_line,
+          "fidelity_line": fidelity_line, "fidelity_3ep_population": fidelity_population,
+          "load_faults_line": load_faults_line, "storage_cost_table": lambda: f"\n{storage_cost_table()}\n",
+          "muon_line": muon_line,
           "baseline_table": lambda: f"\n{baseline_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,
