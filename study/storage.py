@@ -222,7 +222,8 @@ for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_st
               "get_trial_id_from_study_id_trial_number", "set_trial_state_values", "set_trial_intermediate_value",
               "set_trial_user_attr", "set_trial_system_attr", "get_trial_user_attrs", "get_trial_system_attrs",
               "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
-              "_get_stale_trial_ids"):
+              "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id"):
+    # (the private ones: what Optuna's _CachedStorage, which every Study wraps around an RDB storage, calls)
     setattr(PatientStorage, _name, _patient(getattr(RDBStorage, _name), _name))
 
 
