@@ -72,8 +72,8 @@ def check(trials: list[optuna.trial.FrozenTrial], runs: Path, killed: set[str]) 
     ends = {k: [t for t in g if t.state in (TrialState.COMPLETE, TrialState.PRUNED)] for k, g in groups.items()}
     retries = [t for t in trials if t.system_attrs.get("retry_history")]
     resumed = [t for t in retries if t.user_attrs.get("resumed_from")]
-    before = {t.number: next(p for p in trials if p.number == t.system_attrs["retry_history"][-1]) for t in retries}
-    alive = [t for t in retries if str(before[t.number].user_attrs.get("worker")).rpartition(":")[2] not in killed]
+    pid = {t.number: str(t.user_attrs.get("worker")).rpartition(":")[2] for t in trials}  # the process that ran it
+    alive = [t for t in retries if pid[t.system_attrs["retry_history"][-1]] not in killed]  # predecessor's lived
     return {"trials": len(trials), "lineages": len(groups),
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -81,7 +81,7 @@ def check(trials: list[optuna.trial.FrozenTrial], runs: Path, killed: set[str]) 
             "stuck": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials),
             "retried": len(retries), "retried_while_alive": len(alive), "resumed_from_checkpoint": len(resumed),
             "started_over": len(retries) - len(resumed), "started_over_with_a_checkpoint": sum(
-                (runs / f"trial-{before[t.number].number:04d}" / "last.pt").is_file()
+                (runs / f"trial-{t.system_attrs['retry_history'][-1]:04d}" / "last.pt").is_file()
                 for t in retries if t not in resumed and t not in alive)}
 
 

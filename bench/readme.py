@@ -790,10 +790,11 @@ def fidelity_population(name: str = "fidelity-3ep") -> str:
     and where the target's best trial stood at each epoch."""
     import optuna
 
+    from reports.fidelity import study_curves
+
     d = _bench(name)
     pop = d["study_population"]
-    study = optuna.load_study(study_name=pop["study"], storage=pop["storage"])
-    curves = {t.number: t.intermediate_values for t in study.trials if t.state.name == "COMPLETE"}
+    curves = study_curves(optuna.load_study(study_name=pop["study"], storage=pop["storage"]).trials)
     target = d["target_epochs"]
     best = max(curves, key=lambda k: curves[k][target])
     ranks = "; ".join(

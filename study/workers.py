@@ -195,17 +195,14 @@ def until_reached(n_trials: int):
 def optimize(study: optuna.Study, objective, job: Job) -> None:
     failures = StopOnFailures()
     callbacks: list = [Progress(job.n_trials, job.workers, job.base["epochs"], job.pruner), failures]
-    if job.n_trials:
-        # The callback looks only after a trial: a study resumed with its count reached
-        # would otherwise run one more trial.
-        if reached(study, job.n_trials):
-            return
-        # Counted over every worker: the study stops at n_trials finished trials in total.
+    if job.n_trials:  # counted over every worker: the study stops at n_trials finished trials in total
         callbacks.append(until_reached(job.n_trials))
     # Progress prints every trial, failures with their reason; Optuna's own log would add
     # a traceback for a Ctrl-C.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     end = time.monotonic() + job.timeout if job.timeout else None
+    # The callback looks only after a trial, so the count is checked before each optimize too: a study
+    # resumed with its count reached would otherwise run one more trial.
     while not (end and time.monotonic() >= end) and not (job.n_trials and reached(study, job.n_trials)):
         try:
             study.optimize(objective, timeout=end and end - time.monotonic(), callbacks=callbacks,
