@@ -33,8 +33,7 @@ from cifar.cli import ArgParser, UsageError
 from cifar.registry import Registry
 
 __all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "STORAGE_ENV", "default_storage", "redact", "has_password",
-           "make_storage", "PatientStorage", "PATIENCE_S", "lost_connection", "resolve_study_name",
-           "artifact_dir_for",
+           "make_storage", "PatientStorage", "PATIENCE_S", "lost_connection", "resolve_study_name", "artifact_dir_for",
            "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR", "default_pruner",
            "measured_first_rung", "first_rung", "crowding_warning"]
 
@@ -60,6 +59,8 @@ def redact(url: str) -> str:
 
 def has_password(url: str) -> bool:
     return redact(url) != url
+
+
 REDUCTION_FACTOR = 3  # of the Hyperband and successive-halving pruners: one rung = 3x the epochs
 # The pruners' first rung comes from the measurement at the study's target (bench/fidelity.py writes
 # ``supported_rung`` by the rule of reports.fidelity.supported_rung: 16 configs at least, the better
@@ -142,25 +143,29 @@ def check_storage_url(url: str, create: bool = True):
 PATIENCE_S = 120.0  # how long a call waits out an unreachable database server before it gives up
 
 
-def _db_error(error: BaseException) -> BaseException:
-    """The SQLAlchemy error itself: Optuna's RDBStorage wraps it in a StorageInternalError."""
-    return error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+def _lost_in(error: BaseException) -> BaseException | None:
+    """The lost or refused connection (not bad data) in ``error``'s chain, or None. Optuna's RDBStorage
+    wraps SQLAlchemy's error in a StorageInternalError, and a query that failed on a dropped connection
+    may be followed in its session by a fallback query that fails again (PendingRollbackError)."""
+    import sqlalchemy
+
+    while isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or getattr(
+                error, "connection_invalidated", False):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _db_message(error: BaseException) -> str:
     """The first line the database driver gave for ``error`` (its name where it gave none)."""
-    cause = _db_error(error)
-    text = str(getattr(cause, "orig", None) or cause).strip()
+    text = str(getattr(cause := _lost_in(error) or error.__cause__ or error, "orig", None) or cause).strip()
     return text.splitlines()[0] if text else type(cause).__name__
 
 
 def lost_connection(error: BaseException) -> bool:
-    """A lost or refused connection to the server (not bad data, not a lock): worth waiting out."""
-    import sqlalchemy
-
-    cause = _db_error(error)
-    return isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or \
-        getattr(cause, "connection_invalidated", False)
+    """A lost or refused connection to the server anywhere in ``error``'s chain: worth waiting out."""
+    return _lost_in(error) is not None
 
 
 def _patient(method: Callable, name: str) -> Callable:
@@ -193,11 +198,10 @@ def _patient(method: Callable, name: str) -> Callable:
 
 
 class PatientStorage(RDBStorage):
-    """An RDB storage on a database server that waits out an outage (a restart, a failover): each
-    call that finds the server gone retries with backoff for up to ``patience`` seconds, then gives
-    up as RDBStorage would (the heartbeat then retries the worker's trial). The process says once
-    when it starts waiting and once when the server is back. Optuna's RDBStorage has no such retry:
-    its connection pool's pre-ping only replaces connections that died while idle."""
+    """An RDB storage that waits out a server outage (a restart, a failover): a call that finds the
+    server gone retries with backoff for ``patience`` seconds, then gives up as RDBStorage would (the
+    heartbeat retries the trial), saying once when it waits and once when the server is back.
+    RDBStorage's pool pre-ping only replaces connections that died while idle."""
 
     patience = PATIENCE_S
     _lock, _down_since = threading.Lock(), None
@@ -240,10 +244,9 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
         engine_kwargs["connect_args"] = {"timeout": 120}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    # Heartbeats and their retry callback are marked experimental; they are what we rely on.
+    # Heartbeats and their retry callback are experimental in Optuna; they are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # A retried trial resumes from its predecessor's last.pt (study/objective.py), so it
-    # inherits the predecessor's reported epochs too.
+    # A retried trial resumes from its predecessor's last.pt (study/objective.py): it inherits its epochs.
     retry = (RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
              if heartbeat_interval else None)
     try:
@@ -267,8 +270,7 @@ def crowding_warning(url: str, study: optuna.Study, workers: int, results: Path 
     running elsewhere) than the committed load benchmark found free of errors; None otherwise."""
     if not url.startswith("sqlite") or not results.is_file():
         return None
-    measured = json.loads(results.read_text())
-    summary = measured.get("cost_summary") or {}
+    summary = (measured := json.loads(results.read_text())).get("cost_summary") or {}
     errors_from, tried = summary.get("sqlite_errors_from"), summary.get("sqlite_most_tried")
     limit = errors_from - 1 if errors_from else tried
     writers = workers + len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
@@ -294,7 +296,5 @@ def resolve_study_name(storage: RDBStorage, url: str, name: str | None) -> str:
 
 def artifact_dir_for(storage_url: str) -> Path:
     """Artifacts sit next to a SQLite file; otherwise under results/artifacts."""
-    if storage_url.startswith("sqlite:///"):
-        db = Path(storage_url[len("sqlite:///"):])
-        return db.with_name(db.stem + "-artifacts")
-    return Path("results") / "artifacts"
+    db = Path(storage_url.removeprefix("sqlite:///"))
+    return db.with_name(f"{db.stem}-artifacts") if storage_url.startswith("sqlite:///") else Path("results/artifacts")

@@ -191,3 +191,45 @@ def test_a_storage_call_gives_up_after_its_patience(capsys):
     assert lost_connection(lost.value) and 1.5 < waited < 10, waited
     err = capsys.readouterr().err
     assert err.count("storage unreachable") == 1 and "storage back" not in err, err
+
+
+@pytest.mark.skipif(PG_BIN is None, reason="needs PostgreSQL's initdb and pg_ctl (/usr/lib/postgresql/*/bin)")
+def test_a_connection_dropped_under_optunas_fallback_query_is_waited_out(capsys):
+    """The connection drops under the trials query of Optuna's ``_get_trials``, whose fallback query
+    then fails again in the same session (PendingRollbackError, the lost connection only in its
+    context): still an outage to wait out, not an error (the study's outage test once died so)."""
+    import psycopg
+    import sqlalchemy
+
+    from study.storage import lost_connection, make_storage
+
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        storage = make_storage(server.url, heartbeat_interval=None, grace_period=None)
+        study = optuna.create_study(storage=storage, study_name="dropped")
+        for x in range(3):
+            study.enqueue_trial({"x": x})
+            trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+            study.tell(trial, trial.params["x"])
+        dropped = []
+
+        def drop_the_trials_query(conn, cursor, statement, *_):
+            if "FROM trials" in statement and not dropped:
+                dropped.append(cursor.connection.info.backend_pid)
+                with psycopg.connect(server.url, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", [dropped[0]])
+
+        sqlalchemy.event.listen(storage.engine, "before_cursor_execute", drop_the_trials_query)
+        study_id = storage.get_study_id_from_name("dropped")
+        trials = storage._get_trials(study_id, None, set(), -1)
+        with pytest.raises(optuna.exceptions.StorageInternalError) as unpatient:  # what RDBStorage itself does
+            dropped.clear()
+            optuna.storages.RDBStorage._get_trials(storage, study_id, None, set(), -1)
+    finally:
+        server.close()
+    assert dropped and [t.params["x"] for t in trials] == [0, 1, 2]
+    assert "PendingRollbackError" in repr(unpatient.value.__cause__) and lost_connection(unpatient.value)
+    err = capsys.readouterr().err
+    assert err.count("storage unreachable") == 1 and err.count("storage back") == 1, err
+    assert "terminating connection" in err, err  # the line names the dropped connection, not the fallback's error
