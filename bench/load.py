@@ -8,10 +8,8 @@
    is left RUNNING or WAITING, and every retry of a trial killed after its first checkpoint resumed from
    it. Also each worker's peak memory (its own ru_maxrss: every worker imports PyTorch, whose shared
    libraries each process counts in full).
-2. **Storage cost.** The storage calls of a trial (ask with 4 parameters, a report and a pruning check
-   per epoch, 3 user attributes, tell), no training, timed per trial with 1 process and with many at
-   once: RDB on PostgreSQL and on SQLite, JournalStorage on a file and on Redis, and GrpcStorageProxy
-   in front of PostgreSQL. SQLite runs at 2, 4, 8, 16 and 32 processes to find where errors start.
+2. **Storage cost** (bench/storage_cost.py): the storage calls of a trial, no training, timed per trial
+   with 1 process and with many at once on each storage Optuna offers; SQLite at 2 to 32 processes.
 
 Usage: python bench/load.py [--workers 16] [--trials 48] [--storage postgresql://postgres@127.0.0.1:5432/test]
 (writes results/bench/load.json)"""
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import random
 import signal
@@ -36,13 +33,13 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, start_python, write_result  # noqa: E402
+from bench.common import start_python, write_result  # noqa: E402
+from bench.storage_cost import costs, summarise  # noqa: E402
 from cifar.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from cifar.runtime import describe_machine  # noqa: E402
 from cifar.synthetic import CLASSES, make_image_folder  # noqa: E402
 
 POSTGRES = os.environ.get("CIFAR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS, SQLITE_PROCESSES = "redis://127.0.0.1:6379", (2, 4, 8, 16, 32)
 
 
 def tiny_base(folder: Path, work: Path, epochs: int) -> Path:
@@ -65,15 +62,15 @@ def lineages(trials: list[optuna.trial.FrozenTrial]) -> dict[int, list[optuna.tr
     return groups
 
 
-def check(trials: list[optuna.trial.FrozenTrial], runs: Path, killed: set[str]) -> dict:
-    """Lost, duplicated, stuck trials; how retries started (a retry of a trial whose worker was not ``killed``
-    came from a late heartbeat; a dead trial's retry that started over beside its checkpoint is a fault)."""
+def check(trials: list[optuna.trial.FrozenTrial], runs: Path, killed: set[int]) -> dict:
+    """Lost, duplicated, stuck trials; how retries started (a retry of a trial that no kill hit came from a
+    late heartbeat; a killed trial's retry that started over beside its checkpoint is a fault); each lost
+    lineage trial by trial, to read why."""
     groups = lineages(trials)
     ends = {k: [t for t in g if t.state in (TrialState.COMPLETE, TrialState.PRUNED)] for k, g in groups.items()}
     retries = [t for t in trials if t.system_attrs.get("retry_history")]
     resumed = [t for t in retries if t.user_attrs.get("resumed_from")]
-    pid = {t.number: str(t.user_attrs.get("worker")).rpartition(":")[2] for t in trials}  # the process that ran it
-    alive = [t for t in retries if pid[t.system_attrs["retry_history"][-1]] not in killed]  # predecessor's lived
+    alive = [t for t in retries if t.system_attrs["retry_history"][-1] not in killed]  # no kill hit its predecessor
     return {"trials": len(trials), "lineages": len(groups),
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -82,7 +79,11 @@ def check(trials: list[optuna.trial.FrozenTrial], runs: Path, killed: set[str]) 
             "retried": len(retries), "retried_while_alive": len(alive), "resumed_from_checkpoint": len(resumed),
             "started_over": len(retries) - len(resumed), "started_over_with_a_checkpoint": sum(
                 (runs / f"trial-{t.system_attrs['retry_history'][-1]:04d}" / "last.pt").is_file()
-                for t in retries if t not in resumed and t not in alive)}
+                for t in retries if t not in resumed and t not in alive),
+            "lost_lineages": [[{"trial": t.number, "state": t.state.name, "killed": t.number in killed,
+                                "worker": str(t.user_attrs.get("worker", "")).rpartition(":")[2],
+                                "epochs": len(t.intermediate_values), "reason": t.user_attrs.get("fail_reason")}
+                               for t in groups[k]] for k, e in ends.items() if not e]}
 
 
 def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, seed: int, work: Path,
@@ -114,8 +115,7 @@ def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, 
     kill_at = {i: time.monotonic() + rng.uniform(*kill_window) for i in victims}
     kills = []
     while any(p.poll() is None for p in procs.values()) or kill_at:
-        holding = {str(t.user_attrs.get("worker", "")).rpartition(":")[2]  # past its first epoch: a checkpoint
-                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.intermediate_values}
+        holding = held(study, past_first_epoch=True)
         for i, when in list(kill_at.items()):
             if procs[i].poll() is not None:  # a worker that already finished is not killed
                 del kill_at[i]
@@ -124,7 +124,8 @@ def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, 
                 pid = _child_pid(procs[i].pid)
                 os.killpg(procs[i].pid, signal.SIGKILL)
                 procs[i].wait()
-                kills.append({"worker": i, "pid": pid, "at_s": round(time.monotonic() - started, 1)})
+                kills.append({"worker": i, "pid": pid, "trial": held(study).get(pid),  # None: between trials
+                              "at_s": round(time.monotonic() - started, 1)})
                 time.sleep(1.0)
                 procs[i] = start(i, 1)
         time.sleep(0.2)
@@ -135,7 +136,7 @@ def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, 
               "kill_times_s": kills, "seconds": round(seconds, 1), "exit_codes_nonzero": failed,
               "live_trials_failed_by_a_late_beat": sum(log.read_text().count("failed by another worker's heartbeat")
                                                        for log in logs.glob("*.log")),
-              **check(study.trials, work / "runs" / name, {k["pid"] for k in kills})}
+              **check(study.trials, work / "runs" / name, {k["trial"] for k in kills})}
     peaks = [round(json.loads(u.read_text())["ru_maxrss"] / 1024, 1) for u in work.glob("usage-*.json")]
     result["peak_rss_mb"] = {"max": max(peaks), "median": statistics.median(peaks), "workers_measured": len(peaks)}
     if not result["lost"]:  # a study that lost a trial stays in the database, to read why
@@ -143,126 +144,17 @@ def faults(url: str, workers: int, trials: int, kill_share: float, epochs: int, 
     return result
 
 
+def held(study: optuna.Study, past_first_epoch: bool = False) -> dict[str, int]:
+    """process id -> the number of the trial it runs (past its first epoch: its checkpoint written)."""
+    return {str(t.user_attrs.get("worker", "")).rpartition(":")[2]: t.number
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.intermediate_values or not past_first_epoch}
+
+
 def _child_pid(launcher: int) -> str:
     """The worker that a launcher (bench.common.start_python) forked ("" where there is none yet)."""
     children = Path(f"/proc/{launcher}/task/{launcher}/children")
     return (children.read_text().split() or [""])[0] if children.exists() else ""
-
-
-
-
-def open_storage(kind: str, address: str):
-    from optuna.storages import GrpcStorageProxy, JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
-
-    from study.storage import make_storage
-
-    if kind.startswith("rdb"):
-        return make_storage(address, heartbeat_interval=30, grace_period=120)
-    if kind == "journal-file":
-        return JournalStorage(JournalFileBackend(address))
-    if kind == "journal-redis":
-        return JournalStorage(JournalRedisBackend(address))
-    host, port = address.rsplit(":", 1)
-    return GrpcStorageProxy(host=host, port=int(port))
-
-
-def _cost_worker(kind: str, address: str, name: str, trials: int, epochs: int, gate, out) -> None:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=name, storage=open_storage(kind, address))
-    seconds, errors, first_error = [], 0, ""
-    gate.wait()
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        try:
-            trial = study.ask()
-            trial.suggest_categorical("optimizer", ["sgd1024", "adamw", "muon"])
-            trial.suggest_float("lr_scale", 0.2, 5.0, log=True)
-            trial.suggest_categorical("batch_size", [256, 512, 1024])
-            trial.suggest_float("dropout", 0.0, 0.3)
-            for epoch in range(1, epochs + 1):
-                trial.report(0.5 + epoch / 100, epoch)
-                trial.should_prune()
-            for key in ("params", "flops", "run_dir"):
-                trial.set_user_attr(key, 1)
-            study.tell(trial, 0.5)
-        except Exception as e:  # noqa: BLE001 (counted: where the storage starts to fail is the measurement)
-            errors += 1
-            first_error = first_error or f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        seconds.append(time.perf_counter() - t0)
-    out.put((seconds, errors, first_error))
-
-
-def storage_cost(kind: str, address: str, processes: int, trials: int, epochs: int) -> dict:
-    name = f"cost-{kind}-{processes}-{os.getpid()}-{int(time.time() * 1000)}"
-    optuna.create_study(study_name=name, storage=open_storage(kind, address), direction="maximize")
-    ctx = multiprocessing.get_context("spawn")
-    gate, out = ctx.Barrier(processes + 1), ctx.Queue()
-    procs = [ctx.Process(target=_cost_worker, args=(kind, address, name, trials, epochs, gate, out))
-             for _ in range(processes)]
-    for p in procs:
-        p.start()
-    gate.wait()
-    started = time.perf_counter()
-    results = [out.get(timeout=1800) for _ in procs]
-    wall = time.perf_counter() - started
-    for p in procs:
-        p.join()
-    seconds = [s for r in results for s in r[0]]
-    errors = sum(r[1] for r in results)
-    return {"storage": kind, "processes": processes, "trials": len(seconds), "errors": errors,
-            "first_error": next((r[2] for r in results if r[2]), ""),
-            "seconds_per_trial_median": round(statistics.median(seconds), 4),
-            "seconds_per_trial_p90": round(sorted(seconds)[int(0.9 * (len(seconds) - 1))], 4),
-            "trials_per_second": round(len(seconds) / wall, 1)}
-
-
-def _grpc_server(url: str, port: int) -> None:
-    """The proxy as Optuna's docs ask: the RDB storage behind its cache (get_storage), a thread per client."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from optuna.storages import get_storage, run_grpc_proxy_server
-
-    from study.storage import make_storage
-
-    run_grpc_proxy_server(get_storage(make_storage(url, heartbeat_interval=30, grace_period=120)), host="127.0.0.1",
-                          port=port, thread_pool=ThreadPoolExecutor(max_workers=64))
-
-
-def costs(url: str, processes: int, trials: int, epochs: int, work: Path) -> list[dict]:
-    port = free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_grpc_server, args=(url, port), daemon=True)
-    server.start()
-    time.sleep(3)
-    kinds = {"rdb-postgresql": url, "rdb-sqlite": f"sqlite:///{work / 'cost.db'}", "journal-file": str(work / "j.log"),
-             "journal-redis": REDIS, "grpc-postgresql": f"127.0.0.1:{port}"}
-    rows = []
-    try:
-        for kind, address in kinds.items():  # one process, then many, side by side per storage
-            for n in (1, processes) if kind != "rdb-sqlite" else (1, *SQLITE_PROCESSES):
-                rows.append(storage_cost(kind, address, n, trials, epochs))
-                print(rows[-1], flush=True)
-    finally:
-        server.terminate()
-    return rows
-
-
-def summarise(rows: list[dict], processes: int) -> dict:
-    """Per storage: seconds per trial alone and with ``processes`` at once (and the ratio, the cost of
-    sharing); for SQLite, the fewest processes at which errors start (None: none up to the most tried)."""
-    per = {}
-    for kind in dict.fromkeys(r["storage"] for r in rows):
-        alone = next(r for r in rows if r["storage"] == kind and r["processes"] == 1)
-        shared = next((r for r in rows if r["storage"] == kind and r["processes"] == processes), None)
-        per[kind] = {"alone_s": alone["seconds_per_trial_median"],
-                     "shared_s": shared and shared["seconds_per_trial_median"],
-                     "shared_over_alone": shared and round(shared["seconds_per_trial_median"]
-                                                           / alone["seconds_per_trial_median"], 2),
-                     "errors_shared": shared and shared["errors"]}
-    failing = [r["processes"] for r in rows if r["storage"] == "rdb-sqlite" and r["errors"]]
-    tried = [r["processes"] for r in rows if r["storage"] == "rdb-sqlite"]
-    return {"processes": processes, "storages": per, "sqlite_errors_from": min(failing, default=None),
-            "sqlite_most_tried": max(tried, default=None)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
 from study.dashboard import browse_command
 from study.presets import PRESETS, pick_preset, target_budget
+from study.retry import recover_running
 from study.search_space import SPACES, params_of
 from study.storage import (
     DEFAULT_STORAGE,
@@ -50,7 +51,7 @@ from study.storage import (
     measured_first_rung,
     redact,
 )
-from study.trials import record_session, recover_running, session_clock, summarise
+from study.trials import record_session, session_clock, summarise
 from study.workers import FailingInARow, Job, StorageLost, distributed_worker, run_workers, short
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 
 from cifar.cli import ArgParser, UsageError
 from cifar.registry import Registry
+from study.retry import RetryKilledTrial
 
 __all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "STORAGE_ENV", "default_storage", "redact", "has_password",
            "make_storage", "PatientStorage", "PATIENCE_S", "lost_connection", "resolve_study_name", "artifact_dir_for",
@@ -246,9 +247,7 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
         engine_kwargs["pool_pre_ping"] = True
     # Heartbeats and their retry callback are experimental in Optuna; they are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # A retried trial resumes from its predecessor's last.pt (study/objective.py): it inherits its epochs.
-    retry = (RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
-             if heartbeat_interval else None)
+    retry = RetryKilledTrial() if heartbeat_interval else None  # resumes from its predecessor's last.pt
     try:
         kind = RDBStorage if parsed.get_backend_name() == "sqlite" else PatientStorage  # a file has no outage
         return kind(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,

@@ -16,8 +16,10 @@ def test_workers_killed_and_restarted_lose_and_duplicate_nothing(tmp_path):
 
     result = faults(os.environ[POSTGRES_ENV], workers=4, trials=10, kill_share=0.25, epochs=6, seed=1,
                     work=tmp_path, kill_window=(4.0, 6.0))
-    assert result["kills"] == 1 and result["failed"] >= 1, result  # the kill landed on a running trial
-    assert (result["lost"], result["duplicated"], result["stuck"]) == (0, 0, 0), result
+    assert result["kills"] == 1 and result["failed"] >= 1, result
+    killed = result["kill_times_s"][0]["trial"]
+    assert killed is not None and result["retried_while_alive"] == 0, result  # the kill landed on a running trial
+    assert (result["lost"], result["duplicated"], result["stuck"], result["lost_lineages"]) == (0, 0, 0, []), result
     assert result["retried"] == result["failed"] and result["exit_codes_nonzero"] == {}, result
     # killed past its first epoch: the retry resumed from the checkpoint (none started over beside one)
     assert result["resumed_from_checkpoint"] >= 1 and result["started_over_with_a_checkpoint"] == 0, result
@@ -29,7 +31,7 @@ def test_too_many_workers_on_one_sqlite_file_get_one_line_naming_postgresql(tmp_
 
     import optuna
 
-    from bench.load import summarise
+    from bench.storage_cost import summarise
     from study.storage import crowding_warning
 
     rows = [{"storage": s, "processes": n, "errors": e, "seconds_per_trial_median": m}
