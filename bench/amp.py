@@ -1,6 +1,6 @@
 """Benchmark: fp32 against mixed-precision training throughput on this machine's device.
 
-Trains the baseline model (configs/baseline.json) on synthetic uint8 batches fed
+Trains the SmallCNN (configs/smallcnn.json) on synthetic uint8 batches fed
 through the project's pipeline, rounds interleaved so that noise hits every
 mode alike (the median round is kept). Modes: fp32 and bf16 autocast on any
 device, plus fp16 autocast with a gradient scaler on CUDA. On a CPU without
@@ -31,7 +31,7 @@ from bench.common import write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import Split, channel_stats  # noqa: E402
 from cifar.loop import train_one_epoch  # noqa: E402
-from cifar.model import SmallCNN, forward_flops  # noqa: E402
+from cifar.model import build_model, model_cost  # noqa: E402
 from cifar.optim import build_optimizer  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
 from cifar.runtime import autocast_factory, cpu_has_native_bf16, resolve_amp, resolve_device  # noqa: E402
@@ -49,7 +49,7 @@ def time_mode(cfg: TrainConfig, batches: Pipeline, dtype: torch.dtype | None, st
     """Training images/s of ``steps`` optimizer steps (after 5 warm-up steps) in one precision."""
     device = batches.device
     torch.manual_seed(0)
-    model = SmallCNN(cfg.model).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg, device)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -71,7 +71,7 @@ def time_mode(cfg: TrainConfig, batches: Pipeline, dtype: torch.dtype | None, st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "baseline.json"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "smallcnn.json"))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is kept")
@@ -100,7 +100,7 @@ def main() -> None:
             runs[m].append(time_mode(cfg, batches, DTYPES[m], args.steps))
         print(f"round {r + 1}: " + ", ".join(f"{m} {v[-1]:.0f} img/s" for m, v in runs.items()), flush=True)
     med = {m: statistics.median(v) for m, v in runs.items()}
-    flops = forward_flops(SmallCNN(cfg.model))
+    flops = model_cost(cfg.model)[1]
     result = {
         "command": f"python bench/amp.py --device {args.device} --steps {args.steps} --rounds {args.rounds} "
                    f"--batch-size {args.batch_size}",

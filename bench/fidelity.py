@@ -14,7 +14,7 @@ half at the target, with intervals, and whether a halving at each epoch would
 have removed one of the target's best 3. The rung a study at this target may
 prune from (``supported_rung``, the rule fixed before the measurement, 16
 configs at least) is written to the results file, and the study reads it there
-(``study.storage.measured_first_rung``). Validation only: the test set is never
+(``study.pruning.measured_first_rung``). Validation only: the test set is never
 read here.
 
 Each run is cached in its run folder and its record in the results file, so a
@@ -45,7 +45,7 @@ from bench.common import write_result  # noqa: E402
 from bench.time_to_accuracy import machine  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
-from cifar.rundir import RunDir  # noqa: E402
+from cifar.rundir import RunDir, run_dir_for  # noqa: E402
 from cifar.train import train  # noqa: E402
 from reports.fidelity import (  # noqa: E402
     first_rung_by_rule,
@@ -54,7 +54,6 @@ from reports.fidelity import (  # noqa: E402
     supported_rung,
     transfer_among_the_best,
 )
-from reports.runs import run_dir_for  # noqa: E402
 from study.presets import PRESETS  # noqa: E402
 from study.search_space import params_of, suggest_config  # noqa: E402
 

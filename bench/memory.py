@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.common import run_python, write_result  # noqa: E402
-from cifar.config import TrainConfig  # noqa: E402
-from cifar.model import SmallCNN, keep_less  # noqa: E402
+from cifar.config import TrainConfig, apply_overrides  # noqa: E402
+from cifar.model import build_model  # noqa: E402
 from cifar.pool import ENV, kernel  # noqa: E402
 from cifar.rundir import RunDir  # noqa: E402
-from cifar.runtime import device_name, keep_freed_memory  # noqa: E402
+from cifar.runtime import device_name, keep_freed_memory, memory_format  # noqa: E402
 
 POOLS = {"kernel": "1", "max_pool2d": "0"}  # CIFAR_LOWMEM_POOL for each
 # each way's environment and low_memory (which takes the kernel by itself); the last: low_memory with
@@ -61,11 +61,8 @@ def train_model(config: str | TrainConfig, low_memory: bool = False) -> tuple[to
     """``config``'s model (a config file's, or a config's) in training mode, in the memory layout a run
     gives it, and that layout."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_json(config)
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = SmallCNN(cfg.model).to(memory_format=layout).train()
-    if low_memory:
-        keep_less(model)
-    return model, layout
+    cfg = apply_overrides(cfg, {"low_memory": low_memory, "device": "cpu"})
+    return build_model(cfg).train(), memory_format(cfg)
 
 
 def epoch_run(config: str, batch: str, way: str, out: Path) -> tuple[float, float]:

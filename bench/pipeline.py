@@ -3,7 +3,7 @@
 Measured side by side in one run, rounds interleaved so that machine noise hits
 every variant alike (the median round is reported):
 
-- training images/s of the baseline model fed by (a) the project's pipeline,
+- training images/s of the SmallCNN fed by (a) the project's pipeline,
   (b) pre-made normalised tensors (compute only), (c) the conventional
   per-image torchvision-transforms DataLoader;
 - the pipelines alone, no model: augmented, normalised batches/s of the
@@ -39,15 +39,15 @@ from bench.common import matmul_gflops, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from cifar.loop import train_one_epoch  # noqa: E402
-from cifar.model import SmallCNN, forward_flops  # noqa: E402
+from cifar.model import build_model, model_cost  # noqa: E402
 from cifar.optim import build_optimizer  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
 
 
 def time_training(cfg: TrainConfig, batches, steps: int) -> float:
-    """Images/s of ``steps`` optimizer steps (after 3 warm-up steps) on a fresh baseline model."""
+    """Images/s of ``steps`` optimizer steps (after 3 warm-up steps) on a fresh SmallCNN."""
     torch.manual_seed(0)
-    model = SmallCNN(cfg.model).to(memory_format=torch.channels_last)
+    model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -85,7 +85,7 @@ def peak_memory_of_training_run(config: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "baseline.json"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "smallcnn.json"))
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is kept")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench" / "pipeline.json"))
@@ -113,7 +113,7 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()), flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
 
-    flops = forward_flops(SmallCNN(cfg.model))
+    flops = model_cost(cfg.model)[1]
     achieved = med["train_compute_only"] * 3 * flops / 1e9
     peak = matmul_gflops()
     memory_mb = peak_memory_of_training_run(Path(args.config))

@@ -64,9 +64,9 @@ def time_to_accuracy() -> str:
         return "every row" if len(machines) == 1 else ", ".join(names) if len(names) < 5 else "the rest"
     by_rows = sorted(machines.items(), key=lambda kv: len(kv[1]))
     where = "; ".join(f"{cpu} for {rows_of(names)}" for cpu, names in by_rows)
-    rows += ["", f"Machines: {where}; {m['threads']} threads; each row's matmul and the baseline model's "
+    rows += ["", f"Machines: {where}; {m['threads']} threads; each row's matmul and the SmallCNN's "
              f"images/s measured before each of its runs (last run: {result['written']}, on {m['cpu']}: fp32 "
-             f"matmul {m['matmul_gflops']:.0f} GFLOP/s, baseline {m['baseline_images_per_s']:.0f} images/s). "
+             f"matmul {m['matmul_gflops']:.0f} GFLOP/s, SmallCNN {m['baseline_images_per_s']:.0f} images/s). "
              "Targets so far:"]
     rows += [f"- {t['target']}: " + (f"{'met' if t['met'] else 'not met'} (best: {t['best']['name']})"
                                       if isinstance(t["best"], dict) else f"not measured yet ({t['best']})")
@@ -265,16 +265,16 @@ def low_memory_line() -> str:
             f"measured side by side above, not across sessions)")
 
 
-def baseline_throughput() -> str:
-    """Training images/s of the documented baseline's epochs (results/baseline/metrics.csv)."""
-    with (ROOT / "results" / "baseline" / "metrics.csv").open() as f:
+def smallcnn_throughput() -> str:
+    """Training images/s of the SmallCNN run's epochs (results/smallcnn/metrics.csv)."""
+    with (ROOT / "results" / "smallcnn" / "metrics.csv").open() as f:
         rates = [float(r["images_per_s"]) for r in csv.DictReader(f)]
     return f"{min(rates):.0f}-{max(rates):.0f} images/s"
 
 
-def baseline_table() -> str:
-    """The documented baseline's run (results/baseline/: test_metrics.json, results.json, metrics.csv)."""
-    folder = ROOT / "results" / "baseline"
+def smallcnn_table() -> str:
+    """The SmallCNN run (results/smallcnn/: test_metrics.json, results.json, metrics.csv)."""
+    folder = ROOT / "results" / "smallcnn"
     test = json.loads((folder / "test_metrics.json").read_text())
     run = json.loads((folder / "results.json").read_text())
     per_class = test["per_class_acc"]
@@ -287,7 +287,7 @@ def baseline_table() -> str:
         f"| best val_acc (5,000 held-out training images) | {100 * run['best_val_acc']:.2f}% |",
         f"| training wall time ({run['epochs_run']} epochs, train + validation) | {run['train_seconds']:,.0f} s "
         f"= {run['train_seconds'] / 60:.1f} min |",
-        f"| training throughput | {baseline_throughput()} |",
+        f"| training throughput | {smallcnn_throughput()} |",
         f"| weakest / strongest class | {worst} {100 * per_class[worst]:.1f}% / {best} {100 * per_class[best]:.1f}% |",
     ])
 
@@ -764,7 +764,7 @@ def fidelity_table(name: str = "fidelity") -> str:
              f"validation accuracy "
              f"{100 * worst[0]:.2f}% to {100 * best[0]:.2f}%; one seed each, the baseline's seed 0); "
              f"the baseline's one-run standard deviation at the target (the noise floor): {spread}. "
-             f"Machine: {m['cpu']}, {m['threads']} threads, the baseline model at "
+             f"Machine: {m['cpu']}, {m['threads']} threads, the SmallCNN at "
              f"{m['baseline_images_per_s']:.0f} images/s when the benchmark started; its runs trained at "
              f"{min(speeds):.0f} to {max(speeds):.0f} images/s (several sessions, machines and loads); written "
              f"{d['written']}. The rule's verdict: {d['supported_rung_why']}."]
@@ -857,13 +857,13 @@ BLOCKS = {"time_to_accuracy": lambda: f"\n{time_to_accuracy()}\n",
           "gpu_time_to_accuracy": lambda: f"\n{gpu_time_to_accuracy()}\n", "baseline_decision": baseline_decision,
           "allocator_line": allocator_line, "allocator_b1024_line": lambda: allocator_line("allocator-b1024"),
           "allocator_b1024_epyc_line": lambda: allocator_line("allocator-b1024-epyc"),
-          "baseline_throughput": baseline_throughput,
+          "smallcnn_throughput": smallcnn_throughput,
           "ablation_table": lambda: f"\n{ablation_table()}\n", "fidelity_table": lambda: f"\n{fidelity_table()}\n",
           "fidelity_3ep_table": lambda: f"\n{fidelity_table('fidelity-3ep')}\n",
           "fidelity_line": fidelity_line, "fidelity_3ep_population": fidelity_population,
           "load_faults_line": load_faults_line, "storage_cost_table": lambda: f"\n{storage_cost_table()}\n",
           "muon_line": muon_line,
-          "baseline_table": lambda: f"\n{baseline_table()}\n",
+          "smallcnn_table": lambda: f"\n{smallcnn_table()}\n",
           "onnx_accuracy": onnx_accuracy, "sized_study_minutes": sized_study_minutes,
           "sized_study_throughput": sized_study_throughput, "sized_study_budget": sized_study_budget,
           "sized_study_table": lambda: f"\n{study_table('cifar-cpu-sized', 'this CPU')}\n",

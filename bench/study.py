@@ -34,8 +34,9 @@ from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from study.objective import Objective  # noqa: E402
 from study.presets import PRESETS  # noqa: E402
-from study.search_space import params_of  # noqa: E402
-from study.storage import make_pruner, make_sampler, make_storage  # noqa: E402
+from study.pruning import make_pruner  # noqa: E402
+from study.search_space import make_sampler, params_of  # noqa: E402
+from study.storage import make_storage  # noqa: E402
 
 ARMS = {"tpe_hyperband": ("tpe", "hyperband"), "random_no_pruning": ("random", "none")}
 

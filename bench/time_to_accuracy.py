@@ -8,7 +8,7 @@ continues where it stopped when run again (an interrupted run resumes from its
 ``last.pt``). Finished runs are also read back from the committed results file, so a later
 session (a fresh machine, without ``runs/``) runs only what is missing.
 Before every run it measures the machine in the same process
-(fp32 matmul GFLOP/s, and training images/s of the baseline model), so every
+(fp32 matmul GFLOP/s, and training images/s of the SmallCNN), so every
 timing names the speed of the machine it was taken on.
 
 Groups of the plan (run in this order; ``--only`` picks some):
@@ -33,7 +33,6 @@ Writes results/bench/time_to_accuracy.json after every run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -49,8 +48,7 @@ import torch  # noqa: E402
 
 from bench.common import matmul_gflops, run_python, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
-from cifar.optim import identity  # noqa: E402
-from cifar.rundir import RunDir  # noqa: E402
+from cifar.rundir import RunDir, run_key  # noqa: E402
 from cifar.runtime import device_name, resolve_device  # noqa: E402
 from study.budget import measure_throughput  # noqa: E402
 
@@ -89,7 +87,7 @@ class Run:
         return apply_overrides(TrainConfig.from_json(self.config), {**self.overrides, "seed": self.seed})
 
     def run_dir(self, root: Path) -> RunDir:
-        key = hashlib.sha1(json.dumps(identity(self.cfg()), sort_keys=True).encode()).hexdigest()[:10]
+        key = run_key(self.cfg())[:10]
         return RunDir(root / f"{self.name}-{key}-seed{self.seed}")
 
 
@@ -120,7 +118,7 @@ def run_process(args: list[str]) -> float:
 
 
 def machine() -> dict:
-    """This machine's speed right now: the CPU's fp32 matmul, and the baseline model's training
+    """This machine's speed right now: the CPU's fp32 matmul, and the SmallCNN's training
     images/s on the device the runs train on (the GPU, where there is one)."""
     base = TrainConfig.from_json(SMALLCNN)
     measured = {"cpu": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),

@@ -7,7 +7,7 @@ tree, so the command line can say ``--lr 0.1`` or ``--dropout 0.2`` without a
 prefix (``--model.dropout 0.2`` works too).
 
 Usage:
-    cfg = TrainConfig.from_dict(json.load(open("baseline.json")))
+    cfg = TrainConfig.from_dict(json.load(open("configs/smallcnn.json")))
     cfg = apply_overrides(cfg, {"lr": "0.1", "widths": "32,64,128"})
 """
 
@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifar import model as _model
-from cifar import optim as _optim
-from cifar import pipeline as _pipeline
-from cifar.runtime import AMP_MODES
-
-# The choices of the string fields: the keys of their registries.
-OPTIMIZERS = _optim.OPTIMIZERS.names
-SCHEDULES = _optim.SCHEDULES.names
-BLOCKS = _model.BLOCKS.names
-PIPELINES = _pipeline.PIPELINES.names
+# The choices of the string fields, declared here (this module imports no other of the project); each
+# is the key set of a registry, which checks its keys against these names when its module loads.
+OPTIMIZERS = ("sgd", "sgd1024", "muon", "adam", "adamw", "rmsprop")   # cifar.optim.OPTIMIZERS
+SCHEDULES = ("onecycle", "cosine", "step", "constant", "triangle")    # cifar.optim.SCHEDULES
+BLOCKS = ("plain", "residual")                                        # cifar.model.BLOCKS
+STEMS = ("conv", "whiten")                                            # cifar.model.SmallCNN._stem
+ACTIVATIONS = ("relu", "gelu")                                        # cifar.model.ACTIVATIONS
+PIPELINES = ("tensor", "torchvision")                                 # cifar.pipeline.PIPELINES
+AMP_MODES = ("auto", "off", "bf16", "fp16")                           # cifar.runtime.resolve_amp
+DATA_LOCATION = ("data_dir", "cache_dir")  # fields that say where the data is, not what a run trains on
 
 
 MOST = 1_000_000  # no number of a config is larger in size (seeds: up to 2**32 - 1): a larger one is a typo
@@ -98,8 +98,8 @@ class ModelConfig:
         _check(self.stem_width >= 0, f"stem_width must be >= 0, got {self.stem_width}")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
-        _check_choice("stem", self.stem, _model.STEMS)
-        _check_choice("activation", self.activation, _model.ACTIVATIONS.names)
+        _check_choice("stem", self.stem, STEMS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
         _check(self.bn_eps > 0, f"bn_eps must be > 0, got {self.bn_eps}")
         _check(0.0 < self.bn_momentum <= 1.0, f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
         _check(self.head_scale > 0, f"head_scale must be > 0, got {self.head_scale}")

@@ -6,7 +6,7 @@ confusion matrix) and ``plots/curves.png``, ``plots/misclassified.png`` and
 the report, that reads the test set; model selection never does.
 
 Usage:
-    python -m cifar.evaluate runs/baseline [--data-dir DIR] [--device cpu]
+    python -m cifar.evaluate runs/smallcnn [--data-dir DIR] [--device cpu]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cifar.data import CifarData, prepare_data  # noqa: E402
 from cifar.loop import predict  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
 from cifar.rundir import Predictions, RunDir, TestMetrics, load_checkpoint, model_from_checkpoint  # noqa: E402
-from cifar.runtime import resolve_device  # noqa: E402
+from cifar.runtime import memory_format, resolve_device  # noqa: E402
 from cifar.tta import TTA  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     if data_dir is not None:
         cfg = apply_overrides(cfg, {"data_dir": data_dir})
     dev = resolve_device(device)
-    model = model.to(dev, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    model = model.to(dev, memory_format=memory_format(cfg))
     data = data or prepare_data(cfg.data)
     stats = ckpt["data_stats"]  # normalise as in training, whatever the data looks like now
     batches = Pipeline(data.test, cfg, stats["mean"], stats["std"], dev, train=False)

@@ -12,7 +12,7 @@ differ only by predictions that flipped on a near-tie (top-2 logit gap under
 1e-3).
 
 Usage:
-    python -m cifar.export runs/baseline [--out runs/baseline/model.onnx] [--data-dir DIR] [--no-verify]
+    python -m cifar.export runs/smallcnn [--out runs/smallcnn/model.onnx] [--data-dir DIR] [--no-verify]
 """
 
 from __future__ import annotations

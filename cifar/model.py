@@ -30,17 +30,20 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from cifar import config
 from cifar.pool import MaxPool2x2
 from cifar.recompute import norm_act_conv
 from cifar.registry import Registry
+from cifar.runtime import memory_format
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from cifar.config import ModelConfig
+    from cifar.config import ModelConfig, TrainConfig
 
 
-ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", {"relu": nn.ReLU, "gelu": nn.GELU})
+ACTIVATIONS: Registry[type[nn.Module]] = Registry("activation", {"relu": nn.ReLU, "gelu": nn.GELU}).declared(
+    config.ACTIVATIONS)
 WHITEN_KERNEL = 2
 WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL**2  # every eigenvector of a 2x2x3 patch, and its negative
 
@@ -153,8 +156,8 @@ class PatchWhitening(nn.Conv2d):
 _WHITENING_FITS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # train images -> {key: fitted filters}
 
 
-BLOCKS: Registry[type[nn.Module]] = Registry("block", {"plain": PlainBlock, "residual": ResidualBlock})
-STEMS = ("conv", "whiten")
+BLOCKS: Registry[type[nn.Module]] = Registry("block", {"plain": PlainBlock, "residual": ResidualBlock}).declared(
+    config.BLOCKS)
 
 
 class SmallCNN(nn.Module):
@@ -221,6 +224,15 @@ def keep_less(model: SmallCNN) -> None:
     for m in model.modules():
         if isinstance(m, MaxPool2x2):
             m.use_kernel = True
+
+
+def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> SmallCNN:
+    """The model as a run builds it: ``cfg.model`` on ``device`` in the run's memory layout, keeping less
+    for the backward pass on a CPU where ``cfg.low_memory``. Seed first: it draws the initial weights."""
+    model = SmallCNN(cfg.model).to(device, memory_format=memory_format(cfg))
+    if cfg.low_memory and torch.device(device).type == "cpu":
+        keep_less(model)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from cifar import config
 from cifar.registry import Registry
 
 if TYPE_CHECKING:
@@ -128,6 +129,9 @@ def _rmsprop(groups: ParamGroups, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(torch_groups(groups, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
 
+OPTIMIZERS.declared(config.OPTIMIZERS)
+
+
 def param_groups(cfg: TrainConfig, model: nn.Module) -> ParamGroups:
     """Conv and linear weights (decayed); BatchNorm parameters (lr x bias_lr_scale); other biases.
 
@@ -144,17 +148,6 @@ def param_groups(cfg: TrainConfig, model: nn.Module) -> ParamGroups:
         {"params": [p for p in trained if p.ndim <= 1 and id(p) not in norm], "lr_scale": 1.0,
          "decay": cfg.weight_decay_all},
     ]
-
-
-def identity(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as run caches hash it: muon's keys only where the optimizer is muon, low_memory only where
-    on (elsewhere they change nothing, and runs cached before they existed keep their keys)."""
-    d = cfg.to_dict()
-    if cfg.optimizer != "muon":
-        del d["muon_lr"], d["muon_momentum"]
-    if not cfg.low_memory:
-        del d["low_memory"]
-    return d
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -206,7 +199,7 @@ SCHEDULES: Registry[Shape] = Registry("schedule", {
     "step": Shape(_step, warms_up=False),
     "constant": Shape(_constant, warms_up=False),
     "triangle": Shape(_triangle, warms_up=False),
-})
+}).declared(config.SCHEDULES)
 
 
 class LrSchedule:

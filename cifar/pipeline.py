@@ -22,7 +22,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from cifar import config
 from cifar.registry import Registry
+from cifar.runtime import memory_format
 from cifar.sources import IMAGE_SIZE, Split
 
 if TYPE_CHECKING:
@@ -153,7 +155,8 @@ def _torchvision_loader(split: Split, cfg: TrainConfig, mean, std, sampler: Samp
 
 
 # name -> training loader; evaluation always fetches whole tensor batches.
-PIPELINES = Registry("pipeline", {"tensor": _tensor_loader, "torchvision": _torchvision_loader})
+PIPELINES = Registry("pipeline", {"tensor": _tensor_loader, "torchvision": _torchvision_loader}).declared(
+    config.PIPELINES)
 
 
 class Pipeline:
@@ -167,7 +170,7 @@ class Pipeline:
         self.epoch = 0  # passes started, for the alternating flip
         self.flip_first = torch.rand(len(split), generator=torch.Generator().manual_seed(seed + 2)) < 0.5
         self.normalize = Normalize(mean, std).to(device)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(cfg)
         # In a distributed job cfg.batch_size is the global batch: each rank takes its share.
         batch_size = cfg.batch_size // world if train else cfg.eval_batch_size
         drop_last = train and len(split) // world > batch_size  # no 1-image batch for BatchNorm

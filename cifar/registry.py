@@ -29,6 +29,12 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = dict(entries or {})
 
+    def declared(self, names: tuple[str, ...]) -> Registry[T]:
+        """Checks, once every entry is registered, that the keys are the names a config declares for this
+        choice (cifar/config.py), in its order: the config validates against its names, the registry builds."""
+        assert self.names == tuple(names), f"{self.kind}: registered {self.names}, the config declares {names}"
+        return self
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator adding ``name`` (a duplicate is an internal error)."""
         def add(entry: T) -> T:
@@ -54,6 +60,3 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
-
-    def items(self):
-        return self._entries.items()

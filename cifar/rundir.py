@@ -12,8 +12,13 @@ only place that knows the file names; everything else asks a ``RunDir``:
     plots/              curves, misclassified images, confusion matrix
     model.onnx, onnx_check.json   the ONNX export and its check against PyTorch
 
+It also holds what makes two runs the same run: ``same_run`` (every field but
+where the data lies) and ``run_key`` (the config as the run caches hash it),
+which training, the study, the report and the benchmarks all use.
+
 Usage:
-    run = RunDir("runs/baseline")
+    run = RunDir("runs/smallcnn")
+    path = run_dir_for(cfg, Path("runs/reports"))   # <key>-seed<seed>; finished(path, cfg) if trained
     cfg, history = run.read_config(), run.read_history()
     model, cfg = model_from_checkpoint(load_checkpoint(run.best))
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -33,11 +39,10 @@ from typing import Any
 import torch
 
 from cifar import seal
-from cifar.config import TrainConfig
+from cifar.config import DATA_LOCATION, TrainConfig, flatten
 from cifar.model import SmallCNN
 
 CHECKPOINT_VERSION = 1
-TIMING_COLUMNS = ("epoch_seconds", "elapsed_seconds", "images_per_s")  # differ between identical runs
 
 
 @dataclass
@@ -191,3 +196,37 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[SmallCNN, TrainConfig]:
     model = SmallCNN(cfg.model)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
+
+
+def identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as run caches hash it: muon's keys only where the optimizer is muon, low_memory only where
+    on (elsewhere they change nothing, and runs cached before they existed keep their keys)."""
+    d = cfg.to_dict()
+    if cfg.optimizer != "muon":
+        del d["muon_lr"], d["muon_momentum"]
+    if not cfg.low_memory:
+        del d["low_memory"]
+    return d
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """The cache key of the run ``cfg`` trains (seed included): a hash of its ``identity``."""
+    return hashlib.sha1(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
+    return runs_root / f"{run_key(cfg)[:12]}-seed{cfg.seed}"
+
+
+def same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configs train the same run, wherever their data lies."""
+    fa, fb = flatten(a), flatten(b)
+    return all(fa[k] == fb[k] for k in fa if k not in DATA_LOCATION)
+
+
+def finished(run_dir: Path, cfg: TrainConfig) -> bool:
+    """A run directory that trained ``cfg`` to its last epoch."""
+    run = RunDir(run_dir)
+    if not (run.results.is_file() and run.config.is_file()) or not same_run(run.read_config(), cfg):
+        return False
+    return run.read_results().epochs_run == cfg.epochs

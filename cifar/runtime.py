@@ -29,8 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-AMP_MODES = ("auto", "off", "bf16", "fp16")
+from cifar.config import AMP_MODES, TrainConfig
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt's parameter numbers (glibc's malloc.h)
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    """The memory layout a run gives its model and its batches (``channels_last``)."""
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -15,7 +15,7 @@ or JPEG (415), an upload over --max-bytes (413), more pixels than --max-pixels
 Errors are JSON: ``{"error": "..."}``.
 
 Usage:
-    python -m cifar.serve --model runs/baseline/model.onnx [--host 127.0.0.1] [--port 8000]
+    python -m cifar.serve --model runs/smallcnn/model.onnx [--host 127.0.0.1] [--port 8000]
     curl -F file=@cat.jpg 'http://127.0.0.1:8000/predict?top_k=3'
 """
 

@@ -8,10 +8,10 @@ TensorBoard, and whatever the caller adds (the study adds Optuna pruning).
 Everything about the run goes to its run directory (``cifar.rundir``).
 
 Usage:
-    python -m cifar.train --config configs/baseline.json --out runs/baseline
+    python -m cifar.train --config configs/smallcnn.json --out runs/smallcnn
     python -m cifar.train --epochs 5 --lr 0.1 --optimizer adamw --dropout 0.2
-    python -m cifar.train --resume runs/baseline
-    torchrun --standalone --nproc_per_node=2 -m cifar.train --config configs/baseline.json --out runs/ddp
+    python -m cifar.train --resume runs/smallcnn
+    torchrun --standalone --nproc_per_node=2 -m cifar.train --config configs/smallcnn.json --out runs/ddp
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from cifar.cli import fail, parse_args
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import CifarData, prepare_data
 from cifar.loop import Diverged, evaluate, train_one_epoch
-from cifar.model import SmallCNN, keep_less, model_cost
+from cifar.model import build_model, model_cost
 from cifar.optim import Lookahead, build_optimizer, build_scheduler
 from cifar.pipeline import Normalize, Pipeline
 from cifar.rundir import DiskFull, RunDir, TrainResult, load_checkpoint
@@ -89,12 +89,8 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     amp_dtype = resolve_amp(cfg.amp, device)
     malloc = return_freed_memory(device) if cfg.low_memory else keep_freed_memory(device)
     seed_everything(cfg.seed, cfg.deterministic)
-    net = SmallCNN(cfg.model)
+    net = build_model(cfg, device)
     params, flops = model_cost(cfg.model)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    net = net.to(device, memory_format=fmt)
-    if cfg.low_memory and device.type == "cpu":
-        keep_less(net)
     if net.whitening is not None:  # fitted to the train split, before any training step
         normalize = Normalize(data.mean, data.std).to(device)
         net.whitening.fit_once(data.train.x, (data.mean, data.std, str(device)),
@@ -255,8 +251,8 @@ def train(cfg: TrainConfig, data: CifarData, run_dir: str | Path,
 USAGE = ("usage: python -m cifar.train [--config FILE.json] [--out RUN_DIR] [--resume RUN_DIR] "
          "[--set KEY=VALUE ...] [--KEY VALUE ...]")
 TRAIN_HELP = """Train one model; everything about the run goes to its run folder.
-  --config FILE.json   start from this config (default: the values below, the documented baseline
-                       = configs/baseline.json; the fast recipe is configs/fast.json)
+  --config FILE.json   start from this config (default: the values below, the SmallCNN of the original task
+                       = configs/smallcnn.json; the fast recipe is configs/fast.json)
   --out RUN_DIR        the run folder (default: runs/<date>-<time>)
   --resume RUN_DIR     continue a stopped run from its last.pt, with its own config
   --set KEY=VALUE      set a config key (repeatable); --KEY VALUE says the same"""

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cifar.cli import fail, number
+from cifar.cli import ArgParser, UsageError, fail, number
 from cifar.config import TrainConfig
 from cifar.data import CifarData, DataError, prepare_data
 from cifar.seal import sealed
@@ -56,7 +56,7 @@ from reports.stats import expected_max_curve, paired
 from reports.verdict import COMPARISON_SEED0, Plan, comparison_seeds, make_plan, power_text
 from study.presets import LOOKS, RACE_ALPHA, RACE_ROUNDS, REPORT_CANDIDATES
 from study.sequential import Design
-from study.storage import DEFAULT_STORAGE, STORAGE_ENV, ArgParser, UsageError, default_storage
+from study.storage import DEFAULT_STORAGE, STORAGE_ENV, default_storage
 from study.trials import compute_spent, job_minutes, record_session, session_clock, trials_table
 
 WINNER_CONFIG = "winner_config.json"  # the report's winner at the target: what to train next

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cifar.config import TrainConfig, flatten
+from cifar.config import DATA_LOCATION, TrainConfig, flatten
 from reports.load import Candidate, LoadedRun
 from reports.race import BASELINE, RaceResult
 from reports.render import FigureRef, Paragraph, Section, Table
-from reports.runs import DATA_LOCATION
 from reports.stats import Paired
 from reports.verdict import Verdict, power_text
 from study.sequential import POWER, mde

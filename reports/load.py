@@ -19,10 +19,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from cifar.cli import UsageError
 from cifar.config import TrainConfig
 from cifar.rundir import Predictions, RunDir, TestMetrics, TrainResult
-from study.search_space import suggest_config
-from study.storage import UsageError, make_storage, resolve_study_name
+from study.search_space import trial_config
+from study.storage import make_storage, resolve_study_name
 
 
 def open_study(storage_url: str, name: str | None) -> optuna.Study:
@@ -46,7 +47,7 @@ class Candidate:
 def _candidate(name: str, t: optuna.trial.FrozenTrial, base: TrainConfig, space: str) -> Candidate:
     complete = t.state == TrialState.COMPLETE
     return Candidate(name, t.number, t.value if complete else float("nan"),
-                     suggest_config(optuna.trial.FixedTrial(t.params), base, space))
+                     trial_config(t, base, space))
 
 
 def candidates_of(study: optuna.Study, k: int) -> tuple[Candidate, list[Candidate]]:

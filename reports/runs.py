@@ -20,42 +20,18 @@ so the runs can be trained on one machine, for instance one with a GPU
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cifar.config import TrainConfig, apply_overrides, flatten
+from cifar.cli import UsageError
+from cifar.config import TrainConfig, apply_overrides
 from cifar.data import CifarData
 from cifar.evaluate import evaluate_run
-from cifar.optim import identity
-from cifar.rundir import RunDir
+from cifar.rundir import RunDir, finished, run_dir_for
 from cifar.train import train
 from reports.race import RacePlan, RaceResult, race
 from reports.verdict import Plan, Verdict, compare
-from study.storage import UsageError
-
-DATA_LOCATION = ("data_dir", "cache_dir")  # where the data is, not what a run trains on
-
-
-def run_dir_for(cfg: TrainConfig, runs_root: Path) -> Path:
-    key = hashlib.sha1(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    return runs_root / f"{key}-seed{cfg.seed}"
-
-
-def same_run(a: TrainConfig, b: TrainConfig) -> bool:
-    """Whether two configs train the same run, wherever their data lies."""
-    fa, fb = flatten(a), flatten(b)
-    return all(fa[k] == fb[k] for k in fa if k not in DATA_LOCATION)
-
-
-def finished(run_dir: Path, cfg: TrainConfig) -> bool:
-    """A run directory that trained ``cfg`` to its last epoch."""
-    run = RunDir(run_dir)
-    if not (run.results.is_file() and run.config.is_file()) or not same_run(run.read_config(), cfg):
-        return False
-    return run.read_results().epochs_run == cfg.epochs
 
 
 def ensure_trained(configs: dict[str, TrainConfig], seeds: Sequence[int], runs_root: Path,

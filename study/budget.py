@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from cifar.config import TrainConfig
-from cifar.model import SmallCNN
+from cifar.model import build_model
 from cifar.optim import build_optimizer
-from cifar.runtime import keep_freed_memory, resolve_device
-from study.storage import REDUCTION_FACTOR, first_rung
+from cifar.runtime import keep_freed_memory, memory_format, resolve_device
+from study.pruning import epoch_share
 
 CIFAR10_TRAIN_IMAGES = 50_000
 CIFAR10_TEST_IMAGES = 10_000
@@ -54,8 +54,8 @@ def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
     """Images/s of the base config's training and evaluation steps on synthetic 32x32 images."""
     device = resolve_device(cfg.device)
     keep_freed_memory(device)  # as the runs it sizes do
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = SmallCNN(cfg.model).to(device, memory_format=fmt)
+    fmt = memory_format(cfg)
+    model = build_model(cfg, device)
     optimizer = build_optimizer(cfg, model)
 
     def rate(batch: int, step) -> float:
@@ -86,34 +86,6 @@ def measure_throughput(cfg: TrainConfig, seconds: float = 6.0) -> Throughput:
     return Throughput(train=train, eval=rate(cfg.eval_batch_size, eval_step), device=str(device))
 
 
-def halving_share(epochs: int, first: int, reduction: int = REDUCTION_FACTOR) -> float:
-    """The share of a ``epochs``-epoch target that a trial runs on average under successive halving
-    with rungs at ``first``, ``first`` x ``reduction``, ... below the target: every trial runs to the
-    first rung and each rung promotes 1/``reduction`` of the trials that reach it (the long-run rate;
-    a study's first trials are promoted more often, so a short study spends a little more)."""
-    rungs = [first]
-    while rungs[-1] * reduction < epochs:
-        rungs.append(rungs[-1] * reduction)
-    stops = [r for r in rungs if r < epochs] + [epochs]
-    spent = stops[0] + sum((b - a) / reduction ** (k + 1) for k, (a, b) in enumerate(zip(stops, stops[1:])))
-    return min(1.0, spent / epochs)
-
-
-def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
-    """The share of the target's epochs a trial runs on average under ``pruner``, from its rungs
-    (``halving_share``): Hyperband averages its brackets, weighted as Optuna allocates trials to
-    them; the median pruner and no pruner count whole runs (the most a trial can cost)."""
-    first = first_rung(epochs)
-    if pruner == "halving":
-        return halving_share(epochs, first)
-    if pruner != "hyperband" or first >= epochs:
-        return 1.0
-    n = math.floor(math.log(epochs / first, REDUCTION_FACTOR)) + 1  # Optuna's number of brackets
-    weights = [math.ceil(n * REDUCTION_FACTOR ** (n - 1 - i) / (n - i)) for i in range(n)]
-    shares = [halving_share(epochs, first * REDUCTION_FACTOR ** i) for i in range(n)]
-    return sum(w * x for w, x in zip(weights, shares)) / sum(weights)
-
-
 def run_seconds(tp: Throughput, base: TrainConfig) -> float:
     """One run of ``base``: its epochs on its share of the train split, validation after each."""
     n_train = (CIFAR10_TRAIN_IMAGES - base.data.val_size) * base.data.train_fraction
@@ -139,8 +111,5 @@ def size_study(tp: Throughput, base: TrainConfig, minutes: float, min_trials: in
 
 
 def to_attr(tp: Throughput) -> dict:
+    """The measurement as the study stores it (a user attribute): images/s to one decimal."""
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(tp).items()}
-
-
-def from_attr(d: dict | None) -> Throughput | None:
-    return Throughput(**d) if d else None

@@ -17,12 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cifar.cli import fail, number
+from cifar.cli import ArgParser, UsageError, fail, number
 from study.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
-    ArgParser,
-    UsageError,
     artifact_dir_for,
     default_storage,
     has_password,

@@ -32,35 +32,8 @@ from cifar.evaluate import plot_curves  # noqa: E402
 from cifar.model import model_cost  # noqa: E402
 from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
-from study.search_space import suggest_config  # noqa: E402
-
-
-class PruningCallback:
-    """Reports val_acc to the trial after every epoch and prunes when the pruner says so.
-
-    After the trial's last epoch it only reports: pruning then saves nothing (the
-    budget is spent), and a trial that ran its course counts as complete, with its
-    value, rather than as pruned. Hyperband's top rung is the last epoch, so
-    without this it "prunes" finished trials (7 of 30 in a study here)."""
-
-    def __init__(self, trial: optuna.Trial, last_epoch: int | None = None):
-        self.trial, self.last_epoch = trial, last_epoch
-        self.seconds = 0.0  # spent in Optuna (storage writes, pruner), for the overhead benchmark
-        # Epochs a retried trial inherited from the trial it takes over (reported and judged there):
-        # it may train them again from an earlier checkpoint, and reports them no second time.
-        self.inherited: set[int] = set()
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch in self.inherited:
-            return
-        start = time.perf_counter()
-        try:
-            self.trial.report(metrics["val_acc"], epoch)
-            prune = epoch != self.last_epoch and self.trial.should_prune()
-        finally:
-            self.seconds += time.perf_counter() - start
-        if prune:
-            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {metrics['val_acc']:.4f}")
+from study.pruning import PruningCallback  # noqa: E402
+from study.search_space import CONFIG_ATTR, suggest_config  # noqa: E402
 
 
 class Objective:
@@ -82,6 +55,7 @@ class Objective:
         calls in step; ``uploads_to`` is the storage's trial for the artifacts (rank 0), else None."""
         entered = time.perf_counter()
         cfg = suggest_config(trial, self.base, self.space)
+        trial.set_user_attr(CONFIG_ATTR, cfg.to_dict())  # what reports and summaries read (trial_config)
         run_dir = RunDir(self.runs_root / f"trial-{trial.number:04d}")
         params, flops = model_cost(cfg.model)
         trial.set_user_attr("run_dir", str(run_dir))

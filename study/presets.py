@@ -29,8 +29,8 @@ import torch
 from cifar.config import TrainConfig, apply_overrides
 from cifar.registry import Registry
 from study import budget as budget_lib
+from study.pruning import default_pruner
 from study.sequential import Design, mde
-from study.storage import default_pruner
 
 
 @dataclass(frozen=True)

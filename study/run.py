@@ -24,31 +24,25 @@ from pathlib import Path
 import optuna
 import torch
 
-from cifar.cli import fail, number, split_set
+from cifar.cli import ArgParser, UsageError, fail, number, split_set
 from cifar.config import TrainConfig, apply_overrides
 from cifar.data import DataError, check_data
 from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
 from study.dashboard import browse_command
 from study.presets import PRESETS, pick_preset, target_budget
+from study.pruning import PRUNERS, default_pruner, first_rung, measured_first_rung
 from study.retry import recover_running
-from study.search_space import SPACES, params_of
+from study.search_space import SAMPLERS, SPACES, params_of
 from study.storage import (
     DEFAULT_STORAGE,
-    PRUNERS,
-    SAMPLERS,
     STORAGE_ENV,
-    ArgParser,
-    UsageError,
     artifact_dir_for,
     check_storage_url,
     crowding_warning,
-    default_pruner,
     default_storage,
-    first_rung,
     has_password,
     make_storage,
-    measured_first_rung,
     redact,
 )
 from study.trials import record_session, session_clock, summarise

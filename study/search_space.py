@@ -18,6 +18,7 @@ the weight average's decay, widths, cutout, translate and the warm-up share.
 
 Usage:
     cfg = suggest_config(optuna.trial.FixedTrial({...}), base)
+    cfg = trial_config(frozen_trial, base)        # after the trial: the config it stored
     params = params_of(base, "default")
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 
 import optuna
 
-from cifar.config import TrainConfig, apply_overrides, flatten
+from cifar.config import DATA_LOCATION, TrainConfig, apply_overrides, flatten
 from cifar.registry import Registry
 
 # An optimizer's reference values where it is not the base config's own: the centre of its
@@ -114,6 +115,19 @@ def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: str 
     return apply_overrides(base, overrides_of(values, base))
 
 
+CONFIG_ATTR = "config"  # the user attribute in which a trial stores the config it ran (study/objective.py)
+
+
+def trial_config(trial: optuna.trial.FrozenTrial, base: TrainConfig, space: str = "default") -> TrainConfig:
+    """The config ``trial`` ran, as it stored it, with the data where ``base`` says it lies. A trial of a
+    study made before trials stored their config (the committed reference studies) has it rebuilt from
+    its parameters, as it was made."""
+    if CONFIG_ATTR not in trial.user_attrs:
+        return suggest_config(optuna.trial.FixedTrial(trial.params), base, space)
+    ran = flatten(TrainConfig.from_dict(trial.user_attrs[CONFIG_ATTR]))
+    return apply_overrides(base, {k: v for k, v in ran.items() if k not in DATA_LOCATION})
+
+
 def params_of(cfg: TrainConfig, space: str = "default") -> dict[str, Any]:
     """The trial parameters that reproduce ``cfg`` as a base config (to enqueue the baseline as a trial):
     its own optimizer, so multipliers of 1.
@@ -151,3 +165,14 @@ def reference_table() -> str:
              for k, v in REFERENCE.items()]
     return "\n".join(rows)
 
+
+SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
+})
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler that walks the search space (TPE multivariate: the space's choices interact)."""
+    return SAMPLERS.get(name)(seed)

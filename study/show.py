@@ -16,12 +16,10 @@ from collections.abc import Sequence
 import optuna
 import pandas as pd
 
-from cifar.cli import fail
+from cifar.cli import ArgParser, UsageError, fail
 from study.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
-    ArgParser,
-    UsageError,
     default_storage,
     make_storage,
     resolve_study_name,

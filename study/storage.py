@@ -1,15 +1,15 @@
-"""Where studies live, and the named choices a study is made of: storage, samplers, pruners.
+"""Where studies live: the storage, its URL (masked wherever shown), and the study's name in it.
 
 A study lives in an RDB storage (SQLite file by default, any SQLAlchemy URL,
 PostgreSQL when several machines share it) with heartbeats: a worker killed
 mid-trial leaves a RUNNING trial that the next trial start marks FAIL after the
-grace period and re-enqueues with the same parameters. Bad input anywhere in
-the study and report commands is a ``UsageError``: one line, exit status 2.
+grace period and re-enqueues with the same parameters (study/retry.py). A
+database server that goes away for a while is waited out (``PatientStorage``).
+A bad URL is a ``UsageError``: one line, exit status 2.
 
 Usage:
     storage = make_storage("sqlite:///results/study.db")
     name = resolve_study_name(storage, url, None)        # the storage's only study
-    sampler, pruner = make_sampler("tpe", seed=0), make_pruner("hyperband", max_epochs=9)
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from cifar.cli import ArgParser, UsageError
-from cifar.registry import Registry
+from cifar.cli import UsageError
 from study.retry import RetryKilledTrial
 
-__all__ = ["ArgParser", "UsageError", "DEFAULT_STORAGE", "STORAGE_ENV", "default_storage", "redact", "has_password",
+__all__ = ["DEFAULT_STORAGE", "STORAGE_ENV", "default_storage", "redact", "has_password", "check_storage_url",
            "make_storage", "PatientStorage", "PATIENCE_S", "lost_connection", "resolve_study_name", "artifact_dir_for",
-           "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS", "REDUCTION_FACTOR", "default_pruner",
-           "measured_first_rung", "first_rung", "crowding_warning"]
+           "crowding_warning"]
 
 DEFAULT_STORAGE = "sqlite:///results/study.db"
 STORAGE_ENV = "CIFAR_STORAGE"  # a storage URL from the environment: off the command line and shell history
@@ -60,65 +58,6 @@ def redact(url: str) -> str:
 
 def has_password(url: str) -> bool:
     return redact(url) != url
-
-
-REDUCTION_FACTOR = 3  # of the Hyperband and successive-halving pruners: one rung = 3x the epochs
-# The pruners' first rung comes from the measurement at the study's target (bench/fidelity.py writes
-# ``supported_rung`` by the rule of reports.fidelity.supported_rung: 16 configs at least, the better
-# half not reversed, the target's best 3 kept by a halving there). With none at a target, a default
-# study does not prune; a pruner asked for by hand starts at this unmeasured share of the target.
-FIDELITY_RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
-UNMEASURED_RUNG_SHARE = 0.5
-
-
-@functools.lru_cache(maxsize=16)
-def measured_first_rung(target_epochs: int, results: Path = FIDELITY_RESULTS) -> tuple[int | None, str]:
-    """The rung the committed fidelity measurement supports at this target, and why (or why none)."""
-    found = [(m["configs"], path.name, m) for path in sorted(results.glob("fidelity*.json"))
-             if (m := json.loads(path.read_text())).get("target_epochs") == target_epochs and "supported_rung" in m]
-    if not found:
-        return None, (f"no fidelity measurement at a {target_epochs}-epoch target "
-                      f"(bench/fidelity.py --target-epochs {target_epochs})")
-    _, name, measured = max(found, key=lambda f: f[0])  # several at one target: the one with the most configs
-    return measured["supported_rung"], f"{name}: {measured['supported_rung_why']}"
-
-
-def default_pruner(target_epochs: int) -> str:
-    """Hyperband where a measurement supports a rung at this target, else no pruning."""
-    return "hyperband" if measured_first_rung(target_epochs)[0] else "none"
-
-
-def first_rung(max_epochs: int) -> int:
-    """The first epoch at which a pruner may stop a trial of a ``max_epochs`` target (at least 1):
-    the measured rung, else the unmeasured share."""
-    rung = measured_first_rung(max_epochs)[0]
-    return rung or max(1, min(max_epochs, round(UNMEASURED_RUNG_SHARE * max_epochs)))
-
-
-SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler]] = Registry("sampler", {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "gp": lambda seed: optuna.samplers.GPSampler(seed=seed),
-})
-
-# name -> pruner, given the most epochs a trial runs
-PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner", {
-    "hyperband": lambda max_epochs: optuna.pruners.HyperbandPruner(
-        min_resource=first_rung(max_epochs), max_resource=max_epochs, reduction_factor=REDUCTION_FACTOR),
-    "halving": lambda max_epochs: optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=first_rung(max_epochs), reduction_factor=REDUCTION_FACTOR),
-    "median": lambda max_epochs: optuna.pruners.MedianPruner(
-        n_startup_trials=5, n_warmup_steps=first_rung(max_epochs)),  # it may prune at that step
-    "none": lambda max_epochs: optuna.pruners.NopPruner(),
-})
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    return SAMPLERS.get(name)(seed)
-
-
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
-    return PRUNERS.get(name)(max_epochs)
 
 
 def check_storage_url(url: str, create: bool = True):
@@ -261,7 +200,8 @@ def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: in
                          f"{_db_message(e)}") from None
 
 
-LOAD_RESULTS = FIDELITY_RESULTS / "load.json"  # bench/load.py: where SQLite's errors start on this machine class
+# bench/load.py: where SQLite's errors start on this machine class
+LOAD_RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench" / "load.json"
 
 
 def crowding_warning(url: str, study: optuna.Study, workers: int, results: Path = LOAD_RESULTS) -> str | None:

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
 from cifar.runtime import describe_machine
-from study.search_space import suggest_config
+from study.search_space import trial_config
 
 BEST_TRIAL_CONFIG = "best_trial_config.json"  # the best single trial; not the recommendation
 
@@ -118,7 +118,7 @@ def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
-        cfg = suggest_config(optuna.trial.FixedTrial(best.params), base, space)
+        cfg = trial_config(best, base, space)
         cfg.to_json(out_dir / BEST_TRIAL_CONFIG)  # as the trial ran: at the study's target
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -31,21 +31,22 @@ from cifar.config import TrainConfig
 from cifar.data import prepare_data
 from cifar.runtime import Dist
 from cifar.sources import RawCifar
-from study import budget as budget_lib
 from study.objective import Objective
-from study.storage import PATIENCE_S, lost_connection, make_pruner, make_sampler, make_storage
+from study.pruning import epoch_share, make_pruner
+from study.search_space import make_sampler
+from study.storage import PATIENCE_S, lost_connection, make_storage
 
 
 class Progress:
     """Study callback: one line per finished trial, with the study's ETA.
 
     The ETA counts pruning: the seconds per epoch of the finished trials, times the
-    epochs a trial runs on average under the pruner (study.budget.epoch_share, from its rungs),
+    epochs a trial runs on average under the pruner (study.pruning.epoch_share, from its rungs),
     times the trials left, shared among the workers."""
 
     def __init__(self, n_trials: int | None, workers: int, max_epochs: int, pruner: str = "hyperband"):
         self.n_trials, self.workers, self.max_epochs = n_trials, workers, max_epochs
-        self.share = budget_lib.epoch_share(max_epochs, pruner)
+        self.share = epoch_share(max_epochs, pruner)
 
     def eta_minutes(self, done: list[optuna.trial.FrozenTrial]) -> float | None:
         seconds = sum(t.duration.total_seconds() for t in done if t.duration)

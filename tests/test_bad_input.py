@@ -261,4 +261,4 @@ def test_every_cli_help_shows_its_defaults(command, capsys):
         for name in flatten(TrainConfig()):
             assert f"  {name} " in out, name
         assert all(meaning for *_, meaning in field_docs())
-        assert "  epochs               int    14 " in out  # the documented baseline's, as configs/baseline.json
+        assert "  epochs               int    14 " in out  # the SmallCNN's, as configs/smallcnn.json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cifar.config import TrainConfig, apply_overrides
-from study import budget
+from study import budget, pruning
 from study.budget import Throughput, size_study
 from study.presets import PRESETS
 from study.run import main
@@ -26,7 +26,7 @@ def test_size_study_fits_the_minutes():
     # = 16 runs, and 16 test evaluations of 7 views.
     report = 60 + 25 * run + 16 * 10_000 * 7 / 1200
     size = size_study(tp, BASE, 380, 4, 30, 2, 3, 8)
-    n = int((380 * 60 - 60 - report) // (budget.epoch_share(3) * run))
+    n = int((380 * 60 - 60 - report) // (pruning.epoch_share(3) * run))
     assert size.report_runs == 25 and size.report_minutes == pytest.approx(report / 60)
     assert size.n_trials == size.fit == n and 4 < n < 30
     assert size.study_minutes + size.report_minutes <= 380
@@ -41,7 +41,7 @@ def test_size_study_keeps_to_the_presets_bounds(train, n_trials):
 def test_measure_throughput_times_the_config():
     tp = budget.measure_throughput(tiny_config(), seconds=0.2)
     assert tp.device == "cpu" and tp.train > 0 and tp.eval > 0
-    assert budget.from_attr(budget.to_attr(tp)) == Throughput(round(tp.train, 1), round(tp.eval, 1), "cpu")
+    assert Throughput(**budget.to_attr(tp)) == Throughput(round(tp.train, 1), round(tp.eval, 1), "cpu")
 
 
 # ---------------------------------------------------------------- in a study
@@ -94,7 +94,7 @@ def test_the_target_is_sized_where_enough_trials_fit(train, target, sized, monke
     cfg, attrs = fit_budget(CPU, BASE, sized_target=sized)
     assert cfg.epochs == target
     looks = attrs["verdict"]["looks"]
-    from study.storage import default_pruner
+    from study.pruning import default_pruner
 
     n = size_study(Throughput(train, 4 * train, "cpu"), cfg, CPU.minutes, CPU.min_trials, CPU.n_trials,
                    CPU.candidates, CPU.race_rounds, looks[-1], default_pruner(cfg.epochs)).n_trials
@@ -135,7 +135,7 @@ def test_the_epoch_share_is_what_optunas_pruner_spends(pruner, epochs):
     import numpy as np
     import optuna
 
-    from study.storage import make_pruner
+    from study.pruning import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = np.random.default_rng(0)
@@ -152,4 +152,4 @@ def test_the_epoch_share_is_what_optunas_pruner_spends(pruner, epochs):
         else:
             study.tell(trial, quality)
         spent.append(epoch)
-    assert np.mean(spent) / epochs == pytest.approx(budget.epoch_share(epochs, pruner), abs=0.06)
+    assert np.mean(spent) / epochs == pytest.approx(pruning.epoch_share(epochs, pruner), abs=0.06)

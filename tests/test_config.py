@@ -55,8 +55,8 @@ def test_dotted_and_flat_keys_reach_the_same_field():
         apply_overrides(TrainConfig(), {"dropout": "0.3"})
 
 
-def test_defaults_are_the_documented_baseline():
-    # Without --config, cifar.train trains configs/baseline.json.
+def test_defaults_are_the_smallcnn_of_the_original_task():
+    # Without --config, cifar.train trains configs/smallcnn.json.
     from pathlib import Path
 
-    assert TrainConfig() == TrainConfig.from_json(Path(__file__).resolve().parents[1] / "configs" / "baseline.json")
+    assert TrainConfig() == TrainConfig.from_json(Path(__file__).resolve().parents[1] / "configs" / "smallcnn.json")

@@ -83,7 +83,7 @@ def test_the_study_prunes_only_where_a_committed_measurement_supports_a_rung():
     import json
 
     from reports.fidelity import supported_rung
-    from study import storage
+    from study import pruning
 
     for path in sorted((ROOT / "results" / "bench").glob("fidelity*.json")):
         result = json.loads(path.read_text())
@@ -94,9 +94,9 @@ def test_the_study_prunes_only_where_a_committed_measurement_supports_a_rung():
                                   *([population["transfer_among_the_best"]] if population else [])) == rung
         else:
             assert rung is None and "16 needed" in result["supported_rung_why"]
-        assert storage.measured_first_rung(target)[0] == rung
-        assert storage.default_pruner(target) == ("hyperband" if rung else "none")
-    assert storage.measured_first_rung(99)[0] is None and storage.default_pruner(99) == "none"  # unmeasured
+        assert pruning.measured_first_rung(target)[0] == rung
+        assert pruning.default_pruner(target) == ("hyperband" if rung else "none")
+    assert pruning.measured_first_rung(99)[0] is None and pruning.default_pruner(99) == "none"  # unmeasured
 
 
 def test_transfer_among_the_best_finds_a_rung_that_would_remove_the_winner():
@@ -160,7 +160,7 @@ def test_spearman_interval():
 
 
 def test_the_study_reads_the_rung_of_the_measurement_at_its_target(tmp_path):
-    from study.storage import measured_first_rung
+    from study.pruning import measured_first_rung
 
     def write(name, target, configs, rung):
         (tmp_path / name).write_text(json.dumps({"target_epochs": target, "configs": configs, "supported_rung": rung,

@@ -10,7 +10,8 @@ from torch.optim._muon import _zeropower_via_newtonschulz
 
 from cifar.config import TrainConfig
 from cifar.model import SmallCNN
-from cifar.optim import Muon, build_optimizer, identity, orthogonalize
+from cifar.optim import Muon, build_optimizer, orthogonalize
+from cifar.rundir import identity
 from tests.test_recipe import FAST_MODEL, assert_trains_and_resumes_exactly, fast_config
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)

@@ -13,7 +13,7 @@ import torch
 from cifar import pool
 from cifar.config import ModelConfig, TrainConfig
 from cifar.model import SmallCNN, keep_less
-from cifar.optim import identity
+from cifar.rundir import identity
 from cifar.train import train
 from tests.conftest import CLASSES
 from tests.test_pool import saved_tensors

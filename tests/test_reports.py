@@ -372,9 +372,9 @@ def test_pngs_are_skipped_with_a_message_where_no_browser_is_installed(tmp_path,
 
 
 def test_a_report_run_stopped_part_way_continues_from_its_last_epoch(tiny_data, tmp_path):
-    from cifar.rundir import RunDir
+    from cifar.rundir import RunDir, run_dir_for
     from cifar.train import train
-    from reports.runs import ensure_trained, run_dir_for
+    from reports.runs import ensure_trained
     from tests.conftest import tiny_config
 
     cfg = tiny_config(epochs=3)

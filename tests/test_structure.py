@@ -44,6 +44,41 @@ def test_layering(path):
             assert module != banned and not module.startswith(banned + "."), f"{package} imports {module}"
 
 
+def module_graph(package: str) -> dict[str, set[str]]:
+    """module -> the modules of the same package it imports (anywhere in it, type-only imports too)."""
+    own = {p.stem for p in (ROOT / package).glob("*.py")}
+    graph = {}
+    for path in (ROOT / package).glob("*.py"):
+        named = [m.split(".")[1:2] + [f"{m.split('.', 1)[1]}.{n}" if "." in m else n for n in names]
+                 for m, names in imports_of(path) if m.split(".")[0] == package]
+        graph[path.stem] = {n.split(".")[0] for ns in named for n in ns} & own - {path.stem}
+    return graph
+
+
+def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (depth-first, colouring), or None."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if not state.get(nxt) and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    return next((c for n in sorted(graph) if not state.get(n) and (c := visit(n, [n]))), None)
+
+
+@pytest.mark.parametrize("package", [*PACKAGES, "bench"])
+def test_no_import_circle_inside_a_package(package):
+    """cifar/config.py, the leaf, declares the choice names that the registries check at import."""
+    assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
+    assert cycle_in(module_graph(package)) is None
+
+
 @pytest.mark.parametrize("path", [*MODULES, *sorted((ROOT / "bench").glob("*.py")),
                                   *sorted((ROOT / "tests").glob("*.py"))],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -90,8 +125,8 @@ def test_registry_lists_the_choices_for_an_unknown_name():
     ("cifar.optim:SCHEDULES", "unknown schedule 'lion'; choose one of onecycle, cosine, step, constant"),
     ("cifar.model:BLOCKS", "unknown block 'lion'; choose one of plain, residual"),
     ("cifar.pipeline:PIPELINES", "unknown pipeline 'lion'; choose one of tensor, torchvision"),
-    ("study.storage:SAMPLERS", "unknown sampler 'lion'; choose one of tpe, random, gp"),
-    ("study.storage:PRUNERS", "unknown pruner 'lion'; choose one of hyperband, halving, median, none"),
+    ("study.search_space:SAMPLERS", "unknown sampler 'lion'; choose one of tpe, random, gp"),
+    ("study.pruning:PRUNERS", "unknown pruner 'lion'; choose one of hyperband, halving, median, none"),
     ("study.search_space:SPACES", "unknown search space 'lion'; choose one of default, extended"),
     ("study.presets:PRESETS", "unknown preset 'lion'; choose one of smoke, cpu, gpu"),
 ])

@@ -15,11 +15,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cifar.config import TrainConfig
+from cifar.config import TrainConfig, apply_overrides
 from cifar.rundir import load_checkpoint
-from study.objective import PruningCallback
+from study.pruning import PruningCallback
 from study.run import main
-from study.search_space import params_of, suggest_config
+from study.search_space import params_of, suggest_config, trial_config
 from study.show import main as show_main
 from tests.conftest import make_image_folder, tiny_config
 
@@ -94,7 +94,7 @@ def test_a_base_config_outside_the_space_is_named():
 def test_samplers_model_the_learning_rate(sampler):
     """Every parameter keeps one distribution, so the multivariate samplers' joint model
     (Optuna's intersection search space) holds all of them, the learning rate included."""
-    from study.storage import make_sampler
+    from study.search_space import make_sampler
 
     study = optuna.create_study(sampler=make_sampler("random", 0))
     for _ in range(12):
@@ -157,8 +157,16 @@ def test_study_end_to_end_then_resume(study_env, capsys):
                                           "verdict": {"candidates": 2, "race_rounds": 2, "looks": [3, 4]}}
     assert all(TrainConfig.from_json(Path(t.user_attrs["run_dir"]) / "config.json").epochs == 4 for t in study.trials)
     first = study.trials[0]
-    for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir"):
+    for key in ("params", "flops", "epochs_run", "train_seconds", "run_dir", "config"):
         assert key in first.user_attrs, key
+    base = TrainConfig.from_dict(study.user_attrs["base_config"])
+    for t in study.trials:  # the config each trial stored is the one it ran, and what its parameters make
+        ran = TrainConfig.from_json(Path(t.user_attrs["run_dir"]) / "config.json")
+        assert trial_config(t, base) == suggest_config(optuna.trial.FixedTrial(t.params), base) == ran
+    moved = apply_overrides(base, {"data_dir": "/elsewhere"})  # read where the data lies now
+    assert trial_config(first, moved).data.data_dir == "/elsewhere"
+    legacy = optuna.trial.create_trial(params=first.params, distributions=first.distributions, value=0.5)
+    assert trial_config(legacy, base) == trial_config(first, base)  # a trial of an older study: rebuilt
     assert Path(first.user_attrs["run_dir"], "metrics.csv").is_file()
     for t in study.trials:  # each trial's time outside its epochs, by phase: none negative, within its time
         phases = t.user_attrs["phase_seconds"]
@@ -459,13 +467,13 @@ def test_a_worker_whose_running_trial_was_failed_by_a_heartbeat_check_goes_on(tm
 def test_the_pruners_never_stop_a_trial_before_the_first_rung(measured, target, rung, monkeypatch):
     import random
 
-    from study import storage
+    from study import pruning
 
-    monkeypatch.setattr(storage, "measured_first_rung", lambda epochs: (measured, "a test's"))
-    assert storage.first_rung(target) == rung
+    monkeypatch.setattr(pruning, "measured_first_rung", lambda epochs: (measured, "a test's"))
+    assert pruning.first_rung(target) == rung
     rng = random.Random(0)
     for name in ("hyperband", "halving", "median"):
-        study = optuna.create_study(direction="maximize", pruner=storage.make_pruner(name, target))
+        study = optuna.create_study(direction="maximize", pruner=pruning.make_pruner(name, target))
         stopped_at = []
         for _ in range(40):
             trial, quality = study.ask(), rng.random()
