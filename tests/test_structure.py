@@ -172,3 +172,18 @@ def test_every_relative_link_resolves(page):
 
 def test_readme_is_a_front_page():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 120
+
+
+def test_the_code_makes_what_the_equivalence_dump_holds():
+    """Configs, run keys, model costs, trial configs and presets as the committed dump (bench/equivalence.py,
+    written by the code before the structure refactor): a refactor changed nothing a run depends on."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("equivalence", ROOT / "bench" / "equivalence.py")
+    equivalence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(equivalence)
+    committed = json.loads(equivalence.OUT.read_text())
+    assert equivalence.difference(committed, equivalence.dump()) is None
+    committed["fast"]["key"] = "0" * 40  # the check can fail
+    assert equivalence.difference(committed, equivalence.dump()).startswith("/fast/key")
