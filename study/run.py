@@ -167,7 +167,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
         for line in recover_running(study, args.grace_period):
             print(line, flush=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    job = Job(storage=args.storage, study_name=study_name, base=base.to_dict(), space=args.space,
+    job = Job(storage=args.storage, study_name=study_name, base=base, space=args.space,
               sampler=args.sampler, pruner=pruner, seed=args.seed, n_trials=n_trials,
               timeout=preset.timeout if args.timeout is None else args.timeout, threads=threads,
               heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,

@@ -8,7 +8,7 @@ the study and every rank trains each trial through a TorchDistributedTrial.
 ``Progress`` prints one line per finished trial with the study's ETA.
 
 Usage:
-    run_workers(Job(storage=..., study_name=..., base=cfg.to_dict(), ...))
+    run_workers(Job(storage=..., study_name=..., base=cfg, ...))
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def short(v: Any) -> str:
 class Job:
     storage: str
     study_name: str
-    base: dict[str, Any]
+    base: TrainConfig
     space: str
     sampler: str
     pruner: str
@@ -147,13 +147,13 @@ def load_study(job: Job, index: int) -> optuna.Study:
     storage = make_storage(job.storage, job.heartbeat_interval, job.grace_period)
     return optuna.load_study(study_name=job.study_name, storage=storage,
                              sampler=make_sampler(job.sampler, job.seed + index),
-                             pruner=make_pruner(job.pruner, job.base["epochs"]))
+                             pruner=make_pruner(job.pruner, job.base.epochs))
 
 
 def make_objective(job: Job, uploads: bool = True, raw: RawCifar | None = None) -> Objective:
     """The objective over the job's data; ``uploads``: with the dashboard's artifact store;
     ``raw``: the data source already loaded in this process."""
-    base = TrainConfig.from_dict(job.base)
+    base = job.base
     store = None
     if uploads:
         Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def until_reached(n_trials: int):
 
 def optimize(study: optuna.Study, objective, job: Job) -> None:
     failures = StopOnFailures()
-    callbacks: list = [Progress(job.n_trials, job.workers, job.base["epochs"], job.pruner), failures]
+    callbacks: list = [Progress(job.n_trials, job.workers, job.base.epochs, job.pruner), failures]
     if job.n_trials:  # counted over every worker: the study stops at n_trials finished trials in total
         callbacks.append(until_reached(job.n_trials))
     # Progress prints every trial, failures with their reason; Optuna's own log would add
