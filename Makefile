@@ -92,8 +92,8 @@ serve: setup ## the HTTP prediction service on 127.0.0.1:8000 (MODEL=...)
 	@test -f $(MODEL) || { echo "error: no model file $(MODEL): make smallcnn trains and exports one (or give MODEL=path)" >&2; exit 2; }
 	$(PY) -m cifar.serve --model $(MODEL)
 
-readme: setup ## rewrite the README's measured blocks from results/ (a test checks they are current)
-	$(PY) bench/readme.py
+readme: setup ## rewrite the measured blocks of the README and docs/ from their owners (a test checks they are current)
+	$(PY) bench/blocks.py
 
 clean: ## remove runs/ (checkpoints of every run)
 	rm -rf runs .pytest_cache

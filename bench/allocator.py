@@ -13,7 +13,7 @@ page faults, and peak resident memory.
 Usage:
     CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/allocator.py [--rounds 3] [--epochs 2]
         [--train-fraction 0.2] [--batch-size 512]
-Writes results/bench/allocator.json.
+Writes results/bench/allocator.json; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import matmul_gflops, run_python, write_result  # noqa: E402
+from bench.common import matmul_gflops, read_result, run_python, write_result  # noqa: E402
 from cifar.runtime import device_name  # noqa: E402
 
 ARMS = {"system": "system", "kept": "keep"}  # arm -> CIFAR_MALLOC
@@ -53,6 +53,29 @@ def one_run(arm: str, out: Path, args: argparse.Namespace) -> dict:
             "user_s": round(usage.ru_utime, 1), "sys_s": round(usage.ru_stime, 1),
             "sys_share": round(usage.ru_stime / (usage.ru_utime + usage.ru_stime), 3),
             "minor_faults": usage.ru_minflt, "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def allocator_line(name: str = "allocator") -> str:
+    """The docs' sentence on results/bench/<name>.json: the two arms' speed, kernel time, faults, memory."""
+    d = read_result(name)
+    system, kept = d["arms"]["system"], d["arms"]["kept"]
+    rounds = d["ratio_kept_to_system_per_round"]
+    return (f"on a {d['machine']['threads']}-thread {d['machine']['cpu']}, {len(rounds)} interleaved rounds of "
+            f"{d['epochs']} epochs of `{d['config']}` on {100 * d['train_fraction']:.0f}% of the split at batch "
+            f"{d['batch_size']}: {system['images_per_s_mean']:.0f} training images/s with malloc as it is, "
+            f"{kept['images_per_s_mean']:.0f} with freed memory kept ({d['ratio_kept_to_system']:.2f}x; per round "
+            f"{min(rounds):.2f}x to {max(rounds):.2f}x); the kernel's share of CPU time "
+            f"{100 * system['sys_share_mean']:.1f}% against {100 * kept['sys_share_mean']:.1f}%, "
+            f"{system['minor_faults_mean'] / kept['minor_faults_mean']:.0f} times fewer page faults, peak memory "
+            f"{kept['peak_rss_mb_max']:.0f} MB against {system['peak_rss_mb_max']:.0f}; "
+            f"training at {kept['train_gflops_per_s']:.0f} GFLOP/s, "
+            f"{100 * kept['share_of_matmul']:.0f}% of the fp32 matmul measured in the same run "
+            f"({d['machine']['matmul_gflops_best']:.0f} GFLOP/s)")
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"allocator_line": allocator_line, "allocator_b1024_line": lambda: allocator_line("allocator-b1024"),
+          "allocator_b1024_epyc_line": lambda: allocator_line("allocator-b1024-epyc")}
 
 
 def main(argv: list[str] | None = None) -> int:

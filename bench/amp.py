@@ -9,7 +9,8 @@ to show what ``--amp auto`` avoids by staying fp32 there.
 
 Usage:
     python bench/amp.py [--device auto] [--steps 30] [--rounds 3] [--batch-size 256]
-Writes results/bench/amp-<device kind>.json (amp-cpu.json, amp-cuda.json).
+Writes results/bench/amp-<device kind>.json (amp-cpu.json, amp-cuda.json); ``BLOCKS``: the sentences
+the docs quote from them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import read_result, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import Split, channel_stats  # noqa: E402
 from cifar.loop import train_one_epoch  # noqa: E402
@@ -67,6 +68,26 @@ def time_mode(cfg: TrainConfig, batches: Pipeline, dtype: torch.dtype | None, st
     train_one_epoch(model, itertools.islice(it, steps), optimizer, scheduler, scaler, cfg, autocast)
     synchronize(device)
     return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def amp_table() -> str:
+    """fp32 against mixed precision, on the 2-core CPU and on a lent H200 (amp-cpu.json, amp-cuda.json), with
+    what ``--amp auto`` picks on each device kind today (the code's choice, not the one the file recorded)."""
+    rows = []
+    for name, machine in (("amp-cpu", "the slower 2-core CPU (AVX2, no native bf16)"), ("amp-cuda", "lent H200")):
+        d = read_result(name)
+        ips = d["train_images_per_s"]
+        fp16 = (f"{ips['fp16']:,.0f} img/s ({d['ratio_fp16_to_fp32']:.2f}x)" if "fp16" in ips else "n/a")
+        note = "" if d["native_bf16"] else ", emulated"
+        auto = AUTO_NAMES[resolve_amp("auto", torch.device(d["machine"]["device"]))]
+        rows.append(f"| {machine} | `{d['command']}` | {ips['fp32']:,.0f} img/s | {ips['bf16']:,.0f} img/s "
+                    f"({d['ratio_bf16_to_fp32']:.2f}x{note}) | {fp16} | {auto} |")
+    return "\n".join(["| machine | command | fp32 | bf16 | fp16 | what `auto` picks |",
+                      "|---|---|---|---|---|---|", *rows])
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"amp_table": amp_table}
 
 
 def main() -> None:

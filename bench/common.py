@@ -1,5 +1,6 @@
-"""What every benchmark script shares: saving and printing its result, the machine's matmul speed, and
-running a Python process to its end with its resource use."""
+"""What every benchmark script shares: saving and printing its result, reading a committed one back and
+its accuracies in percent (for the sentences a script writes for the docs), the machine's matmul speed,
+and running a Python process to its end with its resource use."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "bench"  # the benchmarks' committed results files
 
 
 def free_port() -> int:
@@ -31,6 +33,17 @@ def write_result(result: dict[str, Any], out: str | Path, detail: str | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != detail}, indent=2))
+
+
+def read_result(name: str) -> dict:
+    """A benchmark's committed results file, results/bench/<name>.json."""
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def pct(pair: list) -> str:
+    """An accuracy's [mean, std] over seeds in percent: "87.39% ± 0.12", or "(1 seed)" without a std."""
+    mean, std = pair
+    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else " (1 seed)")
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 10) -> float:

@@ -24,7 +24,7 @@ session, from the committed results file).
     CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/fidelity.py [--configs 15] [--target-epochs 3] \
         [--subset] [--compressed] [--out results/bench/fidelity-3ep.json]
 
-Writes results/bench/fidelity.json after every run.
+Writes results/bench/fidelity.json after every run; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
+from bench.common import read_result, write_result  # noqa: E402
 from bench.time_to_accuracy import machine  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
@@ -165,6 +165,77 @@ def analyse(records: list[dict], target: int, population: dict | None = None) ->
             "supported_rung": rung, "supported_rung_why": why,
             "noise_floor": {"baseline_val_acc": base, "std": statistics.stdev(base) if len(base) > 1 else None},
             "ranking_at_target": sorted(((v["target"], n) for n, v in curves.items()), reverse=True)}
+
+
+def _num(x: float) -> str:
+    """A correlation to 2 decimals; "n/a" where it is undefined (fewer than 3 configs, or ties)."""
+    return "n/a" if x != x else f"{x:.2f}"
+
+
+def _ci(pair: list) -> str:
+    return "" if pair[0] != pair[0] else f" [{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def fidelity_table(name: str = "fidelity") -> str:
+    """Each cheaper fidelity against the target: rank correlations over all configs and over the better half,
+    with 95% intervals, whether a halving there keeps the target's best 3, the regret (<name>.json)."""
+    d = read_result(name)
+    target, floor = d["target_epochs"], d["noise_floor"]
+    rows = ["| fidelity | configs | Spearman [95% CI] | Kendall | better half: Spearman [95% CI] | "
+            "a halving there removes (of the best 3) | regret at the target (points) |",
+            "|---|---|---|---|---|---|---|"]
+    for r in d["transfer_among_the_best"]:
+        rows.append(f"| {r['fidelity']} | {r['n']} | {_num(r['spearman'])}{_ci(r['spearman_ci'])} | "
+                    f"{_num(r['kendall'])} | {_num(r['top_half_spearman'])}{_ci(r['top_half_ci'])} | "
+                    f"{', '.join(r['best_removed']) or 'none'} | {100 * r['regret']:.2f} |")
+    best, worst = d["ranking_at_target"][0], d["ranking_at_target"][-1]
+    m, speeds = d["machine"], [r["images_per_s"] for r in d["runs"] if r.get("images_per_s")]
+    spread = (f"{100 * floor['std']:.2f} points over {len(floor['baseline_val_acc'])} seeds"
+              if floor["std"] is not None else "not measured yet (one seed so far)")
+    progress = f"**In progress: {len(d['runs'])} of the {d['planned']} planned runs done.** " \
+        if len(d["runs"]) < d["planned"] else ""
+    rows += ["", progress + f"{d['configs'] - 1} configs and the baseline at the target ({target} epochs, "
+             f"validation accuracy {100 * worst[0]:.2f}% to {100 * best[0]:.2f}%; one seed each, the baseline's "
+             f"seed 0); the baseline's one-run standard deviation at the target (the noise floor): {spread}. "
+             f"Machine: {m['cpu']}, {m['threads']} threads, the SmallCNN at "
+             f"{m['baseline_images_per_s']:.0f} images/s when the benchmark started; its runs trained at "
+             f"{min(speeds):.0f} to {max(speeds):.0f} images/s (several sessions, machines and loads); written "
+             f"{d['written']}. The rule's verdict: {d['supported_rung_why']}."]
+    return "\n".join(rows)
+
+
+def fidelity_line() -> str:
+    """The README's sentence on which epochs may prune (fidelity.json)."""
+    d = read_result("fidelity")
+    corr = ", ".join(f"{r['fidelity']} {_num(r['spearman'])}" for r in d["correlations"])
+    best = "; ".join(
+        f"{r['fidelity']} {_num(r['top_half_spearman'])}"
+        + (f", its halving would remove {' and '.join(r['best_removed'])}" if r["best_removed"] else "")
+        for r in d["transfer_among_the_best"])
+    return (f"over {d['configs'] - 1} configs and the baseline trained to the {d['target_epochs']}-epoch target, "
+            f"each epoch's Spearman correlation with the target is {corr}; but among the better half "
+            f"({d['transfer_among_the_best'][0]['top_half_n']} configs) it is {best} (of the target's best 3). "
+            f"The rule's verdict: {d['supported_rung_why']}")
+
+
+def fidelity_population(name: str = "fidelity-3ep") -> str:
+    """The rule over a finished study's own trials (<name>.json's ``study_population``, the study read
+    through Optuna), and where the target's best trial stood at each epoch."""
+    d = read_result(name)
+    pop, target = d["study_population"], d["target_epochs"]
+    curves = study_curves(optuna.load_study(study_name=pop["study"], storage=pop["storage"]).trials)
+    best = max(curves, key=lambda k: curves[k][target])
+    ranks = "; ".join(
+        f"{sorted(curves, key=lambda k: -curves[k][e]).index(best) + 1} of {len(curves)} at epoch {e} "
+        f"({100 * curves[best][e]:.2f}% against {100 * max(c[e] for c in curves.values()):.2f}% for its leader)"
+        for e in range(1, target))
+    return (f"{d['supported_rung_why']}. The target's best, trial {best} "
+            f"({100 * curves[best][target]:.2f}% at epoch {target}), ranked {ranks}")
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"fidelity_table": fidelity_table, "fidelity_3ep_table": lambda: fidelity_table("fidelity-3ep"),
+          "fidelity_line": fidelity_line, "fidelity_3ep_population": fidelity_population}
 
 
 def main(argv: list[str] | None = None) -> int:

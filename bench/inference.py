@@ -7,7 +7,7 @@ best.pt first if the run has no model.onnx.
 
 Usage:
     python bench/inference.py RUN_DIR [--rounds 3] [--seconds 3]
-Writes results/bench/inference.json.
+Writes results/bench/inference.json; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import read_result, write_result  # noqa: E402
 from cifar.export import classifier_from_checkpoint, export_onnx, onnx_session  # noqa: E402
 
 
@@ -38,6 +38,24 @@ def images_per_s(run, images: np.ndarray, seconds: float) -> float:
         run(images)
         calls += 1
     return calls * len(images) / elapsed
+
+
+def inference_table() -> str:
+    """PyTorch against onnxruntime on the CPU (inference.json)."""
+    d = read_result("inference")
+    ips = d["images_per_s"]
+    return "\n".join([
+        "| images/s | PyTorch (eager) | onnxruntime | ratio |", "|---|---|---|---|",
+        f"| batch 1 | {ips['pytorch_batch1']:.0f} ({d['latency_ms_batch1_pytorch']:.1f} ms) | "
+        f"{ips['onnxruntime_batch1']:.0f} ({d['latency_ms_batch1_onnxruntime']:.1f} ms) | "
+        f"**{d['ratio_onnxruntime_to_pytorch_batch1']:.1f}x** |",
+        f"| batch 256 | {ips['pytorch_batch256']:.0f} | {ips['onnxruntime_batch256']:.0f} | "
+        f"**{d['ratio_onnxruntime_to_pytorch_batch256']:.1f}x** |",
+    ])
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"inference_table": inference_table}
 
 
 def main() -> None:

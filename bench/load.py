@@ -12,7 +12,7 @@
    with 1 process and with many at once on each storage Optuna offers; SQLite at 2 to 32 processes.
 
 Usage: python bench/load.py [--workers 16] [--trials 48] [--storage postgresql://postgres@127.0.0.1:5432/test]
-(writes results/bench/load.json)"""
+(writes results/bench/load.json; ``BLOCKS``: the sentences the docs quote from its faults parts)"""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import start_python, write_result  # noqa: E402
+from bench.common import read_result, start_python, write_result  # noqa: E402
 from bench.storage_cost import costs, summarise  # noqa: E402
 from cifar.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from cifar.runtime import describe_machine  # noqa: E402
@@ -155,6 +155,31 @@ def _child_pid(launcher: int) -> str:
     """The worker that a launcher (bench.common.start_python) forked ("" where there is none yet)."""
     children = Path(f"/proc/{launcher}/task/{launcher}/children")
     return (children.read_text().split() or [""])[0] if children.exists() else ""
+
+
+def faults_part(f: dict, where: str) -> str:
+    """One storage's faults part of load.json in a sentence."""
+    return (f"{f['workers']} `study run` processes on one {where} study of {f['trials_requested']} trials "
+            f"({f['epochs']} epochs each on a tiny synthetic folder), {f['kills']} SIGKILLed past a trial's "
+            f"first epoch and started again: {f['lost']} trials lost, {f['duplicated']} duplicated, "
+            f"{f['stuck']} left running or waiting, {len(f['exit_codes_nonzero'])} workers stopped by an error; "
+            f"{f['live_trials_failed_by_a_late_beat']} trials of live workers failed on a late heartbeat; "
+            f"{f['retried']} retried ({f['retried_while_alive']} of them while their worker lived on), "
+            f"{f['resumed_from_checkpoint']} resumed from the predecessor's checkpoint, "
+            f"{f['started_over_with_a_checkpoint']} of a dead trial started over beside its checkpoint; "
+            f"{f['seconds'] / 60:.1f} min; each worker's peak resident memory {f['peak_rss_mb']['median']:.0f} MB "
+            f"(median; PyTorch's shared libraries counted in every process)")
+
+
+def load_faults_line() -> str:
+    """The faults parts of load.json, PostgreSQL's then SQLite's."""
+    d = read_result("load")
+    return (f"{faults_part(d['faults'], 'PostgreSQL')}; and {faults_part(d['faults-sqlite'], 'SQLite')}; "
+            f"on a {d['machine']}")
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"load_faults_line": load_faults_line}
 
 
 def main(argv: list[str] | None = None) -> int:

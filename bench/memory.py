@@ -20,7 +20,7 @@ pass of one training step, per batch size and way, in total and by shape
 Usage:
     CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/memory.py [--config configs/fast.json]
         [--batch-sizes 256,512,1024] [--rounds 3]
-Writes results/bench/memory.json.
+Writes results/bench/memory.json; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import run_python, write_result  # noqa: E402
+from bench.common import read_result, run_python, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.model import build_model  # noqa: E402
 from cifar.pool import ENV, kernel  # noqa: E402
@@ -131,6 +131,41 @@ def step_speed(config: str, batch: int, steps: int) -> dict:
                 seconds[pool].append(time.perf_counter() - start)
     speed = {pool: round(batch / statistics.median(s), 1) for pool, s in seconds.items()}
     return {**speed, "kernel_ratio": round(speed["kernel"] / speed["max_pool2d"], 3), "steps": steps}
+
+
+def memory_line() -> str:
+    """Peak memory of training each way (the default, the pooling kernel, low_memory), where it goes, and
+    what low_memory costs (memory.json)."""
+    d = read_result("memory")
+    epochs, saved, biggest = d["training_epoch_mb"], d["saved_for_backward"], max(d["saved_for_backward"], key=int)
+
+    def per_batch(table: dict, way: str) -> str:
+        return ", ".join(f"{v[way] / 1024:.2f} GB at batch {k}" for k, v in table.items())
+
+    def saved_mb(way: str) -> str:
+        return ", ".join(f"{v[way]['total_mb'] / 1024:.2f} GB at batch {k}" for k, v in saved.items())
+
+    kinds = ", ".join(f"{kind} {mb:.0f} MB" for kind, mb in saved[biggest]["max_pool2d"]["largest_mb"].items())
+    steps, rounds = d["step_images_per_s"][biggest], d["low_memory_rounds"]
+    speeds = rounds["images_per_s_mean"]
+    return (f"on a {d['threads']}-thread {d['machine']}, one epoch on 10% of the split (`{d['config']}`), "
+            f"peak resident memory: {per_batch(epochs, 'max_pool2d')}; with the low-memory pooling kernel only "
+            f"{per_batch(epochs, 'kernel')}; with `low_memory` **{per_batch(epochs, 'low_memory')}** (with "
+            f"glibc's malloc left at its defaults: {per_batch(epochs, 'low_memory_glibc_default')}). "
+            f"`import torch` alone: {d['import_torch_mb'] / 1024:.2f} GB, with the data set: "
+            f"{d['import_torch_and_data_mb'] / 1024:.2f} GB. The activations autograd keeps for one backward "
+            f"pass: {saved_mb('max_pool2d')} (with the kernel: {saved_mb('kernel')}; with `low_memory`: "
+            f"{saved_mb('low_memory')}); the largest kinds at batch {biggest} (per image: dtype, channels x height "
+            f"x width): {kinds}. The kernel's training steps at batch {biggest}, alternating with max_pool2d's: "
+            f"{steps['kernel']:.0f} against {steps['max_pool2d']:.0f} images/s ({steps['kernel_ratio']:.2f}x). "
+            f"`low_memory` against the default, {rounds['rounds']} alternating runs each at batch "
+            f"{rounds['batch']}: {speeds['low_memory']:.0f} against {speeds['max_pool2d']:.0f} training images/s "
+            f"({rounds['ratio']:.2f}x), peaks up to {rounds['peak_mb_max']['low_memory'] / 1024:.2f} against "
+            f"{rounds['peak_mb_max']['max_pool2d'] / 1024:.2f} GB")
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"memory_line": memory_line}
 
 
 def main(argv: list[str] | None = None) -> int:

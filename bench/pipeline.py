@@ -13,7 +13,7 @@ every variant alike (the median round is reported):
 
 Usage:
     CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/pipeline.py [--steps 40] [--rounds 3]
-Writes results/bench/pipeline.json.
+Writes results/bench/pipeline.json; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import matmul_gflops, write_result  # noqa: E402
+from bench.common import matmul_gflops, read_result, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from cifar.loop import train_one_epoch  # noqa: E402
@@ -81,6 +81,31 @@ def peak_memory_of_training_run(config: Path) -> float:
            "--train_fraction", "0.05", "--out", str(out)]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def pipeline_table() -> str:
+    """The data pipeline against compute alone and the conventional pipeline, against its aims (pipeline.json)."""
+    d = read_result("pipeline")
+    ips, alone = d["train_images_per_s"], d["pipeline_alone_batches_per_s"]
+    return "\n".join([
+        "| | measured | aimed at |", "|---|---|---|",
+        f"| training images/s, (a) project pipeline | {ips['pipeline']:.0f} | |",
+        f"| training images/s, (b) compute only (pre-made normalised tensors) | {ips['compute_only']:.0f} | |",
+        f"| training images/s, (c) conventional torchvision-transforms DataLoader "
+        f"({alone['conventional_workers']} workers) | {ips['conventional']:.0f} | |",
+        f"| (a) / (b) | **{d['ratio_pipeline_to_compute_only']:.3f}** | >= 0.95 |",
+        f"| pipeline alone, augmented normalised batches/s: project vs conventional | {alone['pipeline']:.0f} vs "
+        f"{alone['conventional']:.1f} = **{d['ratio_pipeline_alone_to_conventional']:.1f}x** | >= 5x |",
+        f"| (b) achieved GFLOP/s (3 x forward FLOPs per trained image) | {d['compute_only_gflops']:.0f} | |",
+        f"| fp32 matmul GFLOP/s (4096², best of 10) | {d['matmul_fp32_gflops']:.0f} | |",
+        f"| (b) / matmul | **{d['ratio_compute_gflops_to_matmul']:.2f}** | >= 0.70 |",
+        f"| peak RSS of a real training run (`cifar.train`, 1 epoch on 5%) | "
+        f"**{d['peak_training_rss_mb']:.0f} MB** | < 2 GB |",
+    ])
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"pipeline_table": pipeline_table}
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ percentiles and errors; the first 20 requests warm up and are not counted.
 
 Usage:
     python bench/serve.py MODEL [--concurrency 4] [--requests 600]
-Writes results/bench/serve.json.
+Writes results/bench/serve.json; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, write_result  # noqa: E402
+from bench.common import free_port, read_result, write_result  # noqa: E402
 
 WARMUP = 20
 
@@ -47,6 +47,18 @@ def sample_images(limit: int = 64) -> tuple[list[bytes], str]:
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
         out.append(buf.getvalue())
     return out, f"{limit} synthetic 32x32 PNGs"
+
+
+def serve_line() -> str:
+    """The prediction service under bounded load (serve.json)."""
+    d = read_result("serve")
+    lat = d["latency_ms"]
+    return (f"**{d['requests_per_s']:.0f} requests/s, latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms**, "
+            f"{d['errors']} errors")
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"serve_line": serve_line}
 
 
 def main() -> None:

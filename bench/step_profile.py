@@ -17,6 +17,7 @@ memory that a run's steps reuse (the largest convolution output then took twice 
 Usage:
     python bench/step_profile.py [--config configs/fast.json] [--set widths=64,256,256]
         [--batch-size 1024] [--steps 4] [--rounds 3] [--out results/bench/step_profile.json]
+``BLOCKS``: the sentences the docs quote from its results files.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.common import matmul_gflops, write_result  # noqa: E402
+from bench.common import matmul_gflops, read_result, write_result  # noqa: E402
 from bench.memory import train_model  # noqa: E402
 from cifar.cli import split_set  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
@@ -139,6 +140,50 @@ def summarise(rounds: list[dict], flops: dict[str, dict[str, int]], flops_per_im
             "conv_only_gflops_per_s": round(conv_only, 1), "conv_only_share_of_matmul": round(conv_only / matmul, 3),
             "share_of_step": {k: round(v / step_s, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "layers": sorted(layers, key=lambda x: -x["share_of_step"])}
+
+
+def step_profile_line(name: str = "step_profile") -> str:
+    """Where a training step's time goes, layer kind by kind, against the matmul (<name>.json)."""
+    d = read_result(name)
+    m, shares = d["machine"], d["share_of_step"]
+    setting = f"`{d['config']}`" + "".join(f" with {k}={v}" for k, v in d["overrides"].items())
+    convs = [row for row in d["layers"] if row.get("forward_gflops_per_s")]
+    rates = [(row[f"{p}_gflops_per_s"], row["layer"], p) for row in convs for p in ("forward", "backward")
+             if row[f"{p}_gflops_per_s"] and row["share_of_step"] >= 0.05]
+    slow, fast = min(rates), max(rates)
+    parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items() if k != "conv")
+    return (f"on a {m['threads']}-thread {m['cpu']}, {setting} at batch {d['batch_size']} ({d['rounds']} rounds of "
+            f"{d['steps_per_round']} steps, the fp32 matmul measured before and between them: best "
+            f"{m['matmul_gflops_best']:.0f} GFLOP/s): {d['images_per_s']:.0f} training images/s, "
+            f"{d['train_gflops_per_s']:.0f} GFLOP/s, **{100 * d['share_of_matmul']:.0f}% of the matmul**; the "
+            f"convolutions {100 * shares['conv']:.1f}% of the step, at {d['conv_only_gflops_per_s']:.0f} GFLOP/s "
+            f"({100 * d['conv_only_share_of_matmul']:.0f}% of the matmul; the larger ones from "
+            f"{slow[0]:.0f} GFLOP/s, the {slow[1].removeprefix('conv ')} {slow[2]} pass, to {fast[0]:.0f}, the "
+            f"{fast[1].removeprefix('conv ')} {fast[2]} pass), then {parts}")
+
+
+def xeon_conv_estimate() -> str:
+    """The Xeon's convolutions' share of its matmul, estimated from this machine's other layers
+    (step_profile.json) and the Xeon's allocator benchmark at batch 1024 (allocator-b1024.json)."""
+    here, xeon = read_result("step_profile"), read_result("allocator-b1024")
+    rest_share = 1 - here["share_of_step"]["conv"]
+    rest_s = rest_share * here["step_s"]
+    kept = xeon["arms"]["kept"]
+    step_s = xeon["batch_size"] / kept["images_per_s_mean"]
+    share = kept["share_of_matmul"]
+    bounds = (share / (1 - rest_share), share * step_s / (step_s - rest_s))
+    verdict = ("short of 75% even if every other layer cost nothing" if max(bounds) < 0.75
+               else "so 75% would need the other layers to cost next to nothing" if max(bounds) < 0.8
+               else "so making the other layers cheaper could reach 75%")
+    return (f"If the layers other than convolutions took the same share of its step as here "
+            f"({100 * rest_share:.1f}%), or the same time ({rest_s:.2f} s of its {step_s:.2f} s), its "
+            f"convolutions alone would run at {100 * bounds[0]:.1f}% or {100 * bounds[1]:.1f}% of its matmul: "
+            f"{verdict}")
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"step_profile_line": step_profile_line, "xeon_conv_estimate": xeon_conv_estimate,
+          "step_profile_wide_line": lambda: step_profile_line("step_profile-wide")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 The storage calls of a trial (ask with 4 parameters, a report and a pruning check per epoch, 3 user
 attributes, tell), no training, timed per trial with 1 process and with many at once: RDB on
 PostgreSQL and on SQLite, JournalStorage on a file and on Redis, and GrpcStorageProxy in front of
-PostgreSQL. SQLite runs at 2, 4, 8, 16 and 32 processes to find where errors start."""
+PostgreSQL. SQLite runs at 2, 4, 8, 16 and 32 processes to find where errors start. ``BLOCKS``: the
+docs' table of load.json's cost part."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ from pathlib import Path
 
 import optuna
 
-from bench.common import free_port
+from bench.common import free_port, read_result
 
 REDIS, SQLITE_PROCESSES = "redis://127.0.0.1:6379", (2, 4, 8, 16, 32)
+STORAGE_USE = {"rdb-postgresql": "many workers, many machines (the default for a shared study)",
+               "rdb-sqlite": "one machine, a few workers (the default: a file, nothing to run)",
+               "journal-file": "one machine, no database (a file of operations; NFS needs care)",
+               "journal-redis": "several machines where Redis runs and PostgreSQL does not",
+               "grpc-postgresql": "very many workers: one proxy process holds the database connections"}
 
 
 def open_storage(kind: str, address: str):
@@ -132,3 +138,29 @@ def summarise(rows: list[dict], processes: int) -> dict:
     tried = [r["processes"] for r in rows if r["storage"] == "rdb-sqlite"]
     return {"processes": processes, "storages": per, "sqlite_errors_from": min(failing, default=None),
             "sqlite_most_tried": max(tried, default=None)}
+
+
+def storage_cost_table() -> str:
+    """Each storage's seconds per trial and trials per second, alone and shared, and where SQLite's errors
+    start (load.json's cost part)."""
+    d = read_result("load")
+    c, n = d["cost_summary"], d["cost_summary"]["processes"]
+    rate = {(r["storage"], r["processes"]): r["trials_per_second"] for r in d["cost"]}
+    rows = [f"| storage | use it for | s per trial, 1 process | s per trial, {n} at once | trials/s, 1 process | "
+            f"trials/s, {n} at once | errors at {n} |", "|---|---|---|---|---|---|---|"]
+    for kind, r in c["storages"].items():
+        rows.append(f"| {kind} | {STORAGE_USE[kind]} | {r['alone_s']:.3f} | {r['shared_s']:.3f} | "
+                    f"{rate[kind, 1]:.1f} | {rate[kind, n]:.1f} | {r['errors_shared']} |")
+    by_n = "; ".join(f"{r['processes']}: {r['errors']} errors, {r['seconds_per_trial_median']:.2f} s per trial"
+                     for r in d["cost"] if r["storage"] == "rdb-sqlite")
+    start = (f"errors start at {c['sqlite_errors_from']} processes" if c["sqlite_errors_from"] else
+             f"no errors up to {c['sqlite_most_tried']} processes (each waits up to 120 s for the write lock)")
+    rows += ["", f"A trial's storage calls without training (ask with 4 parameters, a report and a pruning check "
+             f"per epoch, 3 user attributes, tell), the median over every trial of every process, on a "
+             f"{d['machine']}: {n} processes share its cores, so a shared figure holds the CPU's share too. "
+             f"SQLite by processes ({by_n}): {start}."]
+    return "\n".join(rows)
+
+
+# The sentences the docs quote from load.json's cost part (bench/blocks.py places them).
+BLOCKS = {"storage_cost_table": storage_cost_table}

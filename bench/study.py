@@ -10,7 +10,7 @@ the time spent inside Optuna's report/should_prune calls) as a share of trial ti
 
 Usage:
     CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/study.py [--minutes 20]
-Writes results/bench/study.json.
+Writes results/bench/study.json; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import read_result, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from study.objective import Objective  # noqa: E402
@@ -68,6 +68,45 @@ def run_arm(name: str, base: TrainConfig, data, minutes: float, seed: int, work:
         "epochs_spent": sum(epochs), "mean_epochs_per_trial": statistics.mean(epochs),
         "overhead_share_mean": statistics.mean(overheads), "overhead_share_max": max(overheads),
     }
+
+
+def study_bench_table(name: str) -> str:
+    """TPE + Hyperband against random sampling without pruning, against the targets (<name>.json)."""
+    d = read_result(name)
+    tpe, rnd = d["arms"]["tpe_hyperband"], d["arms"]["random_no_pruning"]
+    gap, ratio = 100 * (tpe["best_val_acc"] - rnd["best_val_acc"]), d["ratio_mean_epochs_pruned_to_unpruned"]
+    worst = max(tpe["overhead_share_max"], rnd["overhead_share_max"])
+    return "\n".join([
+        "| | TPE + Hyperband | random, no pruning | target |", "|---|---|---|---|",
+        f"| best val_acc | {tpe['best_val_acc']:.4f} | {rnd['best_val_acc']:.4f} | TPE >= random: "
+        f"{'met' if gap >= 0 else f'**missed by {-gap:.2f} points**'} (one run each) |",
+        f"| trials finished (pruned) | {tpe['trials_finished']} ({tpe['trials_pruned']}) | "
+        f"{rnd['trials_finished']} ({rnd['trials_pruned']}) | |",
+        f"| epochs spent | {tpe['epochs_spent']} | {rnd['epochs_spent']} | |",
+        f"| mean epochs per trial | {tpe['mean_epochs_per_trial']:.2f} | {rnd['mean_epochs_per_trial']:.3g} | "
+        f"ratio **{ratio:.2f}**, target <= 0.5: {'met' if ratio <= 0.5 else '**missed**'} |",
+        f"| overhead, share of trial time (mean / max) | {100 * tpe['overhead_share_mean']:.2f}% / "
+        f"{100 * tpe['overhead_share_max']:.2f}% | {100 * rnd['overhead_share_mean']:.2f}% / "
+        f"{100 * rnd['overhead_share_max']:.2f}% | < 2%: {'met' if worst < 0.02 else '**missed**'} |",
+        "", f"Arms ran {tpe['wall_seconds'] / 60:.1f} and {rnd['wall_seconds'] / 60:.1f} min (`{d['command']}`).",
+    ])
+
+
+def study_bench_trials() -> str:
+    """How many trials each arm of the CPU study benchmark finished (study.json)."""
+    counts = sorted(a["trials_finished"] for a in read_result("study")["arms"].values())
+    return f"{counts[0]} to {counts[-1]} trials"
+
+
+def full_trial_minutes() -> str:
+    """Minutes per unpruned trial in the CPU study benchmark (study.json, its random arm)."""
+    arm = read_result("study")["arms"]["random_no_pruning"]
+    return f"{arm['wall_seconds'] / arm['trials_finished'] / 60:.1f} minutes"
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"study_bench_cpu": lambda: study_bench_table("study"), "study_bench_trials": study_bench_trials,
+          "study_bench_h200": lambda: study_bench_table("study-h200"), "full_trial_minutes": full_trial_minutes}
 
 
 def main() -> None:

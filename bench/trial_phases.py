@@ -12,7 +12,7 @@ trial's figures are kept apart (it pays for what a process does once).
 Usage:
     CIFAR10_DIR=../shared/data/cifar10-jpeg python bench/trial_phases.py [--trials 10]
         [--preset smoke] [--train-fraction 0.02] [--target-epochs 4]
-Writes results/bench/trial_phases.json.
+Writes results/bench/trial_phases.json; ``BLOCKS``: the sentences the docs quote from it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from bench.common import run_python, write_result  # noqa: E402
+from bench.common import read_result, run_python, write_result  # noqa: E402
 from cifar.runtime import device_name  # noqa: E402
 
 
@@ -41,6 +41,24 @@ def phases(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
     out["optuna_outside_objective"] = outside - sum(out.values())
     out["outside_epochs"] = outside
     return out
+
+
+def trial_phases_line() -> str:
+    """Where a short study's trials spend their time outside the epochs (trial_phases.json)."""
+    d = read_result("trial_phases")
+    m, first = d["median_seconds"], d["first_trial_seconds"]
+    return (f"on a {d['threads']}-thread {d['machine']}, a `{d['preset']}` study of {d['trials_finished']} trials on "
+            f"{100 * d['train_fraction']:.0f}% of the split at a {d['target_epochs']}-epoch target (a trial "
+            f"{d['trial_seconds_median']:.1f} s, its epochs {d['epochs_seconds_median']:.1f} s; medians): "
+            f"{m['outside_epochs']:.3f} s a trial outside its epochs, of which {m['before_train']:.3f} s before "
+            f"`train()`, {m['train_setup_and_callbacks']:.3f} s in `train()` around the epochs, "
+            f"{m['optuna_report_prune']:.3f} s in Optuna's report and prune calls, {m['curve_and_uploads']:.3f} s "
+            f"on the curve and its upload, {m['optuna_outside_objective']:.3f} s in Optuna outside the objective; "
+            f"the first trial {first['outside_epochs']:.2f} s, {first['before_train']:.2f} s of it before `train()`")
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"trial_phases_line": trial_phases_line}
 
 
 def main(argv: list[str] | None = None) -> int:

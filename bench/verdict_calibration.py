@@ -20,7 +20,7 @@ under A/A, and power (better) of at least 0.8 at +0.6 points with the CPU preset
 
 Usage:
     python bench/verdict_calibration.py [--reps 10000] [--looks 6,8,10] [--race-rounds 3] [--epochs 3]
-Writes results/bench/verdict_calibration.json.
+Writes results/bench/verdict_calibration.json, its sentences included; ``BLOCKS`` hands them to the docs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
+from bench.common import read_result, write_result  # noqa: E402
 from reports.race import RacePlan, race  # noqa: E402
 from reports.verdict import compare, make_plan  # noqa: E402
 from study.presets import NOISE_FILE, PRESETS, RACE_ALPHA, noise_runs  # noqa: E402
@@ -172,6 +172,11 @@ def tradeoff_table(rows: list[dict]) -> str:
     return "\n".join([head, *(f"| {r['images_per_s']:.0f} | {r['target_epochs']} | {r['trials']} | {r['race_runs']} | "
                               f"{', '.join(map(str, r['looks']))} | {r['mde_points']:.2f} | {r['minutes']:.0f} |"
                               for r in rows)])
+
+
+# The sentences the docs quote from this script's results files (bench/blocks.py places them).
+BLOCKS = {"verdict_tradeoff": lambda: read_result("verdict_calibration")["tradeoff_table"],
+          "verdict_calibration": lambda: read_result("verdict_calibration")["summary"]}
 
 
 def main(argv: list[str] | None = None) -> int:

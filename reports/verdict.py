@@ -20,6 +20,10 @@ with the variance of two independent runs. A true negative correlation would
 widen the intervals and lower the power; the rule's error rate would hold, since
 each interval uses the spread it observes.
 
+Last, the committed reference job in the docs' words (the blocks ``bench/blocks.py`` places in the
+README and docs/report.md): its minutes and machine, its race, its verdict, read from its report's
+comparison.json and its study.
+
 Usage:
     plan = make_plan(race_result, looks=(6, 8, 10), seeds=comparison_seeds(10))
     verdict = compare(plan, lambda seed: (baseline_acc(seed), tuned_acc(seed)))
@@ -28,14 +32,19 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 from scipy import optimize, stats
 
+from reports.load import open_study
 from reports.race import RaceResult
 from study.sequential import POWER, Design, Look, decide, mde, pairs_for_equivalence, pairs_needed
 
@@ -226,3 +235,64 @@ def power_text(plan: Plan) -> str:
             f"with {POWER:.0%} power: {100 * plan.mde:.2f} points ({100 * plan.mde_first:.2f} at the first look). "
             f"Equivalence margin: +-{100 * plan.delta:.2f} points ({plan.delta_source}); with no true difference "
             f"the interval would lie inside it after about {plan.equivalence_pairs:.0f} pairs.")
+
+
+# ---------------------------------------------------------------- the reference job in the docs' words
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"  # committed <kind>/<study>/ folders
+REFERENCE_JOB = "cifar-cpu-verdict"  # the main job the docs quote: study, race, sequential comparison
+
+
+def reference_comparison(study: str = REFERENCE_JOB) -> dict:
+    """A committed reference job's comparison.json (its report's figures)."""
+    return json.loads((REFERENCE / "reports" / study / "comparison.json").read_text())
+
+
+def reference_study(study: str = REFERENCE_JOB) -> optuna.Study:
+    """A committed reference job's study, read through Optuna from its SQLite file."""
+    return open_study(f"sqlite:///{REFERENCE / 'studies' / study / 'study.db'}", study)
+
+
+def job_line(d: dict, study: optuna.Study, whose: str = "our") -> str:
+    """The job's minutes by step (every session on record), its machines (the sessions' record) and trials."""
+    minutes, budget = d["job_minutes"], d["study_budget"]
+    named = sorted({s["machine"] for s in study.user_attrs.get("sessions", [])})
+    machine = named[0] if len(named) == 1 else f"{len(named)} machines, " + " and ".join(named)
+    measured = (f" (the study, when created, measured the fast recipe at {budget['throughput']['train']:.0f} "
+                f"training images/s)" if "throughput" in budget else "")
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    digits = 0 if sum(minutes.values()) >= 20 else 1
+    return (f"{sum(minutes.values()):.{digits}f} min on {whose} {machine}{measured}: the study "
+            f"{minutes['study']:.{digits}f} min ({finished} trials at a {d['epochs']}-epoch target), "
+            f"the report {minutes['report']:.{digits}f} min")
+
+
+def headline_line(d: dict) -> str:
+    """The job's decision in one sentence: the outcome, the effect with its repeated interval,
+    P(tuned beats baseline on a fresh seed) and the MDE planned before the test read."""
+    v, plan = d["verdict"], d["verdict"]["plan"]
+    last, (p, p_low, p_high) = v["looks"][-1], v["p_better"]
+    return (f"**{v['outcome']}**: trial {d['best_trial']} against the baseline, {100 * np.mean(v['tuned']):.2f}% "
+            f"against {100 * np.mean(v['baseline']):.2f}% test accuracy over {last['n']} fresh seeds each, "
+            f"**{100 * last['mean']:+.2f} points**, repeated 95% interval [{100 * last['low']:+.2f}, "
+            f"{100 * last['high']:+.2f}] (look {len(v['looks'])} of {len(plan['looks'])}, equivalence margin "
+            f"±{100 * plan['delta']:.2f}); P(tuned beats baseline on a fresh seed) **{p:.2f}** [{p_low:.2f}, "
+            f"{p_high:.2f}]; the smallest effect its seeds detect with 80% power, planned before the test read: "
+            f"**{100 * plan['mde']:.2f} points**")
+
+
+def race_line(d: dict) -> str:
+    """The race on validation that chose the job's winner."""
+    race, trial = d["race"], {c["name"]: f"trial {c['trial']}" for c in d["candidates"]} | {"baseline": "the baseline"}
+    out = [r["knocked_out"] for r in race["rounds"] if r["knocked_out"]]
+    return (f"on validation over {len(race['rounds'])} fresh seeds ({', '.join(str(r['seed']) for r in race['rounds'])}"
+            f"), the study's own runs only the screen: "
+            + ", ".join(f"{trial[n]} {100 * np.mean(v):.2f}%" for n, v in sorted(race["val"].items(),
+                                                                                 key=lambda kv: -sum(kv[1])))
+            + f"; {'knocked out: ' + str(out) if out else 'no one knocked out'}; {trial[race['winner']]} won"
+            + (", leading every round" if all(r["leader"] == race["winner"] for r in race["rounds"]) else ""))
+
+
+BLOCKS = {"verdict_job": lambda: job_line(reference_comparison(), reference_study()),
+          "verdict_headline": lambda: headline_line(reference_comparison()),
+          "verdict_race": lambda: race_line(reference_comparison())}

@@ -1,4 +1,5 @@
-"""Structure: layering, module size and docstrings, public imports, the README's tree and search-space table."""
+"""Structure: layering, module size and docstrings, public imports, the README's tree and search-space table,
+the docs' measured blocks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from study.search_space import reference_table, space_table
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cifar", "study", "reports")
 MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py"))
+BENCH = sorted((ROOT / "bench").glob("*.py"))
 MAX_LINES = 300
 # What each package may not import (the layering: cifar <- study <- reports).
 FORBIDDEN = {"cifar": ("study", "reports", "optuna"), "study": ("reports",), "reports": ("study.run",)}
@@ -30,7 +32,7 @@ def imports_of(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", [*MODULES, *BENCH], ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_module_is_small_and_says_what_it_owns(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
     assert ast.get_docstring(ast.parse(path.read_text())), "opens with a docstring"
@@ -79,8 +81,7 @@ def test_no_import_circle_inside_a_package(package):
     assert cycle_in(module_graph(package)) is None
 
 
-@pytest.mark.parametrize("path", [*MODULES, *sorted((ROOT / "bench").glob("*.py")),
-                                  *sorted((ROOT / "tests").glob("*.py"))],
+@pytest.mark.parametrize("path", [*MODULES, *BENCH, *sorted((ROOT / "tests").glob("*.py"))],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_private_name_imported_from_another_package(path):
     own = path.parent.name
@@ -139,16 +140,29 @@ def test_every_string_choice_is_a_registry(lookup, message):
 
 
 def test_measured_blocks_are_current():
-    import importlib.util
+    from bench import blocks
 
-    spec = importlib.util.spec_from_file_location("readme", ROOT / "bench" / "readme.py")
-    readme = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(readme)
-    pages = {p: p.read_text() for p in readme.pages()}
-    every = "".join(pages.values())
-    assert all(f"<!-- results:{name} -->" in every for name in readme.BLOCKS)
+    owned = blocks.collect()
+    pages = {p: p.read_text() for p in blocks.pages()}
+    blocks.check_placement(owned, list(pages.values()))  # every block owned, every owned block placed
     for path, text in pages.items():
-        assert readme.render(text) == text, f"a block in {path} differs from its results file: run make readme"
+        assert blocks.render(text, owned) == (text, []), f"a block in {path} differs from its results file: " \
+            "run make readme"
+
+
+PLACED, UNPLACED = "<!-- results:a -->x<!-- /results:a -->", "<!-- results:b --><!-- /results:b -->"
+
+
+@pytest.mark.parametrize("pages, message", [
+    ([PLACED, UNPLACED, "<!-- results:c -->x<!-- /results:c -->"], "no module in OWNERS declares: c"),  # unowned
+    ([PLACED], "placed in no page: b"),                                  # owned, in no page
+    (["<!-- results:a -->x", UNPLACED], "without their pair in the pages: a"),  # a marker without its end
+])
+def test_a_block_nobody_owns_or_nowhere_placed_is_an_error(pages, message):
+    from bench import blocks
+
+    with pytest.raises(SystemExit, match=message):
+        blocks.check_placement({"a": str, "b": str}, pages)
 
 
 DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "README.md",
