@@ -4,8 +4,10 @@ No benchmark writes these files: the training CLIs do. results/smallcnn/ is the
 SmallCNN run of the original task (``make smallcnn``: ``cifar.train``,
 ``cifar.evaluate``, ``cifar.export``, then copied there), and
 results/onnx/baseline-seed0-onnx_check.json is ``cifar.export``'s check of the
-ONNX model of a report's baseline run against PyTorch. The cifar package stays
-free of the docs, so the sentences live here; ``bench/blocks.py`` places them.
+ONNX model of a report's baseline run against PyTorch; configs/fast*.json are
+written by ``cifar.recipes`` from its values with their derivations. The cifar
+package stays free of the docs, so the sentences live here; ``bench/blocks.py``
+places them.
 
 Usage:
     from bench.training_runs import BLOCKS
@@ -57,5 +59,13 @@ def onnx_accuracy() -> str:
             f"onnxruntime, {d['flipped']} predictions flipped")
 
 
-BLOCKS = {"smallcnn_table": smallcnn_table, "smallcnn_throughput": smallcnn_throughput,
+def recipe_values() -> str:
+    """The fast recipe's every value as its source writes it, and why (cifar/recipes.py)."""
+    from cifar.recipes import FAST
+
+    rows = ["| key | value | as written | why |", "|---|---|---|---|"]
+    return "\n".join(rows + [f"| `{v.key}` | {json.dumps(v.value)} | `{v.derivation}` | {v.reason} |" for v in FAST])
+
+
+BLOCKS = {"recipe_values": recipe_values, "smallcnn_table": smallcnn_table, "smallcnn_throughput": smallcnn_throughput,
           "onnx_accuracy": onnx_accuracy}

@@ -78,7 +78,7 @@ class Objective:
             trial.set_user_attr("pruning_seconds", round(pruning.seconds, 3))
             recorded = time.perf_counter()
             epochs = self._record(trial, run_dir, uploads_to)
-            if not resume:  # where a trial's time outside its epochs goes (bench/readme.py's overhead block)
+            if not resume:  # where a trial's time outside its epochs goes (bench/trial_phases.py's block)
                 trial.set_user_attr("phase_seconds", {
                     "before_train": round(start - entered, 3),
                     "train_setup_and_callbacks": round(train_call - epochs - pruning.seconds, 3),
