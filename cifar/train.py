@@ -93,7 +93,8 @@ def build_parts(cfg: TrainConfig, data: CifarData, rank: Dist) -> Parts:
     params, flops = model_cost(cfg.model)
     if net.whitening is not None:  # fitted to the train split, before any training step
         normalize = Normalize(data.mean, data.std).to(device)
-        net.whitening.fit(normalize(data.train.x[:WHITEN_IMAGES].to(device)))
+        net.whitening.fit_once(data.train.x, (data.mean, data.std, str(device)),
+                               lambda: normalize(data.train.x[:WHITEN_IMAGES].to(device)))
     model = net
     if rank.world > 1:
         if net.whitening is not None and cfg.whiten_bias_epochs:
