@@ -54,6 +54,9 @@ def candidates_of(study: optuna.Study, k: int) -> tuple[Candidate, list[Candidat
     """The baseline, and the study's ``k`` best complete trials with distinct configs other than the
     baseline's, best first (by their validation accuracy at the target, seed 0)."""
     attrs = study.user_attrs
+    if len(study.directions) > 1:
+        raise UsageError(f"study {study.study_name!r} has several objectives ({', '.join(study.metric_names or [])}): "
+                         "its Pareto report is not built yet; `study show` lists its trials and costs")
     if "base_config" not in attrs or "target_epochs" not in (attrs.get("budget") or {}):
         raise UsageError(f"study {study.study_name!r} was not made by this version of `python -m study run` "
                          "(it has no target budget)")

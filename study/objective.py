@@ -32,17 +32,20 @@ from cifar.evaluate import plot_curves  # noqa: E402
 from cifar.model import model_cost  # noqa: E402
 from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
+from study.objectives import COSTS_ATTR, Constraint, measure_costs, values  # noqa: E402
 from study.pruning import PruningCallback  # noqa: E402
 from study.search_space import CONFIG_ATTR, suggest_config  # noqa: E402
 
 
 class Objective:
-    def __init__(self, base: TrainConfig, data: CifarData, runs_root: Path,
-                 artifact_store=None, space: str = "default", verbose: bool = False):
+    def __init__(self, base: TrainConfig, data: CifarData, runs_root: Path, artifact_store=None,
+                 space: str = "default", verbose: bool = False, objectives: tuple[str, ...] = ("val_acc",),
+                 constraint: Constraint | None = None):
         self.base, self.data, self.runs_root = base, data, Path(runs_root)
         self.artifact_store, self.space, self.verbose = artifact_store, space, verbose
+        self.objectives, self.constraint = objectives, constraint
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
             return self.run(trial, trial)
         except Exception as e:
@@ -50,7 +53,7 @@ class Objective:
                 trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}".splitlines()[0][:300])
             raise
 
-    def run(self, trial: optuna.trial.BaseTrial, uploads_to: optuna.Trial | None) -> float:
+    def run(self, trial: optuna.trial.BaseTrial, uploads_to: optuna.Trial | None) -> float | tuple[float, ...]:
         """One trial. ``trial`` may be a TorchDistributedTrial that every rank of a torchrun job
         calls in step; ``uploads_to`` is the storage's trial for the artifacts (rank 0), else None."""
         entered = time.perf_counter()
@@ -62,7 +65,13 @@ class Objective:
         trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")  # which machine and process ran it
         trial.set_user_attr("params", params)
         trial.set_user_attr("flops", flops)
-        pruning = PruningCallback(trial, last_epoch=cfg.epochs)
+        several = len(self.objectives) > 1  # costs measured before training, as the sampler's constraint reads them
+        costs = measure_costs(cfg, self.objectives) if several else {}
+        if several:
+            trial.set_user_attr(COSTS_ATTR, costs)
+        if self.constraint:
+            trial.set_constraint(self.constraint.name, self.constraint.violation(costs))
+        pruning = PruningCallback(trial, last_epoch=cfg.epochs, reports=not several)
         resume = self._take_over(trial, cfg, run_dir, pruning)
         start = time.perf_counter()
         try:
@@ -88,7 +97,7 @@ class Objective:
         if result.status == "diverged":
             # A diverged trial says something about its region of the space: keep it, pruned.
             raise optuna.TrialPruned(result.message)
-        return result.best_val_acc
+        return values(result.best_val_acc, costs, self.objectives) if several else result.best_val_acc
 
     def _take_over(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, run_dir: RunDir,
                    pruning: PruningCallback) -> bool:

@@ -114,17 +114,18 @@ class PruningCallback:
     After the trial's last epoch it only reports: pruning then saves nothing (the
     budget is spent), and a trial that ran its course counts as complete, with its
     value, rather than as pruned. Hyperband's top rung is the last epoch, so
-    without this it "prunes" finished trials (7 of 30 in a study here)."""
+    without this it "prunes" finished trials (7 of 30 in a study here). In a study of several
+    objectives it reports nothing (``reports=False``): Optuna's ``Trial.report`` raises there."""
 
-    def __init__(self, trial: optuna.Trial, last_epoch: int | None = None):
-        self.trial, self.last_epoch = trial, last_epoch
+    def __init__(self, trial: optuna.Trial, last_epoch: int | None = None, reports: bool = True):
+        self.trial, self.last_epoch, self.reports = trial, last_epoch, reports
         self.seconds = 0.0  # spent in Optuna (storage writes, pruner), for the overhead benchmark
         # Epochs a retried trial inherited from the trial it takes over (reported and judged there):
         # it may train them again from an earlier checkpoint, and reports them no second time.
         self.inherited: set[int] = set()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch in self.inherited:
+        if epoch in self.inherited or not self.reports:
             return
         start = time.perf_counter()
         try:

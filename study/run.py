@@ -30,6 +30,7 @@ from cifar.data import DataError, check_data
 from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
 from study.dashboard import browse_command
+from study.objectives import directions, study_objectives
 from study.presets import PRESETS, pick_preset, target_budget
 from study.pruning import PRUNERS, default_pruner, first_rung, measured_first_rung
 from study.retry import recover_running
@@ -85,6 +86,10 @@ def build_parser() -> ArgParser:
     p.add_argument("--workers", type=number(int, 1, 1024), default=None,
                    help="worker processes (default: preset; gpu: 4 per GPU, cpu: 1); 1 under torchrun")
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
+    p.add_argument("--objectives", default=None, help="val_acc, then any of latency (ms, ONNX Runtime here), flops, "
+                   "params: several make a multi-objective study, which Optuna cannot prune (default: val_acc)")
+    p.add_argument("--constraint", default=None, metavar="NAME<=LIMIT", help="e.g. latency<=4: trials above it "
+                   "are infeasible to the sampler (one of the --objectives)")
     p.add_argument("--pruner", default=None, choices=PRUNERS,
                    help="default: a resumed study's own, else hyperband where bench/fidelity.py measured a rung "
                         "at the study's target, none where not (docs/study.md)")
@@ -120,6 +125,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
     try:
         base = apply_overrides(TrainConfig.from_json(args.config), sets)
         baseline_params = params_of(base, args.space)
+        study_objectives(args.objectives, args.constraint, None, args.pruner, launched_by_torchrun())  # before files
     except ValueError as e:
         raise UsageError(str(e)) from None
     check_storage_url(args.storage)
@@ -130,9 +136,11 @@ def prepare(argv: Sequence[str]) -> Prepared:
     storage = make_storage(args.storage, args.heartbeat_interval, args.grace_period)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     study_name = args.study_name or default_study_name(existing, f"cifar-{preset_name}", args.storage)
-    if study_name in existing and existing[study_name].direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise UsageError(f"study {study_name!r} in {redact(args.storage)} minimizes; this one maximizes val_acc: "
-                         "choose another --study-name")
+    try:
+        objectives, constraint = study_objectives(args.objectives, args.constraint, existing.get(study_name),
+                                                  args.pruner, launched_by_torchrun())
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     stored = existing[study_name].user_attrs.get("budget") if study_name in existing else None
     if stored and args.target_epochs and args.target_epochs != stored.get("target_epochs"):
         raise UsageError(f"study {study_name!r} trains at a target of {stored.get('target_epochs')} epochs; "
@@ -141,7 +149,8 @@ def prepare(argv: Sequence[str]) -> Prepared:
         raise UsageError(f"study {study_name!r} in {redact(args.storage)} has no target budget (made by an older "
                          "version?): choose another --study-name")
     # A resumed study keeps its pruner unless another is given.
-    pruner = args.pruner or (existing[study_name].user_attrs.get("pruner") if stored else None)
+    pruner = args.pruner or (existing[study_name].user_attrs.get("pruner") if stored else None) or (
+        "none" if len(objectives) > 1 else None)
     base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
     pruner = pruner or default_pruner(base.epochs)
     rung, why = measured_first_rung(base.epochs)
@@ -151,15 +160,16 @@ def prepare(argv: Sequence[str]) -> Prepared:
                                   f"measurement supports ({why})"), flush=True)
     n_trials = args.n_trials or budget.get("n_trials", preset.n_trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=directions(objectives),
                                 load_if_exists=True)
     if study_name not in existing:
         for key, value in {"preset": preset_name, "budget": budget, "space": args.space,
-                           "base_config": base.to_dict(), "sampler": args.sampler, "pruner": pruner}.items():
+                           "base_config": base.to_dict(), "sampler": args.sampler, "pruner": pruner,
+                           "objectives": list(objectives), "constraint": args.constraint}.items():
             study.set_user_attr(key, value)
         # The baseline is always trial 0, so every study contains it.
         study.enqueue_trial(baseline_params, user_attrs={"baseline": True})
-        study.set_metric_names(["val_acc"])  # optuna-dashboard names the objective, not "Objective 0"
+        study.set_metric_names(list(objectives))  # optuna-dashboard names them, not "Objective 0"
     elif study.user_attrs.get("space", args.space) != args.space:
         raise UsageError(f"study {study_name!r} searched the {study.user_attrs['space']!r} space; "
                          f"resume it with --space {study.user_attrs['space']}")
@@ -173,7 +183,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
               heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
               runs_root=str(Path(args.runs_dir) / study_name),
               artifact_dir=args.artifact_dir or str(artifact_dir_for(args.storage)), workers=workers,
-              verbose=args.verbose)
+              verbose=args.verbose, objectives=objectives, constraint=constraint)
     return Prepared(job, study, base, args.results_dir, raw)
 
 
@@ -257,8 +267,7 @@ def announce(prepared: Prepared, processes: str = "") -> None:
     print(f"study {job.study_name!r} in {redact(job.storage)}: {job.workers} worker(s){processes} x {job.threads} "
           f"thread(s), up to {job.n_trials} trials at a target of {base.epochs} epochs on "
           f"{base.data.train_fraction:.0%} of the train split, sampler {job.sampler}, pruner {job.pruner}"
-          + (f"\n{warning}" if warning else ""),
-          flush=True)
+          + (f"\n{warning}" if warning else ""), flush=True)
 
 
 def finish(prepared: Prepared, started: float, interrupted: bool) -> int:

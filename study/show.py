@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 
 from cifar.cli import ArgParser, UsageError, fail
+from study.objectives import best_of
 from study.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -31,7 +32,7 @@ def studies_table(storage) -> pd.DataFrame:
     rows = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
         rows.append({"study": s.study_name, "trials": s.n_trials,
-                     "best val_acc": s.best_trial.value if s.best_trial else None,
+                     "best val_acc": s.best_trial.value if s.best_trial else None,  # (none: several objectives)
                      "best trial": s.best_trial.number if s.best_trial else None,
                      "preset": s.user_attrs.get("preset", ""), "started": s.datetime_start})
     return pd.DataFrame(rows)
@@ -76,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("(no trials)")
         return 0
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    best = study.best_trial.number if complete else None
+    best = best_of(study).number if complete else None
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_columns", None):
-        print(f"study {study.study_name!r}, metric val_acc (maximised)")
+        print(f"study {study.study_name!r}, " + (f"objectives {', '.join(study.metric_names)} (val_acc maximised, "
+              "the costs minimised); * marks the best val_acc" if len(study.directions) > 1 else
+              "metric val_acc (maximised)"))
         print(printable(table, best, args.sort))
     if args.csv:
         table.to_csv(args.csv, index=False)

@@ -29,17 +29,19 @@ from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
 from cifar.runtime import describe_machine
+from study.objectives import best_of
 from study.search_space import trial_config
 
 BEST_TRIAL_CONFIG = "best_trial_config.json"  # the best single trial; not the recommendation
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, val_acc, seconds, epochs_run, train_seconds, baseline,
-    then the trial's parameters (blank where a parameter does not apply to it)."""
-    rows = []
+    """One row per trial: number, state, val_acc (and any cost objectives), seconds, epochs_run,
+    train_seconds, baseline, then the trial's parameters (blank where a parameter does not apply)."""
+    rows, costs = [], study.metric_names[1:] if study.metric_names and len(study.directions) > 1 else []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, "val_acc": t.value,
+        values = t.values or [None] * (1 + len(costs))
+        rows.append({"number": t.number, "state": t.state.name, "val_acc": values[0], **dict(zip(costs, values[1:])),
                      "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
                      "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
                      "train_seconds": t.user_attrs.get("train_seconds", 0.0),
@@ -117,9 +119,9 @@ def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path)
                                "user_attrs": study.user_attrs}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
-        best = study.best_trial
+        best = best_of(study)
         cfg = trial_config(best, base, space)
         cfg.to_json(out_dir / BEST_TRIAL_CONFIG)  # as the trial ran: at the study's target
-        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+        summary.update(best_trial=best.number, best_value=best.values[0], best_params=best.params)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

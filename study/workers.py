@@ -1,11 +1,9 @@
 """Study workers: processes that load the study and run trials until the shared count is reached.
 
-``--workers N`` starts N processes on one storage (spawned, each with its own
-sampler seed and a share of the CPU threads; on GPUs, worker i trains on GPU
-i mod the number of GPUs, so several trials share each GPU); the same command on other
-machines with one PostgreSQL URL joins the study. Under torchrun, rank 0 runs
-the study and every rank trains each trial through a TorchDistributedTrial.
-``Progress`` prints one line per finished trial with the study's ETA.
+``--workers N`` starts N processes on one storage (spawned, each with its own sampler seed and a
+share of the CPU threads; on GPUs, worker i trains on GPU i mod the number of GPUs); the same command
+on other machines with one PostgreSQL URL joins the study. Under torchrun, rank 0 runs the study and
+every rank trains each trial through a TorchDistributedTrial. ``Progress``: a line per trial, an ETA.
 
 Usage:
     run_workers(Job(storage=..., study_name=..., base=cfg, ...))
@@ -32,6 +30,7 @@ from cifar.data import prepare_data
 from cifar.runtime import Dist
 from cifar.sources import RawCifar
 from study.objective import Objective
+from study.objectives import Constraint, best_of
 from study.pruning import epoch_share, make_pruner
 from study.search_space import make_sampler
 from study.storage import PATIENCE_S, lost_connection, make_storage
@@ -44,8 +43,9 @@ class Progress:
     epochs a trial runs on average under the pruner (study.pruning.epoch_share, from its rungs),
     times the trials left, shared among the workers."""
 
-    def __init__(self, n_trials: int | None, workers: int, max_epochs: int, pruner: str = "hyperband"):
-        self.n_trials, self.workers, self.max_epochs = n_trials, workers, max_epochs
+    def __init__(self, n_trials: int | None, workers: int, max_epochs: int, pruner: str = "hyperband",
+                 objectives: tuple[str, ...] = ("val_acc",)):
+        self.n_trials, self.workers, self.max_epochs, self.objectives = n_trials, workers, max_epochs, objectives
         self.share = epoch_share(max_epochs, pruner)
 
     def eta_minutes(self, done: list[optuna.trial.FrozenTrial]) -> float | None:
@@ -59,14 +59,13 @@ class Progress:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         eta = self.eta_minutes(done)
+        costs = "".join(f" {n} {short(v)}" for n, v in zip(self.objectives[1:], (trial.values or [])[1:]))
         value = (f"({fail_reason(trial)[:120]})" if trial.state == TrialState.FAIL else
-                 f"val_acc {trial.value:.4f}" if trial.value is not None else
+                 f"val_acc {trial.values[0]:.4f}{costs}" if trial.values else
                  f"last val_acc {max(trial.intermediate_values.items())[1]:.4f}" if trial.intermediate_values else "")
         params = " ".join(f"{k}={short(v)}" for k, v in trial.params.items())
-        try:
-            best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
-        except ValueError:
-            best = "no complete trial yet"
+        top = best_of(study)
+        best = f"best val_acc {top.values[0]:.4f} (#{top.number})" if top else "no complete trial yet"
         elapsed = trial.duration.total_seconds() if trial.duration else 0.0
         total = f"/{self.n_trials}" if self.n_trials else ""
         epochs = f" {trial.user_attrs['epochs_run']}/{self.max_epochs} ep" if "epochs_run" in trial.user_attrs else ""
@@ -140,6 +139,8 @@ class Job:
     artifact_dir: str
     workers: int
     verbose: bool = False   # a line per epoch of every trial, too
+    objectives: tuple[str, ...] = ("val_acc",)  # and any costs (study.objectives)
+    constraint: Constraint | None = None
 
 
 def load_study(job: Job, index: int) -> optuna.Study:
@@ -158,7 +159,8 @@ def make_objective(job: Job, uploads: bool = True, raw: RawCifar | None = None) 
     if uploads:
         Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(job.artifact_dir)
-    return Objective(base, prepare_data(base.data, raw=raw), Path(job.runs_root), store, job.space, job.verbose)
+    return Objective(base, prepare_data(base.data, raw=raw), Path(job.runs_root), store, job.space, job.verbose,
+                     job.objectives, job.constraint)
 
 
 def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
@@ -195,7 +197,7 @@ def until_reached(n_trials: int):
 
 def optimize(study: optuna.Study, objective, job: Job) -> None:
     failures = StopOnFailures()
-    callbacks: list = [Progress(job.n_trials, job.workers, job.base.epochs, job.pruner), failures]
+    callbacks: list = [Progress(job.n_trials, job.workers, job.base.epochs, job.pruner, job.objectives), failures]
     if job.n_trials:  # counted over every worker: the study stops at n_trials finished trials in total
         callbacks.append(until_reached(job.n_trials))
     # Progress prints every trial, failures with their reason; Optuna's own log would add

@@ -70,6 +70,13 @@ CASES = [
     ("study run", "--minutes 0", "argument --minutes: wants a number in (0, 1000000], got '0'", "no minutes"),
     ("study run", "--preset smoke --minutes 60", "--minutes sizes the job to this machine, which the smoke preset "
                   "does not do", "minutes on an unsized preset"),
+    ("study run", "--objectives val_acc,speed", "unknown objective 'speed'", "unknown objective"),
+    ("study run", "--objectives latency", "must start with val_acc", "a cost without val_acc"),
+    ("study run", "--objectives val_acc,latency --pruner hyperband", "cannot prune a study of several objectives",
+     "a pruner where Optuna cannot prune"),
+    ("study run", "--constraint latency<=3", "needs it among --objectives", "a constraint on no objective"),
+    ("study run", "--objectives val_acc,latency --constraint latency<3", "NAME<=LIMIT", "malformed constraint"),
+    ("study run", "--objectives val_acc,latency --constraint latency<=nan", "NAME<=LIMIT", "NaN constraint"),
     ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
     ("study run", "--set lr=-1", "lr must be > 0", "bad base override"),
     ("study run", "--set lr=nan", "config key 'lr': 'nan' is not a number in", "NaN base override"),

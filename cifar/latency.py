@@ -1,0 +1,74 @@
+"""What a config costs at inference, known before training: its ONNX graph timed with ONNX Runtime.
+
+Latency depends on the architecture and the test-time augmentation level, not on the weights, so
+the model is built untrained (``build_model``), wrapped as ``cifar.export`` wraps a trained one
+(uint8 images in, normalisation inside, TTA views averaged in the graph), exported, and timed on
+this machine: for each batch size, ``repeats`` timed calls after ``warmup`` untimed ones, the batch
+sizes interleaved call by call so that a machine's drift falls on all of them alike. Each batch size
+gets its median, p90 and interquartile spread in milliseconds per call, and the throughput batch
+its images per second.
+
+Usage:
+    cost = inference_cost(cfg, tta=2)     # {"batch_1": {...}, "batch_64": {...}, "onnx_bytes": ...}
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifar.config import TrainConfig
+from cifar.export import ImageClassifier, export_onnx, onnx_session
+from cifar.model import build_model
+from cifar.sources import IMAGE_SIZE
+
+BATCHES = (1, 64)  # one request, and a throughput batch
+NEUTRAL_STATS = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # any normalisation costs the same
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile, interpolated linearly (numpy's default)."""
+    return float(np.quantile(np.asarray(values), q))
+
+
+def export_untrained(cfg: TrainConfig, tta: int, out: Path) -> Path:
+    """``cfg``'s model, untrained, as the deployable ONNX graph (normalisation and TTA inside)."""
+    net = build_model(TrainConfig.from_dict({**cfg.to_dict(), "device": "cpu", "low_memory": False})).eval()
+    return export_onnx(ImageClassifier(net, *NEUTRAL_STATS, tta=tta).eval(), [], out)
+
+
+def time_session(session, batches: tuple[int, ...] = BATCHES, repeats: int = 30, warmup: int = 5,
+                 seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per batch size: milliseconds per call (median, p90, interquartile spread) over ``repeats`` calls,
+    the sizes interleaved; images per second at the median."""
+    rng = np.random.default_rng(seed)
+    inputs = {b: rng.integers(0, 256, (b, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8) for b in batches}
+    for _ in range(warmup):
+        for b in batches:
+            session.run(["logits"], {"images": inputs[b]})
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(repeats):
+        for b in batches:
+            start = time.perf_counter()
+            session.run(["logits"], {"images": inputs[b]})
+            times[b].append(1000 * (time.perf_counter() - start))
+    return {f"batch_{b}": {"median_ms": round(statistics.median(t), 4), "p90_ms": round(quantile(t, 0.9), 4),
+                           "iqr_ms": round(quantile(t, 0.75) - quantile(t, 0.25), 4), "repeats": repeats,
+                           "images_per_s": round(1000 * b / statistics.median(t), 1)}
+            for b, t in times.items()}
+
+
+def inference_cost(cfg: TrainConfig, tta: int = 0, batches: tuple[int, ...] = BATCHES, repeats: int = 30,
+                   warmup: int = 5) -> dict[str, Any]:
+    """The ONNX latency of ``cfg``'s model at TTA level ``tta`` on this machine, before any training."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_untrained(cfg, tta, Path(tmp) / "model.onnx")
+        session, _ = onnx_session(path)
+        timed = time_session(session, batches, repeats, warmup)
+        size = path.stat().st_size
+    return {"tta": tta, "onnx_bytes": size, **timed}

@@ -1,0 +1,49 @@
+"""cifar/latency.py: a config's inference cost, measured on its untrained ONNX graph before training."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cifar.config import ModelConfig
+from cifar.export import ImageClassifier, onnx_session
+from cifar.latency import NEUTRAL_STATS, export_untrained, inference_cost, time_session
+from cifar.model import build_model
+from tests.conftest import tiny_config
+
+
+def test_the_untrained_graph_is_the_model_a_run_deploys(tmp_path):
+    """The timed graph computes what the PyTorch model it was built from computes, TTA views included."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    path = export_untrained(cfg, 2, tmp_path / "m.onnx")
+    torch.manual_seed(0)  # the same initial weights again
+    reference = ImageClassifier(build_model(cfg).eval(), *NEUTRAL_STATS, tta=2).eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+    session, _ = onnx_session(path)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(session.run(["logits"], {"images": images})[0], expected, atol=1e-4)
+
+
+def test_the_cost_has_each_batch_size_with_its_spread_and_tta_costs_more():
+    cfg = tiny_config(model=ModelConfig(widths=(32, 64), depth=1, stem_width=0, num_classes=10))
+    plain, six_views = inference_cost(cfg, tta=0, repeats=15), inference_cost(cfg, tta=2, repeats=15)
+    for cost in (plain, six_views):
+        assert set(cost) == {"tta", "onnx_bytes", "batch_1", "batch_64"} and cost["onnx_bytes"] > 0
+        for b in ("batch_1", "batch_64"):
+            c = cost[b]
+            assert 0 < c["median_ms"] <= c["p90_ms"] and c["iqr_ms"] >= 0 and c["repeats"] == 15
+    assert six_views["batch_64"]["median_ms"] > 2 * plain["batch_64"]["median_ms"]  # 6 passes against 1
+
+
+def test_batch_sizes_are_timed_interleaved():
+    calls = []
+
+    class Session:
+        def run(self, outputs, feeds):
+            calls.append(len(feeds["images"]))
+            return [np.zeros((len(feeds["images"]), 10), np.float32)]
+
+    timed = time_session(Session(), batches=(1, 8), repeats=3, warmup=1)
+    assert calls == [1, 8] * 4 and set(timed) == {"batch_1", "batch_8"}
