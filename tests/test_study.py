@@ -424,7 +424,7 @@ def test_workers_share_the_gpus_round_robin(monkeypatch):
     monkeypatch.setattr(workers, "load_study", lambda job, index: None)
     monkeypatch.setattr(workers, "make_objective", lambda job, raw=None: None)
     monkeypatch.setattr(workers, "optimize", lambda study, objective, job: None)
-    job = workers.Job(storage="sqlite://", study_name="s", base={}, space="default", sampler="tpe",
+    job = workers.Job(storage="sqlite://", study_name="s", base=TrainConfig(), space="default", sampler="tpe",
                       pruner="none", seed=0, n_trials=1, timeout=None, threads=1, heartbeat_interval=30,
                       grace_period=120, runs_root="runs", artifact_dir="a", workers=4)
     for index in range(4):
@@ -447,7 +447,7 @@ def test_a_worker_whose_running_trial_was_failed_by_a_heartbeat_check_goes_on(tm
             RetryHeartbeatStaleTrialCallback(max_retry=2)(study, study._storage.get_trial(trial._trial_id))
         return trial.suggest_float("x", 0.0, 1.0)
 
-    job = workers.Job(storage="sqlite://", study_name="s", base={"epochs": 1}, space="default", sampler="tpe",
+    job = workers.Job(storage="sqlite://", study_name="s", base=TrainConfig(epochs=1), space="default", sampler="tpe",
                       pruner="none", seed=0, n_trials=3, timeout=None, threads=1, heartbeat_interval=30,
                       grace_period=120, runs_root="runs", artifact_dir="a", workers=1)
     workers.optimize(study, objective, job)
