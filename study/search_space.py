@@ -14,7 +14,8 @@ Three readers use the one table: ``suggest_config`` (a trial's config),
 so the baseline is enqueued as trial 0) and ``space_table`` (the README's table,
 checked by a test). ``space="default"`` searches learning rate, batch size,
 optimizer and dropout; ``space="extended"`` adds weight decay, label smoothing,
-the weight average's decay, widths, cutout, translate and the warm-up share.
+the weight average's decay, widths, cutout, translate and the warm-up share; ``space="cost"``, for
+a study of accuracy against inference cost, adds the architecture: widths, depth and block.
 
 Usage:
     cfg = suggest_config(optuna.trial.FixedTrial({...}), base)
@@ -77,7 +78,8 @@ class Param:
 
 SCALE = (0.2, 5.0)   # multipliers of the reference learning rate and weight decay (25x in all)
 BATCH_SIZES = (256, 512, 1024)
-WIDTHS = ("48,96,96", "64,128,128", "96,192,192", "64,256,256")
+WIDTHS = Param("widths", choices=("48,96,96", "64,128,128", "96,192,192", "64,256,256"),
+               encode=lambda widths: ",".join(map(str, widths)))
 
 # In suggestion order: the order fixes what a seeded sampler draws.
 DEFAULT = (
@@ -90,13 +92,21 @@ EXTENDED = DEFAULT + (
     Param("wd_scale", low=SCALE[0], high=SCALE[1], log=True, scales="weight_decay"),
     Param("label_smoothing", low=0.0, high=0.3),
     Param("lookahead_decay", low=0.6, high=0.95),
-    Param("widths", choices=WIDTHS, encode=lambda widths: ",".join(map(str, widths))),
+    WIDTHS,
     Param("cutout", choices=(0, 8, 12)),
     Param("crop_padding", choices=(0, 2, 4)),
     Param("warmup_fraction", low=0.1, high=0.4),
 )
-SPACES: Registry[tuple[Param, ...]] = Registry("search space", {"default": DEFAULT, "extended": EXTENDED})
-PARAMS = {p.name: p for p in EXTENDED}  # every parameter of every space
+# For accuracy against inference cost (study/objectives.py): the default space and the architecture,
+# whose widths span about 10x in FLOPs (a study's latency objective measures what that costs here).
+COST = DEFAULT + (
+    WIDTHS,
+    Param("depth", choices=(1, 2)),
+    Param("block", choices=("plain", "residual")),
+)
+SPACES: Registry[tuple[Param, ...]] = Registry("search space", {"default": DEFAULT, "extended": EXTENDED,
+                                                                "cost": COST})
+PARAMS = {p.name: p for space in (EXTENDED, COST) for p in space}  # every parameter of every space
 
 
 def overrides_of(values: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
@@ -143,18 +153,18 @@ def params_of(cfg: TrainConfig, space: str = "default") -> dict[str, Any]:
     return params
 
 
-def space_table(space: str = "extended") -> str:
-    """The space as a Markdown table (the README's), one row per parameter."""
-    default = {p.name for p in DEFAULT}
-    rows = ["| parameter | values | scale | sets | space |", "|---|---|---|---|---|"]
-    for p in SPACES.get(space):
+def space_table() -> str:
+    """Every space's parameters as one Markdown table (the docs'), a row per parameter and the spaces
+    that search it."""
+    rows = ["| parameter | values | scale | sets | spaces |", "|---|---|---|---|---|"]
+    for p in PARAMS.values():
         if p.choices:
             values, scale = ", ".join(f"`{c}`" for c in p.choices), "categorical"
         else:
             values, scale = f"{p.low:g} to {p.high:g}", "log" if p.log else "linear"
         sets = (f"`{p.scales}` = reference x value" if p.scales else f"`{p.sets}`")
         rows.append(f"| `{p.name}` | {values} | {scale} | {sets} | "
-                    f"{'default' if p.name in default else 'extended'} |")
+                    f"{', '.join(n for n in SPACES if p in SPACES.get(n))} |")
     return "\n".join(rows)
 
 
