@@ -33,17 +33,17 @@ from cifar.model import model_cost  # noqa: E402
 from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
 from study.objectives import COSTS_ATTR, Constraint, measure_costs, values  # noqa: E402
-from study.pruning import PruningCallback  # noqa: E402
+from study.pruning import ParetoHalving, PruningCallback  # noqa: E402
 from study.search_space import CONFIG_ATTR, suggest_config  # noqa: E402
 
 
 class Objective:
     def __init__(self, base: TrainConfig, data: CifarData, runs_root: Path, artifact_store=None,
                  space: str = "default", verbose: bool = False, objectives: tuple[str, ...] = ("val_acc",),
-                 constraint: Constraint | None = None):
+                 constraint: Constraint | None = None, pruner: str = "none"):
         self.base, self.data, self.runs_root = base, data, Path(runs_root)
         self.artifact_store, self.space, self.verbose = artifact_store, space, verbose
-        self.objectives, self.constraint = objectives, constraint
+        self.objectives, self.constraint, self.pruner = objectives, constraint, pruner
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
@@ -71,7 +71,8 @@ class Objective:
             trial.set_user_attr(COSTS_ATTR, costs)
         if self.constraint:
             trial.set_constraint(self.constraint.name, self.constraint.violation(costs))
-        pruning = PruningCallback(trial, last_epoch=cfg.epochs, reports=not several)
+        pareto = ParetoHalving(cfg.epochs, self.objectives[1:]) if several and self.pruner == "pareto" else None
+        pruning = PruningCallback(trial, last_epoch=cfg.epochs, reports=not several, pareto=pareto, costs=costs)
         resume = self._take_over(trial, cfg, run_dir, pruning)
         start = time.perf_counter()
         try:

@@ -9,8 +9,9 @@ it), ``flops`` the forward FLOPs per image, ``params`` the parameter count. ``--
 latency<=X`` (or ``flops<=X``, ``params<=X``) tells the sampler which trials are feasible (``Trial.set_constraint``,
 which Optuna's TPE and GP samplers read); infeasible trials still run and are stored.
 
-Optuna cannot prune a multi-objective trial (``Trial.report`` raises there), so such a study runs
-every trial to its target.
+Optuna cannot prune a multi-objective trial (``Trial.report`` raises there): such a study runs every
+trial to its target, or, with ``--pruner pareto``, stops a trial at a rung where it is not among the
+best third of the trials that cost no more (``study.pruning.ParetoHalving``).
 
 Usage:
     names = parse_objectives("val_acc,latency")          # ("val_acc", "latency")
@@ -103,9 +104,11 @@ def study_objectives(objectives: str | None, constraint: str | None, existing: A
     limit = parse_constraint(text) if text else None
     if limit and limit.name not in names:
         raise ValueError(f"--constraint on {limit.name} needs it among --objectives (e.g. val_acc,{limit.name})")
-    if len(names) > 1 and pruner not in (None, "none"):
-        raise ValueError("Optuna cannot prune a study of several objectives (Trial.report raises there): "
-                         "use --pruner none, the default for such a study")
+    if len(names) > 1 and pruner not in (None, "none", "pareto"):
+        raise ValueError("Optuna's pruners cannot prune a study of several objectives (Trial.report raises "
+                         "there): use --pruner pareto (by cost) or none, the default for such a study")
+    if len(names) == 1 and pruner == "pareto":
+        raise ValueError("--pruner pareto ranks trials among those that cost no more: it needs cost --objectives")
     if len(names) > 1 and distributed:
         raise ValueError("a study of several objectives does not run under torchrun; run it with --workers")
     return names, limit

@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -67,6 +68,8 @@ PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner
     "median": lambda max_epochs: optuna.pruners.MedianPruner(
         n_startup_trials=5, n_warmup_steps=first_rung(max_epochs)),  # it may prune at that step
     "none": lambda max_epochs: optuna.pruners.NopPruner(),
+    # a study of several objectives: Optuna's pruners cannot judge it; ParetoHalving does, in the callback
+    "pareto": lambda max_epochs: optuna.pruners.NopPruner(),
 })
 
 
@@ -92,7 +95,7 @@ def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
     (``halving_share``): Hyperband averages its brackets, weighted as Optuna allocates trials to
     them; the median pruner and no pruner count whole runs (the most a trial can cost)."""
     first = first_rung(epochs)
-    if pruner == "halving":
+    if pruner in ("halving", "pareto"):
         return halving_share(epochs, first)
     if pruner != "hyperband" or first >= epochs:
         return 1.0
@@ -108,6 +111,45 @@ def hyperband_budgets(epochs: int, first: int, reduction: int = REDUCTION_FACTOR
     return [math.ceil(n * reduction ** (n - 1 - i) / (n - i)) for i in range(n)]
 
 
+CURVE_ATTR = "val_acc_curve"  # {epoch: val_acc}: a multi-objective trial's curve (Trial.report raises there)
+
+
+@dataclass(frozen=True)
+class ParetoHalving:
+    """Successive halving for a study of accuracy against cost, where a trial competes only with trials
+    that cost no more. A trial's costs are known before it trains (study/objectives.py), so at each rung
+    (the first rung, then x ``reduction``) its val_acc is ranked among the trials that reached the rung
+    and cost no more in every cost objective; it goes on if it is in their top 1/``reduction`` (or
+    fewer than ``reduction`` compete). So a cheap trial is never stopped by an expensive, more accurate
+    one: the front's cheap end survives (Syne Tune's MOASHA ranks by non-dominated sorting instead;
+    here the cost side of the front is known in advance)."""
+
+    max_epochs: int
+    costs: tuple[str, ...]
+    reduction: int = REDUCTION_FACTOR
+
+    def rungs(self) -> list[int]:
+        rungs = [first_rung(self.max_epochs)]
+        while rungs[-1] * self.reduction < self.max_epochs:
+            rungs.append(rungs[-1] * self.reduction)
+        return [r for r in rungs if r < self.max_epochs]
+
+    def keeps(self, val_acc: float, costs: dict[str, float], peers: list[tuple[float, dict[str, float]]]) -> bool:
+        """Whether a trial of ``val_acc`` and ``costs`` at a rung goes on, against ``peers`` (val_acc, costs) there."""
+        rivals = [v for v, c in peers if all(c[k] <= costs[k] for k in self.costs)]
+        n = len(rivals) + 1
+        return n < self.reduction or 1 + sum(v > val_acc for v in rivals) <= n // self.reduction
+
+    def peers(self, study: optuna.Study, epoch: int, number: int) -> list[tuple[float, dict[str, float]]]:
+        """(val_acc at ``epoch``, costs) of every other trial that reached that epoch."""
+        out = []
+        for t in study.get_trials(deepcopy=False):
+            curve, costs = t.user_attrs.get(CURVE_ATTR, {}), t.user_attrs.get("costs")
+            if t.number != number and costs and str(epoch) in curve:
+                out.append((curve[str(epoch)], costs))
+        return out
+
+
 class PruningCallback:
     """Reports val_acc to the trial after every epoch and prunes when the pruner says so.
 
@@ -117,16 +159,20 @@ class PruningCallback:
     without this it "prunes" finished trials (7 of 30 in a study here). In a study of several
     objectives it reports nothing (``reports=False``): Optuna's ``Trial.report`` raises there."""
 
-    def __init__(self, trial: optuna.Trial, last_epoch: int | None = None, reports: bool = True):
+    def __init__(self, trial: optuna.Trial, last_epoch: int | None = None, reports: bool = True,
+                 pareto: ParetoHalving | None = None, costs: dict[str, float] | None = None):
         self.trial, self.last_epoch, self.reports = trial, last_epoch, reports
+        self.pareto, self.costs, self.curve = pareto, costs or {}, dict(trial.user_attrs.get(CURVE_ATTR, {}))
         self.seconds = 0.0  # spent in Optuna (storage writes, pruner), for the overhead benchmark
         # Epochs a retried trial inherited from the trial it takes over (reported and judged there):
         # it may train them again from an earlier checkpoint, and reports them no second time.
         self.inherited: set[int] = set()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch in self.inherited or not self.reports:
+        if epoch in self.inherited:
             return
+        if not self.reports:
+            return self._judge_by_cost(epoch, metrics["val_acc"])
         start = time.perf_counter()
         try:
             self.trial.report(metrics["val_acc"], epoch)
@@ -135,3 +181,16 @@ class PruningCallback:
             self.seconds += time.perf_counter() - start
         if prune:
             raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {metrics['val_acc']:.4f}")
+
+    def _judge_by_cost(self, epoch: int, val_acc: float) -> None:
+        """A trial of several objectives: its curve as a user attribute, and ParetoHalving at a rung."""
+        start = time.perf_counter()
+        self.curve[str(epoch)] = val_acc
+        self.trial.set_user_attr(CURVE_ATTR, self.curve)
+        prune = (self.pareto is not None and epoch != self.last_epoch and epoch in self.pareto.rungs()
+                 and not self.pareto.keeps(val_acc, self.costs, self.pareto.peers(self.trial.study, epoch,
+                                                                                   self.trial.number)))
+        self.seconds += time.perf_counter() - start
+        if prune:
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {val_acc:.4f}: not in the top "
+                                     f"1/{self.pareto.reduction} of the trials that cost no more")

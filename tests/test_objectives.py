@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from study.objectives import Constraint, parse_constraint, parse_objectives, study_objectives
+from study.pruning import ParetoHalving, first_rung
 from study.run import main
 from tests.test_study import load, study_env  # noqa: F401  (fixture)
 
@@ -29,12 +30,12 @@ def test_objectives_and_constraints_parse_or_say_why():
 
 def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsys):  # noqa: F811
     args = study_env["args"] + ["--study-name", "mo", "--n-trials", "3", "--objectives", "val_acc,latency,params",
-                                "--constraint", "params<=3000"]
+                                "--constraint", "params<=3000", "--pruner", "pareto", "--target-epochs", "3"]
     assert main(args) == 0
     out = capsys.readouterr().out
     study = load(study_env, "mo")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
-    assert study.metric_names == ["val_acc", "latency", "params"] and study.user_attrs["pruner"] == "none"
+    assert study.metric_names == ["val_acc", "latency", "params"] and study.user_attrs["pruner"] == "pareto"
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     for t in complete:
@@ -42,10 +43,11 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
         assert t.values[1] == costs["latency"] == costs["latency_detail"]["batch_1"]["median_ms"] > 0
         assert t.values[2] == costs["params"] == t.user_attrs["params"]
         assert t.constraints == {"params": costs["params"] - 3000}  # what the sampler reads
-        assert not t.intermediate_values  # Optuna cannot take reports in such a study
+        assert not t.intermediate_values  # Optuna cannot take reports in such a study: the curve is ours
+        assert sorted(t.user_attrs["val_acc_curve"]) == ["1", "2", "3"]
     assert "latency" in out and "best val_acc" in out
     # Resumed without the options, it keeps its own; with other objectives it is refused.
-    assert main(study_env["args"] + ["--study-name", "mo", "--n-trials", "3"]) == 0
+    assert main(study_env["args"] + ["--study-name", "mo", "--n-trials", "3", "--target-epochs", "3"]) == 0
     assert main(study_env["args"] + ["--study-name", "mo", "--objectives", "val_acc"]) == 2
     assert "maximizes and minimizes and minimizes" in capsys.readouterr().err
     from reports.build import main as report_main
@@ -57,3 +59,55 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
     assert report_main(["--storage", study_env["url"], "--study-name", "mo", "--out", str(study_env["tmp"] / "r")]) == 2
     err = capsys.readouterr().err
     assert "several objectives" in err and err.count("\n") == 1
+
+
+def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
+    rule = ParetoHalving(max_epochs=9, costs=("latency",))
+    assert rule.rungs() == [first_rung(9), *([3 * first_rung(9)] if 3 * first_rung(9) < 9 else [])]
+    expensive = [(0.9, {"latency": 10.0})] * 5
+    assert rule.keeps(0.5, {"latency": 1.0}, expensive)  # better models, all dearer: no rival
+    cheap_rivals = [(0.8, {"latency": 1.0}), (0.7, {"latency": 0.5}), (0.6, {"latency": 1.0})]
+    assert not rule.keeps(0.5, {"latency": 1.0}, cheap_rivals)  # last of 4 that cost no more
+    assert rule.keeps(0.9, {"latency": 1.0}, cheap_rivals)  # first of 4: in the top quarter
+    assert rule.keeps(0.1, {"latency": 1.0}, cheap_rivals[:1])  # 2 compete: fewer than 3, both go on
+
+
+def hypervolume_2d(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by (val_acc maximised, cost minimised) points up to ``ref`` (val_acc low, cost high)."""
+    area, best = 0.0, ref[0]
+    for acc, cost in sorted(points, key=lambda p: p[1]):  # cheapest first
+        if acc > best:
+            area += (acc - best) * (ref[1] - cost)
+            best = acc
+    return area
+
+
+def test_pareto_halving_on_synthetic_curves_saves_epochs_and_keeps_the_front():
+    """300 trials of synthetic learning curves: a trial's final accuracy is mostly its hyperparameters'
+    luck and a little its cost (a larger model), its curve rises towards it (its ranking at a rung follows
+    its final one, with noise): the rule's decisions against running every trial to the end."""
+    import math
+    import random
+
+    rng, rule, epochs = random.Random(0), ParetoHalving(max_epochs=9, costs=("latency",)), 9
+    seen: dict[int, list[tuple[float, dict]]] = {}
+    spent, kept, everything = 0, [], []
+    for _ in range(300):
+        cost = rng.uniform(1, 10)
+        final = 0.55 + 0.3 * rng.random() + 0.05 * math.log10(cost)
+        curve = {e: final * (1 - 0.5 ** (e + 1)) + rng.gauss(0, 0.005) for e in range(1, epochs + 1)}
+        everything.append((curve[epochs], cost))
+        for e in range(1, epochs + 1):
+            spent += 1
+            if e in rule.rungs():
+                peers = seen.setdefault(e, [])
+                go_on = rule.keeps(curve[e], {"latency": cost}, peers)
+                peers.append((curve[e], {"latency": cost}))
+                if not go_on:
+                    break
+        else:
+            kept.append((curve[epochs], cost))
+    saved = 1 - spent / (300 * epochs)
+    ref = (min(a for a, _ in everything), 10.0)
+    ratio = hypervolume_2d(kept, ref) / hypervolume_2d(everything, ref)
+    assert saved > 0.3 and ratio > 0.95, (saved, ratio)
