@@ -49,6 +49,7 @@ from reports.content import (
 )
 from reports.fidelity import rung_correlations, study_curves
 from reports.load import candidates_of, load_run, open_study
+from reports.pareto import write_pareto
 from reports.race import RacePlan
 from reports.render import Section, to_html, to_markdown, write_pngs
 from reports.runs import ensure_trained, run_comparison, run_race
@@ -179,6 +180,8 @@ def select_sealed(study, args, runs_root: Path):
 def build(study_name: str | None, storage: str, args, out_root: Path, runs_root: Path) -> Path:
     started = time.time()
     study = open_study(storage, study_name)
+    if len(study.directions) > 1:  # accuracy against cost: the front and its picks (reports/pareto.py)
+        return write_pareto(study, out_root)
     with session_clock(study, "report", started):
         return _build(study, args, out_root, runs_root, started)
 

@@ -56,9 +56,16 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
     assert show_main(["--storage", study_env["url"], "--study-name", "mo"]) == 0
     shown = capsys.readouterr().out
     assert "objectives val_acc, latency, params" in shown and "latency" in shown.splitlines()[1]
-    assert report_main(["--storage", study_env["url"], "--study-name", "mo", "--out", str(study_env["tmp"] / "r")]) == 2
-    err = capsys.readouterr().err
-    assert "several objectives" in err and err.count("\n") == 1
+    assert report_main(["--storage", study_env["url"], "--study-name", "mo", "--out", str(study_env["tmp"] / "r")]) == 0
+    import json
+
+    summary = json.loads((study_env["tmp"] / "r" / "mo" / "pareto.json").read_text())
+    on_front = {r["trial"] for r in summary["front"]}
+    assert summary["objectives"] == ["val_acc", "latency", "params"] and summary["cost"] == "latency"
+    assert on_front and on_front <= {t.number for t in load(study_env, "mo").trials if t.values}
+    baseline = load(study_env, "mo").trials[0]  # the constraint is on params, the front's axis latency:
+    assert summary["limit_from"] == "half the baseline's" and summary["limit"] == baseline.values[1] / 2
+    assert "Not built yet" in (study_env["tmp"] / "r" / "mo" / "pareto.md").read_text()
 
 
 def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
@@ -111,3 +118,20 @@ def test_pareto_halving_on_synthetic_curves_saves_epochs_and_keeps_the_front():
     ref = (min(a for a, _ in everything), 10.0)
     ratio = hypervolume_2d(kept, ref) / hypervolume_2d(everything, ref)
     assert saved > 0.3 and ratio > 0.95, (saved, ratio)
+
+
+def test_the_front_its_knee_and_its_hypervolume():
+    from optuna.distributions import FloatDistribution
+
+    from reports.pareto import front, hypervolume, knee
+
+    def trial(number, acc, latency):
+        return optuna.trial.create_trial(values=[acc, latency], params={"x": 0.5},
+                                         distributions={"x": FloatDistribution(0, 1)}, user_attrs={})
+    points = [(0.80, 1.0), (0.85, 2.0), (0.86, 8.0), (0.70, 3.0), (0.84, 2.5)]  # the last two dominated
+    trials = [trial(i, a, c) for i, (a, c) in enumerate(points)]
+    shown = front(trials)
+    assert [(t.values[0], t.values[1]) for t in shown] == [(0.80, 1.0), (0.85, 2.0), (0.86, 8.0)]
+    assert knee(shown).values == [0.85, 2.0]  # most of the accuracy at a quarter of the dearest cost
+    assert knee(shown[:2]) is None
+    assert hypervolume([(0.8, 1.0), (0.85, 2.0)], ref=(0.7, 10.0)) == pytest.approx(0.1 * 9 + 0.05 * 8)
