@@ -31,9 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cifar.cli import ArgParser, UsageError, fail, number
-from cifar.config import TrainConfig
-from cifar.data import CifarData, DataError, prepare_data
-from cifar.seal import sealed
+from cifar.data import CifarData, DataError
 from reports.content import (
     Runs,
     comparison_frame,
@@ -42,20 +40,18 @@ from reports.content import (
     headline_table,
     histories_frame,
     per_class_frame,
-    race_text,
     report_sections,
     tuned_label,
     verdict_text,
 )
 from reports.fidelity import rung_correlations, study_curves
-from reports.load import candidates_of, load_run, open_study
+from reports.load import load_run, open_study
 from reports.pareto import write_pareto
-from reports.race import RacePlan
 from reports.render import Section, to_html, to_markdown, write_pngs
-from reports.runs import ensure_trained, run_comparison, run_race
+from reports.runs import ensure_trained, run_comparison
+from reports.select import select_sealed
 from reports.stats import expected_max_curve, paired
-from reports.verdict import COMPARISON_SEED0, Plan, comparison_seeds, make_plan, power_text
-from study.presets import LOOKS, RACE_ALPHA, RACE_ROUNDS, REPORT_CANDIDATES
+from study.presets import LOOKS, RACE_ROUNDS, REPORT_CANDIDATES
 from study.sequential import Design
 from study.storage import DEFAULT_STORAGE, STORAGE_ENV, default_storage
 from study.trials import compute_spent, job_minutes, record_session, session_clock, trials_table
@@ -120,68 +116,11 @@ def to_dashboard(study, title: str, sections: list[Section], figures: dict) -> N
             optuna_dashboard.save_plotly_graph_object(study, figures[name], graph_object_id=name)
 
 
-def _design(study, args, sized: dict) -> tuple[RacePlan, tuple[int, ...]]:
-    """The race's plan and the comparison's looks: given on the command line, else the study's
-    (``sized``: the design its preset stored when it was created), else the defaults."""
-    rounds = args.race_rounds or sized.get("race_rounds") or RACE_ROUNDS
-    args.candidates = args.candidates or sized.get("candidates") or REPORT_CANDIDATES
-    looks = tuple(args.looks or sized.get("looks") or LOOKS)
-    study_seed = TrainConfig.from_dict(study.user_attrs["base_config"]).seed
-    try:
-        race = RacePlan(seeds=tuple(range(1, rounds + 1)), min_rounds=min(2, rounds), alpha=RACE_ALPHA)
-        Design(looks)
-    except ValueError as e:
-        raise UsageError(f"study {study.study_name!r}: {e}") from None
-    if study_seed in (*race.seeds, *comparison_seeds(looks[-1])):
-        raise UsageError(f"study {study.study_name!r} trained its trials at seed {study_seed}, a seed of the race "
-                         f"(1-{rounds}) or the comparison ({COMPARISON_SEED0}-): its runs would count twice")
-    return race, looks
-
-
-def frozen_plan(study, plan: Plan, winner: str) -> Plan:
-    """The stored plan, which a rebuild must reproduce once the test set has been read: another design
-    (looks, margin, candidates, race) after a test read would choose it knowing the test result."""
-    stored, selected = Plan.from_dict(study.user_attrs["verdict_plan"]), study.user_attrs["selection"]["winner"]
-    if not plan.same_design(stored) or winner != selected:
-        raise UsageError(
-            f"study {study.study_name!r} read its test set on {study.user_attrs['first_test_read']} under the plan "
-            f"recorded on {stored.recorded_at} (looks {','.join(map(str, stored.looks))}, margin "
-            f"{stored.delta:g}, winner {selected}); this build would plan looks {','.join(map(str, plan.looks))}, "
-            f"margin {plan.delta:g}, winner {winner}. A new design after a test read needs a new study")
-    return stored
-
-
-def select_sealed(study, args, runs_root: Path):
-    """The race, with the process's test set sealed; the selection and the comparison's plan recorded
-    in the study before the seal is lifted: (baseline, candidates, data, race, plan)."""
-    sized = (study.user_attrs.get("budget") or {}).get("verdict") or {}  # empty for an unsized study
-    race_plan, looks = _design(study, args, sized)
-    baseline, candidates = candidates_of(study, args.candidates)
-    everyone = [baseline, *candidates]
-    with sealed("the report selects its winner on validation first"):
-        data = prepare_data(baseline.config.data)
-        result = run_race({c.name: c.config for c in everyone}, race_plan, runs_root, data)
-        noise = (sized["run_std"], sized["run_std_source"]) if "run_std" in sized else None
-        plan = make_plan(result, looks, delta=args.margin, noise=noise)
-        winner = next(c for c in candidates if c.name == result.winner)
-        if "first_test_read" in study.user_attrs:  # frozen: the test set has been read under this plan
-            plan = frozen_plan(study, plan, winner.name)
-        else:
-            study.set_user_attr("selection", {
-                "winner": winner.name, "winner_trial": winner.trial, "leader": result.leader,
-                "candidates": [{"name": c.name, "trial": c.trial} for c in everyone],
-                "race": result.to_dict(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            study.set_user_attr("verdict_plan", plan.to_dict())
-    data.unlock_test()
-    print(race_text(result) + "\n" + power_text(plan), flush=True)
-    return baseline, candidates, data, result, plan
-
-
 def build(study_name: str | None, storage: str, args, out_root: Path, runs_root: Path) -> Path:
     started = time.time()
     study = open_study(storage, study_name)
-    if len(study.directions) > 1:  # accuracy against cost: the front and its picks (reports/pareto.py)
-        return write_pareto(study, out_root)
+    if len(study.directions) > 1:  # accuracy against cost: the front and its pick (reports/pareto.py)
+        return write_pareto(study, args, out_root, runs_root)
     with session_clock(study, "report", started):
         return _build(study, args, out_root, runs_root, started)
 
@@ -291,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = build(args.study_name, args.storage, args, Path(args.out), Path(args.runs_dir))
     except (UsageError, DataError) as e:
         return fail(e)
-    print(f"wrote {out}/report.html, summary.md, comparison.csv, figures/, {WINNER_CONFIG} (the config to train)")
+    print(f"wrote {out}/" + ("pareto.md, pareto.json, pick.onnx (the pick's model)" if (out / "pareto.json").is_file()
+                             else f"report.html, summary.md, comparison.csv, figures/, {WINNER_CONFIG} (the config "
+                                  "to train)"))
     return 0
 
 

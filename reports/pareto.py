@@ -7,18 +7,19 @@ baseline (trial 0), and names two picks on validation alone: the knee (the front
 the line between its cheapest and its most accurate ends, both axes scaled to the front's range) and
 the most accurate trial whose first cost is within the limit (the study's ``--constraint``, else half
 the baseline's). The hypervolume is the area the front dominates in (val_acc, first cost) up to the
-study's worst corner (the lowest val_acc and the highest cost of its complete trials). Not built
-yet: retraining the picks over seeds and their verdict against the baseline (reports.verdict),
-which is what would make a pick trustworthy.
+study's worst corner (the lowest val_acc and the highest cost of its complete trials). The pick
+within the limit is then retrained over fresh seeds and compared with the baseline on the test set
+by the verdict's procedure (``compare_pick``), and its model exported to ONNX.
 
 Usage:
     summary = pareto_summary(study)                # a dict, also pareto.json
-    write_pareto(study, Path("results/reports"))   # <out>/<study>/pareto.json and pareto.md
+    write_pareto(study, args, Path("results/reports"), Path("runs/reports"))   # pareto.json, .md, pick.onnx
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def pareto_summary(study: optuna.Study) -> dict[str, Any]:
     given = study.user_attrs.get("constraint")
     constrained = bool(given) and parse_constraint(given).name == cost  # a constraint on another cost: not this axis
     limit = parse_constraint(given).limit if constrained else base.values[1] / 2 if base else None
-    under = [t for t in points if limit is not None and t.values[1] <= limit]
+    under = [t for t in points if limit is not None and t.values[1] <= limit and t is not base]
     pick = max(under, key=lambda t: (t.values[0], -t.number), default=None)
     worst = (min(t.values[0] for t in trials if t.values), max(t.values[1] for t in trials if t.values))
     the_knee = knee(points)
@@ -114,14 +115,50 @@ def pareto_markdown(s: dict[str, Any]) -> str:
         *rows, "",
         line(s["baseline"], "baseline"), line(s["knee"], "knee"),
         line(s["pick_under_limit"], f"most accurate within {limit} ({s['limit_from']})"), "",
-        "Chosen on validation only. Not built yet: the picks retrained over fresh seeds and compared with the "
-        "baseline on the test set by the verdict's procedure; until then these are candidates, not results."])
+        "Chosen on validation only. The pick within the limit against the baseline, retrained over fresh seeds "
+        "and compared on the test set by the verdict's procedure:", "",
+        s["comparison"]["text"] if s.get("comparison") else
+        "(no comparison: no trial other than the baseline is on the front within the limit, or --runs-only)"])
 
 
-def write_pareto(study: optuna.Study, out_root: Path) -> Path:
-    """pareto.json and pareto.md under ``out_root``/<study>; the Markdown is printed too."""
+def compare_pick(study: optuna.Study, summary: dict[str, Any], args, runs_root: Path, out: Path) -> dict | None:
+    """The pick within the limit against the baseline, as the tuned winner is compared (reports.select
+    races them on validation with the test set sealed and records the plan; then fresh seeds, look by
+    look, reports.verdict); the pick's seed-0 run exported to ONNX (pick.onnx, for ``make serve``)."""
+    from cifar.config import TrainConfig
+    from cifar.export import main as export_main
+    from reports.content import verdict_text
+    from reports.load import Candidate
+    from reports.runs import run_comparison
+    from reports.select import select_sealed
+    from study.search_space import trial_config
+
+    pick, base = summary["pick_under_limit"], summary["baseline"]
+    if pick is None or base is None:
+        return None
+    trials, config = study.get_trials(deepcopy=False), TrainConfig.from_dict(study.user_attrs["base_config"])
+
+    def candidate(name: str, number: int) -> Candidate:
+        t = trials[number]
+        return Candidate(name, number, t.values[0], trial_config(t, config, study.user_attrs.get("space", "default")))
+    chosen = (candidate("baseline", base["trial"]), [candidate("candidate 1", pick["trial"])])
+    baseline, candidates, data, _, plan = select_sealed(study, args, runs_root, chosen)
+    if "first_test_read" not in study.user_attrs:
+        study.set_user_attr("first_test_read", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    verdict, dirs, reads = run_comparison(baseline.config, candidates[0].config, plan, runs_root, data)
+    export_main([str(dirs["tuned"][0]), "--out", str(out / "pick.onnx")])
+    return {"verdict": verdict.to_dict(), "test_reads": reads, "pick_onnx": str(out / "pick.onnx"),
+            "text": verdict_text(verdict, f"trial {pick['trial']} (the pick, {summary['cost']} "
+                                          f"{pick[summary['cost']]:.4g} against {base[summary['cost']]:.4g})")}
+
+
+def write_pareto(study: optuna.Study, args, out_root: Path, runs_root: Path) -> Path:
+    """pareto.json and pareto.md under ``out_root``/<study>, with the pick's verdict where there is a
+    pick (``args.runs_only``: the front alone); the Markdown is printed too."""
     summary, out = pareto_summary(study), out_root / study.study_name
     out.mkdir(parents=True, exist_ok=True)
+    summary["comparison"] = None if getattr(args, "runs_only", False) else compare_pick(study, summary, args,
+                                                                                       runs_root, out)
     (out / "pareto.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     text = pareto_markdown(summary)
     (out / "pareto.md").write_text(text + "\n")

@@ -1,6 +1,8 @@
-"""study/objectives.py: a study of val_acc and inference costs (several objectives), and its bad inputs."""
+"""study/objectives.py: a study of val_acc and inference costs (several objectives), its pruning and its report."""
 
 from __future__ import annotations
+
+import json
 
 import optuna
 import pytest
@@ -50,22 +52,38 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
     assert main(study_env["args"] + ["--study-name", "mo", "--n-trials", "3", "--target-epochs", "3"]) == 0
     assert main(study_env["args"] + ["--study-name", "mo", "--objectives", "val_acc"]) == 2
     assert "maximizes and minimizes and minimizes" in capsys.readouterr().err
+    from cifar.config import TrainConfig
     from reports.build import main as report_main
+    from study.search_space import suggest_config
     from study.show import main as show_main
 
     assert show_main(["--storage", study_env["url"], "--study-name", "mo"]) == 0
     shown = capsys.readouterr().out
     assert "objectives val_acc, latency, params" in shown and "latency" in shown.splitlines()[1]
-    assert report_main(["--storage", study_env["url"], "--study-name", "mo", "--out", str(study_env["tmp"] / "r")]) == 0
-    import json
-
-    summary = json.loads((study_env["tmp"] / "r" / "mo" / "pareto.json").read_text())
-    on_front = {r["trial"] for r in summary["front"]}
+    # A trial as a cheap, accurate config would end (a real config, faked values): on the front, within half
+    # the baseline's latency (the constraint is on params; the front's axis is latency), so it is the pick.
+    study, base = load(study_env, "mo"), load(study_env, "mo").trials[0]
+    dist = base.distributions
+    cheap = {**base.params, "dropout": 0.1}
+    config = suggest_config(optuna.trial.FixedTrial(cheap), TrainConfig.from_dict(study.user_attrs["base_config"]))
+    costs = {**base.user_attrs["costs"], "latency": base.values[1] * 0.4}
+    study.add_trial(optuna.trial.create_trial(values=[0.99, costs["latency"], costs["params"]], params=cheap,
+                                              distributions=dist, user_attrs={"config": config.to_dict(),
+                                                                              "costs": costs}))
+    out = study_env["tmp"] / "r"
+    argv = ["--storage", study_env["url"], "--study-name", "mo", "--out", str(out), "--race-rounds", "2",
+            "--looks", "3,4", "--runs-dir", str(study_env["tmp"] / "report-runs")]
+    assert report_main(argv) == 0
+    summary = json.loads((out / "mo" / "pareto.json").read_text())
     assert summary["objectives"] == ["val_acc", "latency", "params"] and summary["cost"] == "latency"
-    assert on_front and on_front <= {t.number for t in load(study_env, "mo").trials if t.values}
-    baseline = load(study_env, "mo").trials[0]  # the constraint is on params, the front's axis latency:
-    assert summary["limit_from"] == "half the baseline's" and summary["limit"] == baseline.values[1] / 2
-    assert "Not built yet" in (study_env["tmp"] / "r" / "mo" / "pareto.md").read_text()
+    assert summary["limit_from"] == "half the baseline's" and summary["limit"] == base.values[1] / 2
+    pick = len(study.trials) - 1  # the trial just added
+    assert summary["pick_under_limit"]["trial"] == pick and pick in {r["trial"] for r in summary["front"]}
+    verdict = summary["comparison"]["verdict"]
+    assert verdict["outcome"] in ("better", "worse", "equivalent", "undecided") and (out / "mo" / "pick.onnx").is_file()
+    assert load(study_env, "mo").user_attrs["selection"]["winner_trial"] == pick  # recorded before the test read
+    text = (out / "mo" / "pareto.md").read_text()
+    assert f"trial {pick} (the pick, latency" in text and "pick.onnx" in capsys.readouterr().out
 
 
 def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
