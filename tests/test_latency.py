@@ -26,15 +26,14 @@ def test_the_untrained_graph_is_the_model_a_run_deploys(tmp_path):
     np.testing.assert_allclose(session.run(["logits"], {"images": images})[0], expected, atol=1e-4)
 
 
-def test_the_cost_has_each_batch_size_with_its_spread_and_tta_costs_more():
+def test_the_cost_has_each_batch_size_with_its_spread():
+    """What is stored (no timing is asserted: a test on a shared machine cannot promise one)."""
     cfg = tiny_config(model=ModelConfig(widths=(32, 64), depth=1, stem_width=0, num_classes=10))
-    plain, six_views = inference_cost(cfg, tta=0, repeats=15), inference_cost(cfg, tta=2, repeats=15)
-    for cost in (plain, six_views):
-        assert set(cost) == {"tta", "onnx_bytes", "batch_1", "batch_64"} and cost["onnx_bytes"] > 0
-        for b in ("batch_1", "batch_64"):
-            c = cost[b]
-            assert 0 < c["median_ms"] <= c["p90_ms"] and c["iqr_ms"] >= 0 and c["repeats"] == 15
-    assert six_views["batch_64"]["median_ms"] > 2 * plain["batch_64"]["median_ms"]  # 6 passes against 1
+    cost = inference_cost(cfg, tta=2, repeats=15)
+    assert set(cost) == {"tta", "onnx_bytes", "batch_1", "batch_64"} and cost["onnx_bytes"] > 0
+    for b in ("batch_1", "batch_64"):
+        c = cost[b]
+        assert 0 < c["median_ms"] <= c["p90_ms"] and c["iqr_ms"] >= 0 and c["repeats"] == 15
 
 
 def test_batch_sizes_are_timed_interleaved():

@@ -308,17 +308,17 @@ def test_selection_cannot_reach_the_test_set(study_env, tmp_path, monkeypatch, b
 
 def test_an_early_test_read_of_the_reports_data_fails(study_env, tmp_path, monkeypatch):  # noqa: F811
     """The report's own data object read before the selection is recorded: TestSetLocked."""
-    import reports.build as build
+    import reports.select as select
     from cifar.data import TestSetLocked
 
     assert study_main(study_env["args"] + ["--study-name", "r", "--n-trials", "3", "--pruner", "none"]) == 0
-    real = build.run_race
+    real = select.run_race
 
     def early(configs, plan, runs_root, data):
         _ = data.test.x  # before the race is done
         return real(configs, plan, runs_root, data)
 
-    monkeypatch.setattr(build, "run_race", early)
+    monkeypatch.setattr(select, "run_race", early)
     with pytest.raises(TestSetLocked):
         build_main(["--storage", study_env["url"], *REPORT_ARGS, "--out", str(tmp_path / "reports"),
                     "--runs-dir", str(tmp_path / "runs")])
