@@ -56,7 +56,7 @@ def candidates_of(study: optuna.Study, k: int) -> tuple[Candidate, list[Candidat
     attrs = study.user_attrs
     if len(study.directions) > 1:
         raise UsageError(f"study {study.study_name!r} has several objectives ({', '.join(study.metric_names or [])}): "
-                         "it has no winner to race; `reports build` writes its Pareto front (reports/pareto.py)")
+                         "its report is its Pareto front and its pick: run `reports build` without --runs-only")
     if "base_config" not in attrs or "target_epochs" not in (attrs.get("budget") or {}):
         raise UsageError(f"study {study.study_name!r} was not made by this version of `python -m study run` "
                          "(it has no target budget)")

@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from cifar.cli import UsageError
 from study.objectives import COSTS_ATTR, OBJECTIVES, parse_constraint
 
 
@@ -77,11 +78,14 @@ def pareto_summary(study: optuna.Study) -> dict[str, Any]:
     names = list(study.metric_names or study.user_attrs.get("objectives", []))
     trials = study.get_trials(deepcopy=False)
     points, cost = front(trials), names[1]
+    if not points:
+        raise UsageError(f"study {study.study_name!r} has no complete trial yet: run more trials first")
     base = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
     given = study.user_attrs.get("constraint")
     constrained = bool(given) and parse_constraint(given).name == cost  # a constraint on another cost: not this axis
     limit = parse_constraint(given).limit if constrained else base.values[1] / 2 if base else None
-    under = [t for t in points if limit is not None and t.values[1] <= limit and t is not base]
+    feasible = [t for t in points if all(v <= 0 for v in t.constraints.values())]  # the study's constraint, if any
+    under = [t for t in feasible if limit is not None and t.values[1] <= limit and t is not base]
     pick = max(under, key=lambda t: (t.values[0], -t.number), default=None)
     worst = (min(t.values[0] for t in trials if t.values), max(t.values[1] for t in trials if t.values))
     the_knee = knee(points)
@@ -110,7 +114,7 @@ def pareto_markdown(s: dict[str, Any]) -> str:
     return "\n".join([
         f"# Accuracy against {cost}: study {s['study']}", "",
         f"{len(s['front'])} of {s['complete']} complete trials are on the front (validation accuracy at the target; "
-        f"{cost} measured before training); it spans {s['cost_span']:.1f}x in {cost}; hypervolume "
+        f"{cost} measured before training); it spans {s['cost_span'] or float('nan'):.1f}x in {cost}; hypervolume "
         f"{s['hypervolume']:.4g}. The baseline is {'on' if s['baseline_on_front'] else 'off'} the front.", "",
         *rows, "",
         line(s["baseline"], "baseline"), line(s["knee"], "knee"),
@@ -146,8 +150,8 @@ def compare_pick(study: optuna.Study, summary: dict[str, Any], args, runs_root: 
     if "first_test_read" not in study.user_attrs:
         study.set_user_attr("first_test_read", time.strftime("%Y-%m-%dT%H:%M:%S"))
     verdict, dirs, reads = run_comparison(baseline.config, candidates[0].config, plan, runs_root, data)
-    export_main([str(dirs["tuned"][0]), "--out", str(out / "pick.onnx")])
-    return {"verdict": verdict.to_dict(), "test_reads": reads, "pick_onnx": str(out / "pick.onnx"),
+    exported = export_main([str(dirs["tuned"][0]), "--out", str(out / "pick.onnx")]) == 0  # it says why where not
+    return {"verdict": verdict.to_dict(), "test_reads": reads, "pick_onnx": exported and str(out / "pick.onnx"),
             "text": verdict_text(verdict, f"trial {pick['trial']} (the pick, {summary['cost']} "
                                           f"{pick[summary['cost']]:.4g} against {base[summary['cost']]:.4g})")}
 

@@ -46,16 +46,19 @@ def _design(study, args, sized: dict) -> tuple[RacePlan, tuple[int, ...]]:
     return race, looks
 
 
-def frozen_plan(study, plan: Plan, winner: str) -> Plan:
+def frozen_plan(study, plan: Plan, winner: str, trial: int | None = None) -> Plan:
     """The stored plan, which a rebuild must reproduce once the test set has been read: another design
-    (looks, margin, candidates, race) after a test read would choose it knowing the test result."""
-    stored, selected = Plan.from_dict(study.user_attrs["verdict_plan"]), study.user_attrs["selection"]["winner"]
-    if not plan.same_design(stored) or winner != selected:
+    (looks, margin, candidates, race) after a test read would choose it knowing the test result. ``trial``:
+    the winner's trial, which must be the recorded one too (a name like "candidate 1" may change trial)."""
+    recorded = study.user_attrs["selection"]
+    stored, selected = Plan.from_dict(study.user_attrs["verdict_plan"]), recorded["winner"]
+    if not plan.same_design(stored) or winner != selected or trial not in (None, recorded.get("winner_trial")):
         raise UsageError(
             f"study {study.study_name!r} read its test set on {study.user_attrs['first_test_read']} under the plan "
             f"recorded on {stored.recorded_at} (looks {','.join(map(str, stored.looks))}, margin "
-            f"{stored.delta:g}, winner {selected}); this build would plan looks {','.join(map(str, plan.looks))}, "
-            f"margin {plan.delta:g}, winner {winner}. A new design after a test read needs a new study")
+            f"{stored.delta:g}, winner {selected}, trial {recorded.get('winner_trial')}); this build would plan looks "
+            f"{','.join(map(str, plan.looks))}, margin {plan.delta:g}, winner {winner}, trial {trial}. A new design "
+            "after a test read needs a new study")
     return stored
 
 
@@ -74,7 +77,7 @@ def select_sealed(study, args, runs_root: Path, chosen: tuple[Candidate, list[Ca
         plan = make_plan(result, looks, delta=args.margin, noise=noise)
         winner = next(c for c in candidates if c.name == result.winner)
         if "first_test_read" in study.user_attrs:  # frozen: the test set has been read under this plan
-            plan = frozen_plan(study, plan, winner.name)
+            plan = frozen_plan(study, plan, winner.name, winner.trial)
         else:
             study.set_user_attr("selection", {
                 "winner": winner.name, "winner_trial": winner.trial, "leader": result.leader,

@@ -33,7 +33,7 @@ from cifar.model import model_cost  # noqa: E402
 from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
 from study.objectives import COSTS_ATTR, Constraint, measure_costs, values  # noqa: E402
-from study.pruning import ParetoHalving, PruningCallback  # noqa: E402
+from study.pruning import CURVE_ATTR, ParetoHalving, PruningCallback  # noqa: E402
 from study.search_space import CONFIG_ATTR, suggest_config  # noqa: E402
 
 
@@ -115,8 +115,9 @@ class Objective:
             return False
         running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         frozen = next((t for t in running if t.number == trial.number), None)
-        if frozen:  # the retry callback copied the predecessor's reports into this trial
-            pruning.inherited = set(frozen.intermediate_values)
+        if frozen:  # the retry callback copied the predecessor's reports (or its curve) into this trial
+            curve = frozen.user_attrs.get(CURVE_ATTR, {})
+            pruning.inherited = set(frozen.intermediate_values) | {int(e) for e in curve}
         history = frozen.system_attrs.get("retry_history", []) if frozen else []
         if not history:
             return False

@@ -96,10 +96,14 @@ def study_objectives(objectives: str | None, constraint: str | None, existing: A
     attrs = existing.user_attrs if existing else {}
     own = tuple(attrs.get("objectives", ["val_acc"]))
     names = parse_objectives(objectives) if objectives else own
-    if existing and [d.name.lower() for d in existing.directions] != directions(names):
+    if existing and ([d.name.lower() for d in existing.directions] != directions(names)
+                     or ("objectives" in attrs and names != own)):
         found = " and ".join(f"{d.name.lower()}s" for d in existing.directions)
         raise ValueError(f"study {existing.study_name!r} {found} ({', '.join(own)}); this one optimises "
                          f"{', '.join(names)}: choose another --study-name")
+    if existing and constraint and constraint != attrs.get("constraint"):
+        raise ValueError(f"study {existing.study_name!r} was made with constraint {attrs.get('constraint')}; "
+                         "its sampler judged its trials so: a new --constraint needs a new --study-name")
     text = constraint or attrs.get("constraint")
     limit = parse_constraint(text) if text else None
     if limit and limit.name not in names:

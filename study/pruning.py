@@ -141,11 +141,12 @@ class ParetoHalving:
         return n < self.reduction or 1 + sum(v > val_acc for v in rivals) <= n // self.reduction
 
     def peers(self, study: optuna.Study, epoch: int, number: int) -> list[tuple[float, dict[str, float]]]:
-        """(val_acc at ``epoch``, costs) of every other trial that reached that epoch."""
+        """(val_acc at ``epoch``, costs) of every other trial that reached that epoch (not a failed one: its
+        retry, which inherited its curve, counts instead)."""
         out = []
         for t in study.get_trials(deepcopy=False):
             curve, costs = t.user_attrs.get(CURVE_ATTR, {}), t.user_attrs.get("costs")
-            if t.number != number and costs and str(epoch) in curve:
+            if t.number != number and costs and str(epoch) in curve and t.state != optuna.trial.TrialState.FAIL:
                 out.append((curve[str(epoch)], costs))
         return out
 

@@ -42,6 +42,8 @@ class RetryKilledTrial(RetryHeartbeatStaleTrialCallback):
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trial = copy.copy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PROCESS_ATTRS}
+        # its constraints are measured again with its costs (Optuna keeps a value once set)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith("constraints:")}
         super().__call__(study, trial)
 
 

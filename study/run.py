@@ -125,7 +125,8 @@ def prepare(argv: Sequence[str]) -> Prepared:
     try:
         base = apply_overrides(TrainConfig.from_json(args.config), sets)
         baseline_params = params_of(base, args.space)
-        study_objectives(args.objectives, args.constraint, None, args.pruner, launched_by_torchrun())  # before files
+        if args.objectives:  # before anything is created (a resume that names none is checked below, on its own)
+            study_objectives(args.objectives, args.constraint, None, args.pruner, launched_by_torchrun())
     except ValueError as e:
         raise UsageError(str(e)) from None
     check_storage_url(args.storage)
@@ -228,8 +229,7 @@ def main_distributed(argv: Sequence[str]) -> int:
     import torch.distributed as dist
 
     rank = init_distributed("auto")
-    prepared: Prepared | None = None
-    error = None
+    prepared, error = None, None
     if rank.is_main:
         try:
             prepared = prepare(argv)

@@ -89,11 +89,14 @@ def _lost_in(error: BaseException) -> BaseException | None:
     may be followed in its session by a fallback query that fails again (PendingRollbackError)."""
     import sqlalchemy
 
-    while isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+    seen = set()
+    while isinstance(error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)) and (
+            id(error) not in seen):
         if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or getattr(
                 error, "connection_invalidated", False):
             return error
-        error = error.__cause__ or error.__context__
+        seen.add(id(error))
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None
 
 

@@ -153,3 +153,50 @@ def test_the_front_its_knee_and_its_hypervolume():
     assert knee(shown).values == [0.85, 2.0]  # most of the accuracy at a quarter of the dearest cost
     assert knee(shown[:2]) is None
     assert hypervolume([(0.8, 1.0), (0.85, 2.0)], ref=(0.7, 10.0)) == pytest.approx(0.1 * 9 + 0.05 * 8)
+
+
+def test_a_resume_must_keep_the_objectives_and_the_constraint():
+    from types import SimpleNamespace
+
+    attrs = {"objectives": ["val_acc", "latency"], "constraint": "latency<=4"}
+    made = SimpleNamespace(study_name="s", user_attrs=attrs,
+                           directions=[optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE])
+    assert study_objectives(None, None, made, "pareto") == (("val_acc", "latency"), Constraint("latency", 4.0))
+    with pytest.raises(ValueError, match="choose another --study-name"):  # the same directions, another cost
+        study_objectives("val_acc,flops", None, made, None)
+    with pytest.raises(ValueError, match="a new --constraint needs a new --study-name"):
+        study_objectives(None, "latency<=2", made, None)
+
+
+def test_the_pareto_report_needs_a_complete_trial_and_keeps_to_the_constraint():
+    from optuna.distributions import FloatDistribution
+
+    from cifar.cli import UsageError
+    from reports.pareto import pareto_summary
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["val_acc", "latency"])
+    study.ask()  # running, nothing complete
+    with pytest.raises(UsageError, match="no complete trial yet"):
+        pareto_summary(study)
+    dist = {"x": FloatDistribution(0, 1)}
+    for acc, latency, attrs, limit in [(0.8, 2.0, {"baseline": True}, None), (0.9, 0.5, {}, 1.0), (0.7, 0.4, {}, -1.0)]:
+        trial = optuna.trial.create_trial(values=[acc, latency], params={"x": 0.5}, distributions=dist,
+                                          user_attrs=attrs,
+                                          system_attrs={} if limit is None else {"constraints:latency": limit})
+        study.add_trial(trial)
+    summary = pareto_summary(study)  # the front: trial 3 (0.7, 0.4), trial 2 (0.9, 0.5), which breaks the constraint
+    assert [r["trial"] for r in summary["front"]] == [3, 2] and summary["limit"] == 1.0  # half the baseline's
+    assert summary["pick_under_limit"]["trial"] == 3
+
+
+def test_pareto_halving_leaves_out_a_failed_trial_whose_retry_stands_for_it():
+    from study.pruning import CURVE_ATTR
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE):
+        trial = study.ask()
+        trial.set_user_attr(CURVE_ATTR, {"1": 0.8})
+        trial.set_user_attr("costs", {"latency": 1.0})
+        study.tell(trial, [0.8, 1.0] if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    assert ParetoHalving(9, ("latency",)).peers(study, 1, number=99) == [(0.8, {"latency": 1.0})]

@@ -64,3 +64,17 @@ def test_a_trial_that_killed_its_worker_too_often_stays_failed(tmp_path):
         trial = study.ask()
     assert len(study.trials) == MAX_RETRY + 1 and study.trials[-1].system_attrs["retry_history"] == [0, 1]
     assert all(t.state == TrialState.FAIL for t in study.trials)
+
+
+def test_a_retry_measures_its_constraint_again():
+    """Optuna keeps a constraint once set: the retry must not carry its predecessor's (its costs are measured
+    again before it trains)."""
+    from study.retry import RetryKilledTrial
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask({"x": FloatDistribution(0, 1)})
+    trial.set_constraint("latency", 2.0)
+    study.tell(trial, state=TrialState.FAIL)
+    RetryKilledTrial()(study, study.trials[0])
+    retry = study.trials[1]
+    assert retry.system_attrs["retry_history"] == [0] and not retry.constraints

@@ -233,3 +233,28 @@ def test_a_connection_dropped_under_optunas_fallback_query_is_waited_out(capsys)
     err = capsys.readouterr().err
     assert err.count("storage unreachable") == 1 and err.count("storage back") == 1, err
     assert "terminating connection" in err, err  # the line names the dropped connection, not the fallback's error
+
+
+def test_the_lost_connection_check_ends_on_a_cycle_and_respects_from_none():
+    import sqlalchemy
+
+    from study.storage import lost_connection
+
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    looped = sqlalchemy.exc.PendingRollbackError("rolled back")
+    looped.__cause__ = looped  # `raise e from e`: a chain that points at itself
+    assert not lost_connection(looped)
+    try:
+        try:
+            raise lost
+        except sqlalchemy.exc.OperationalError:
+            raise sqlalchemy.exc.PendingRollbackError("rolled back") from None  # the connection is not the cause
+    except sqlalchemy.exc.PendingRollbackError as e:
+        assert not lost_connection(e)
+    try:
+        try:
+            raise lost
+        except sqlalchemy.exc.OperationalError:
+            raise sqlalchemy.exc.PendingRollbackError("rolled back")  # noqa: B904 (what Optuna's fallback query does)
+    except sqlalchemy.exc.PendingRollbackError as e:
+        assert lost_connection(e)
