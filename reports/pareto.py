@@ -156,6 +156,32 @@ def compare_pick(study: optuna.Study, summary: dict[str, Any], args, runs_root: 
                                           f"{pick[summary['cost']]:.4g} against {base[summary['cost']]:.4g})")}
 
 
+def hypervolume_history(trials: list[FrozenTrial]) -> list[tuple[int, float]]:
+    """(trial number, the hypervolume of the front of the complete trials up to it), up to the study's
+    worst corner, in completion order: what the search gained trial by trial."""
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
+    if not done:
+        return []
+    worst = (min(t.values[0] for t in done), max(t.values[1] for t in done))
+    return [(t.number, hypervolume([(u.values[0], u.values[1]) for u in front(done[:i + 1])], worst))
+            for i, t in enumerate(done)]
+
+
+def to_dashboard(study: optuna.Study, text: str) -> None:
+    """The report as the study's note, and its hypervolume history as a figure, for optuna-dashboard (which
+    draws the Pareto front of a study of several objectives itself)."""
+    import optuna_dashboard
+    import plotly.graph_objects as go
+
+    history = hypervolume_history(study.get_trials(deepcopy=False))
+    figure = go.Figure(go.Scatter(x=list(range(1, len(history) + 1)), y=[h for _, h in history], mode="lines+markers",
+                                  text=[f"trial {n}" for n, _ in history]))
+    figure.update_layout(title="Hypervolume of the front by completed trial", xaxis_title="complete trials",
+                         yaxis_title="hypervolume (val_acc x cost)")
+    optuna_dashboard.save_note(study, text)
+    optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id="hypervolume_history")
+
+
 def write_pareto(study: optuna.Study, args, out_root: Path, runs_root: Path) -> Path:
     """pareto.json and pareto.md under ``out_root``/<study>, with the pick's verdict where there is a
     pick (``args.runs_only``: the front alone); the Markdown is printed too."""
@@ -166,5 +192,6 @@ def write_pareto(study: optuna.Study, args, out_root: Path, runs_root: Path) -> 
     (out / "pareto.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     text = pareto_markdown(summary)
     (out / "pareto.md").write_text(text + "\n")
+    to_dashboard(study, text)
     print(text, flush=True)
     return out

@@ -39,9 +39,8 @@ from study.storage import PATIENCE_S, lost_connection, make_storage
 class Progress:
     """Study callback: one line per finished trial, with the study's ETA.
 
-    The ETA counts pruning: the seconds per epoch of the finished trials, times the
-    epochs a trial runs on average under the pruner (study.pruning.epoch_share, from its rungs),
-    times the trials left, shared among the workers."""
+    The ETA counts pruning: the seconds per epoch of the finished trials, times the epochs a trial runs
+    on average under the pruner (study.pruning.epoch_share), times the trials left, over the workers."""
 
     def __init__(self, n_trials: int | None, workers: int, max_epochs: int, pruner: str = "hyperband",
                  objectives: tuple[str, ...] = ("val_acc",)):
@@ -144,11 +143,12 @@ class Job:
 
 
 def load_study(job: Job, index: int) -> optuna.Study:
-    """The study with worker ``index``'s own sampler seed and the job's pruner."""
-    storage = make_storage(job.storage, job.heartbeat_interval, job.grace_period)
-    return optuna.load_study(study_name=job.study_name, storage=storage,
-                             sampler=make_sampler(job.sampler, job.seed + index),
-                             pruner=make_pruner(job.pruner, job.base.epochs))
+    """The study; worker ``index``'s sampler seed moves on by the finished trials (a resume redraws nothing)."""
+    study = optuna.load_study(study_name=job.study_name, pruner=make_pruner(job.pruner, job.base.epochs),
+                              storage=make_storage(job.storage, job.heartbeat_interval, job.grace_period))
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    study.sampler = make_sampler(job.sampler, job.seed + index + done)
+    return study
 
 
 def make_objective(job: Job, uploads: bool = True, raw: RawCifar | None = None) -> Objective:

@@ -82,6 +82,10 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
     verdict = summary["comparison"]["verdict"]
     assert verdict["outcome"] in ("better", "worse", "equivalent", "undecided") and (out / "mo" / "pick.onnx").is_file()
     assert load(study_env, "mo").user_attrs["selection"]["winner_trial"] == pick  # recorded before the test read
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    shown = load(study_env, "mo")  # in optuna-dashboard: the report as the note, the hypervolume history
+    assert "hypervolume_history" in get_plotly_graph_objects(shown._storage.get_study_system_attrs(shown._study_id))
     text = (out / "mo" / "pareto.md").read_text()
     assert f"trial {pick} (the pick, latency" in text and "pick.onnx" in capsys.readouterr().out
 
@@ -152,6 +156,12 @@ def test_the_front_its_knee_and_its_hypervolume():
     assert [(t.values[0], t.values[1]) for t in shown] == [(0.80, 1.0), (0.85, 2.0), (0.86, 8.0)]
     assert knee(shown).values == [0.85, 2.0]  # most of the accuracy at a quarter of the dearest cost
     assert knee(shown[:2]) is None
+    from reports.pareto import hypervolume_history
+
+    for t, when in zip(trials, range(5)):  # completed in this order
+        t.datetime_complete = t.datetime_complete.replace(microsecond=when)
+    gains = [h for _, h in hypervolume_history(trials)]
+    assert gains == sorted(gains) and gains[-1] > 0  # a front only grows
     assert hypervolume([(0.8, 1.0), (0.85, 2.0)], ref=(0.7, 10.0)) == pytest.approx(0.1 * 9 + 0.05 * 8)
 
 

@@ -539,3 +539,32 @@ def test_a_resumed_study_retries_at_once_a_trial_whose_worker_here_is_gone(study
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert trials[elsewhere.number].state == TrialState.RUNNING  # its heartbeat decides, not us
+
+
+def test_a_resumed_worker_does_not_draw_the_same_start_up_points_again(tmp_path):
+    """The sampler's seed moves on by the trials already finished, so a resume draws new random points."""
+    from dataclasses import replace
+
+    import study.workers as workers
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(storage=url, study_name="s", direction="maximize")
+    job = workers.Job(storage=url, study_name="s", base=TrainConfig(epochs=1), space="default", sampler="random",
+                      pruner="none", seed=0, n_trials=4, timeout=None, threads=1, heartbeat_interval=30,
+                      grace_period=120, runs_root="runs", artifact_dir="a", workers=1)
+
+    def draws(n: int) -> list[float]:
+        study = workers.load_study(job, 0)
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            out.append(trial.suggest_float("x", 0, 1))
+            study.tell(trial, 0.5)
+        return out
+
+    first = draws(2)
+    assert draws(2) != first  # the same command again (a resume): other points
+    fresh = tmp_path / "t.db"
+    optuna.create_study(storage=f"sqlite:///{fresh}", study_name="s", direction="maximize")
+    job = replace(job, storage=f"sqlite:///{fresh}")
+    assert draws(2) == first  # a new study with the same seed: the same points (reproducible)
