@@ -230,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = build(args.study_name, args.storage, args, Path(args.out), Path(args.runs_dir))
     except (UsageError, DataError) as e:
         return fail(e)
-    print(f"wrote {out}/" + ("pareto.md, pareto.json, pick.onnx (the pick's model)" if (out / "pareto.json").is_file()
+    pick = ", pick.onnx (the pick's model)" if (out / "pick.onnx").is_file() else ""
+    print(f"wrote {out}/" + (f"pareto.md, pareto.json{pick}" if (out / "pareto.json").is_file()
                              else f"report.html, summary.md, comparison.csv, figures/, {WINNER_CONFIG} (the config "
                                   "to train)"))
     return 0

@@ -122,7 +122,9 @@ def pareto_markdown(s: dict[str, Any]) -> str:
         "Chosen on validation only. The pick within the limit against the baseline, retrained over fresh seeds "
         "and compared on the test set by the verdict's procedure:", "",
         s["comparison"]["text"] if s.get("comparison") else
-        "(no comparison: no trial other than the baseline is on the front within the limit, or --runs-only)"])
+        "No trial other than the baseline is on the front within the limit: nothing to compare, the baseline "
+        "stays the choice at this limit." if not s["pick_under_limit"] else
+        "Not compared yet: the pick's runs are training (the same command continues a stopped report)."])
 
 
 def compare_pick(study: optuna.Study, summary: dict[str, Any], args, runs_root: Path, out: Path) -> dict | None:
@@ -183,15 +185,17 @@ def to_dashboard(study: optuna.Study, text: str) -> None:
 
 
 def write_pareto(study: optuna.Study, args, out_root: Path, runs_root: Path) -> Path:
-    """pareto.json and pareto.md under ``out_root``/<study>, with the pick's verdict where there is a
-    pick (``args.runs_only``: the front alone); the Markdown is printed too."""
+    """pareto.json and pareto.md under ``out_root``/<study>: the front first (so a comparison stopped
+    part-way leaves it written), then again with the pick's verdict; the Markdown is printed too."""
     summary, out = pareto_summary(study), out_root / study.study_name
     out.mkdir(parents=True, exist_ok=True)
-    summary["comparison"] = None if getattr(args, "runs_only", False) else compare_pick(study, summary, args,
-                                                                                       runs_root, out)
-    (out / "pareto.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    text = pareto_markdown(summary)
-    (out / "pareto.md").write_text(text + "\n")
+    summary["comparison"] = None
+    for final in (False, True):
+        if final:
+            summary["comparison"] = compare_pick(study, summary, args, runs_root, out)
+        (out / "pareto.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        text = pareto_markdown(summary)
+        (out / "pareto.md").write_text(text + "\n")
     to_dashboard(study, text)
     print(text, flush=True)
     return out
