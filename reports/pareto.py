@@ -66,6 +66,12 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
     return area
 
 
+def worst_corner(trials: list[FrozenTrial]) -> tuple[float, float]:
+    """The hypervolume's reference: the lowest val_acc and the highest first cost of the trials with values."""
+    valued = [t.values for t in trials if t.values]
+    return min(v[0] for v in valued), max(v[1] for v in valued)
+
+
 def row(t: FrozenTrial, names: list[str]) -> dict[str, Any]:
     costs = t.user_attrs.get(COSTS_ATTR, {})
     latency = costs.get("latency_detail", {}).get("batch_1", {})
@@ -81,13 +87,13 @@ def pareto_summary(study: optuna.Study) -> dict[str, Any]:
     if not points:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet: run more trials first")
     base = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
-    given = study.user_attrs.get("constraint")
-    constrained = bool(given) and parse_constraint(given).name == cost  # a constraint on another cost: not this axis
-    limit = parse_constraint(given).limit if constrained else base.values[1] / 2 if base else None
+    given = parse_constraint(study.user_attrs["constraint"]) if study.user_attrs.get("constraint") else None
+    constrained = given is not None and given.name == cost  # a constraint on another cost: not this axis
+    limit = given.limit if constrained else base.values[1] / 2 if base else None
     feasible = [t for t in points if all(v <= 0 for v in t.constraints.values())]  # the study's constraint, if any
     under = [t for t in feasible if limit is not None and t.values[1] <= limit and t is not base]
     pick = max(under, key=lambda t: (t.values[0], -t.number), default=None)
-    worst = (min(t.values[0] for t in trials if t.values), max(t.values[1] for t in trials if t.values))
+    worst = worst_corner(trials)
     the_knee = knee(points)
     return {"study": study.study_name, "objectives": names, "cost": cost, "unit": OBJECTIVES.get(cost).unit,
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
@@ -164,7 +170,7 @@ def hypervolume_history(trials: list[FrozenTrial]) -> list[tuple[int, float]]:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
     if not done:
         return []
-    worst = (min(t.values[0] for t in done), max(t.values[1] for t in done))
+    worst = worst_corner(done)
     return [(t.number, hypervolume([(u.values[0], u.values[1]) for u in front(done[:i + 1])], worst))
             for i, t in enumerate(done)]
 

@@ -77,15 +77,20 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     return PRUNERS.get(name)(max_epochs)
 
 
+def rungs_below(epochs: int, first: int, reduction: int = REDUCTION_FACTOR) -> list[int]:
+    """The rungs of successive halving under an ``epochs`` target: ``first``, x ``reduction``, ..."""
+    rungs = [first]
+    while rungs[-1] * reduction < epochs:
+        rungs.append(rungs[-1] * reduction)
+    return [r for r in rungs if r < epochs]
+
+
 def halving_share(epochs: int, first: int, reduction: int = REDUCTION_FACTOR) -> float:
     """The share of a ``epochs``-epoch target that a trial runs on average under successive halving
     with rungs at ``first``, ``first`` x ``reduction``, ... below the target: every trial runs to the
     first rung and each rung promotes 1/``reduction`` of the trials that reach it (the long-run rate;
     a study's first trials are promoted more often, so a short study spends a little more)."""
-    rungs = [first]
-    while rungs[-1] * reduction < epochs:
-        rungs.append(rungs[-1] * reduction)
-    stops = [r for r in rungs if r < epochs] + [epochs]
+    stops = rungs_below(epochs, first, reduction) + [epochs]
     spent = stops[0] + sum((b - a) / reduction ** (k + 1) for k, (a, b) in enumerate(zip(stops, stops[1:])))
     return min(1.0, spent / epochs)
 
@@ -129,10 +134,7 @@ class ParetoHalving:
     reduction: int = REDUCTION_FACTOR
 
     def rungs(self) -> list[int]:
-        rungs = [first_rung(self.max_epochs)]
-        while rungs[-1] * self.reduction < self.max_epochs:
-            rungs.append(rungs[-1] * self.reduction)
-        return [r for r in rungs if r < self.max_epochs]
+        return rungs_below(self.max_epochs, first_rung(self.max_epochs), self.reduction)
 
     def keeps(self, val_acc: float, costs: dict[str, float], peers: list[tuple[float, dict[str, float]]]) -> bool:
         """Whether a trial of ``val_acc`` and ``costs`` at a rung goes on, against ``peers`` (val_acc, costs) there."""

@@ -101,22 +101,14 @@ def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
     assert rule.keeps(0.1, {"latency": 1.0}, cheap_rivals[:1])  # 2 compete: fewer than 3, both go on
 
 
-def hypervolume_2d(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Area dominated by (val_acc maximised, cost minimised) points up to ``ref`` (val_acc low, cost high)."""
-    area, best = 0.0, ref[0]
-    for acc, cost in sorted(points, key=lambda p: p[1]):  # cheapest first
-        if acc > best:
-            area += (acc - best) * (ref[1] - cost)
-            best = acc
-    return area
-
-
 def test_pareto_halving_on_synthetic_curves_saves_epochs_and_keeps_the_front():
     """300 trials of synthetic learning curves: a trial's final accuracy is mostly its hyperparameters'
     luck and a little its cost (a larger model), its curve rises towards it (its ranking at a rung follows
     its final one, with noise): the rule's decisions against running every trial to the end."""
     import math
     import random
+
+    from reports.pareto import hypervolume
 
     rng, rule, epochs = random.Random(0), ParetoHalving(max_epochs=9, costs=("latency",)), 9
     seen: dict[int, list[tuple[float, dict]]] = {}
@@ -138,7 +130,7 @@ def test_pareto_halving_on_synthetic_curves_saves_epochs_and_keeps_the_front():
             kept.append((curve[epochs], cost))
     saved = 1 - spent / (300 * epochs)
     ref = (min(a for a, _ in everything), 10.0)
-    ratio = hypervolume_2d(kept, ref) / hypervolume_2d(everything, ref)
+    ratio = hypervolume(kept, ref) / hypervolume(everything, ref)
     assert saved > 0.3 and ratio > 0.95, (saved, ratio)
 
 
