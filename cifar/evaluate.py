@@ -103,6 +103,18 @@ def plot_confusion(confusion: list[list[int]], classes: list[str]) -> plt.Figure
     return fig
 
 
+def val_accuracy(run_dir: str | Path, data: CifarData, tta: int, device: str = "auto") -> float:
+    """Validation accuracy of a run's best.pt predicting at TTA level ``tta``: a study's score for a
+    trial whose TTA level is searched (the test set is not read)."""
+    ckpt = load_checkpoint(RunDir(run_dir).best)
+    model, cfg = model_from_checkpoint(ckpt)
+    dev = resolve_device(device)
+    model = model.to(dev, memory_format=memory_format(cfg))
+    stats = ckpt["data_stats"]
+    logits, labels = predict(TTA(model, tta), Pipeline(data.val, cfg, stats["mean"], stats["std"], dev, train=False))
+    return (logits.argmax(1) == labels).double().mean().item()
+
+
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
                  data: CifarData | None = None, tta: int = 2) -> TestMetrics:
     """Evaluate best.pt of a run on the test set and write metrics and figures into the run.

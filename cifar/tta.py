@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 TTA_LEVELS = {0: "none", 1: "mirror", 2: "mirror + 1-pixel translate"}
+PASSES = {0: 1, 1: 2, 2: 6}  # forward passes per image at each level
+
+
+def tta_passes(level: int) -> int:
+    return PASSES[level]
 
 
 def mirror_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from cifar.cli import UsageError
-from study.objectives import COSTS_ATTR, OBJECTIVES, parse_constraint
+from study.objectives import COSTS_ATTR, OBJECTIVES, add_variants, parse_constraint, variants_of
 
 
 def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -36,14 +37,52 @@ def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return no_worse and a != b
 
 
-def front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The complete trials no other complete trial dominates, cheapest first."""
+@dataclass(frozen=True)
+class Point:
+    """A deployable model: a complete trial's weights predicting at one TTA level (its own level, or another
+    its variants measured: study.objectives.tta_variants), with (val_acc, costs...) as its ``values``."""
+    number: int
+    tta: int
+    values: tuple[float, ...]
+    baseline: bool
+    feasible: bool
+    own: bool          # the level the trial was scored at, as the sampler saw it
+    latency_p90_ms: float | None
+    flops: float | None
+    params: int | None
+    trial_params: dict
+    state = TrialState.COMPLETE  # front() takes points and trials alike
+
+
+def points_of(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[Point]:
+    """Every deployable model of the complete trials: each TTA variant where measured, else the trial itself."""
+    names = list(study.metric_names or study.user_attrs.get("objectives", []))
+    limit = parse_constraint(study.user_attrs["constraint"]) if study.user_attrs.get("constraint") else None
+    out = []
+    for t in trials if trials is not None else study.get_trials(deepcopy=False):
+        if t.state != TrialState.COMPLETE:
+            continue
+        costs, own = t.user_attrs.get(COSTS_ATTR, {}), int(t.params.get("tta", 0))
+        base = dict(baseline=bool(t.user_attrs.get("baseline")), trial_params=t.params)
+        out.append(Point(t.number, own, tuple(t.values), feasible=all(v <= 0 for v in t.constraints.values()),
+                         own=True, latency_p90_ms=costs.get("latency_detail", {}).get("batch_1", {}).get("p90_ms"),
+                         flops=costs.get("flops"), params=costs.get("params"), **base))
+        for v in variants_of(study, t) or []:
+            if v["tta"] != own:
+                out.append(Point(t.number, v["tta"], (v["val_acc"], *(v[n] for n in names[1:])), own=False,
+                                 feasible=limit is None or limit.violation(v) <= 0, latency_p90_ms=v["latency_p90_ms"],
+                                 flops=v["flops"], params=v["params"], **base))
+    return out
+
+
+def front(trials: list) -> list:
+    """The complete trials (or points) no other dominates, cheapest first."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     kept = [t for t in complete if not any(dominates(tuple(o.values), tuple(t.values)) for o in complete)]
     return sorted(kept, key=lambda t: (t.values[1], -t.values[0], t.number))
 
 
-def knee(points: list[FrozenTrial]) -> FrozenTrial | None:
+def knee(points: list) -> Any:
     """The front's point farthest from the line through its two ends, in (cost, accuracy) scaled to [0, 1]."""
     if len(points) < 3:
         return None
@@ -66,71 +105,91 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
     return area
 
 
-def worst_corner(trials: list[FrozenTrial]) -> tuple[float, float]:
-    """The hypervolume's reference: the lowest val_acc and the highest first cost of the trials with values."""
+def worst_corner(trials: list) -> tuple[float, float]:
+    """The hypervolume's reference: the lowest val_acc and the highest first cost of the trials (or points)
+    with values."""
     valued = [t.values for t in trials if t.values]
     return min(v[0] for v in valued), max(v[1] for v in valued)
 
 
-def row(t: FrozenTrial, names: list[str]) -> dict[str, Any]:
-    costs = t.user_attrs.get(COSTS_ATTR, {})
-    latency = costs.get("latency_detail", {}).get("batch_1", {})
-    return {"trial": t.number, "baseline": bool(t.user_attrs.get("baseline")), "val_acc": t.values[0],
-            **{n: v for n, v in zip(names[1:], t.values[1:])}, "latency_p90_ms": latency.get("p90_ms"),
-            "flops": costs.get("flops"), "params": costs.get("params"), "trial_params": t.params}
+def row(p: Point, names: list[str]) -> dict[str, Any]:
+    return {"trial": p.number, "tta": p.tta, "baseline": p.baseline, "own_level": p.own, "val_acc": p.values[0],
+            **{n: v for n, v in zip(names[1:], p.values[1:])}, "latency_p90_ms": p.latency_p90_ms,
+            "flops": p.flops, "params": p.params, "trial_params": p.trial_params}
 
 
 def pareto_summary(study: optuna.Study) -> dict[str, Any]:
     names = list(study.metric_names or study.user_attrs.get("objectives", []))
     trials = study.get_trials(deepcopy=False)
-    points, cost = front(trials), names[1]
+    every = points_of(study, trials)
+    points, cost = front(every), names[1]
     if not points:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet: run more trials first")
-    base = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
+    base = next((p for p in every if p.baseline and p.own), None)  # the baseline as it is deployed: plain
     given = parse_constraint(study.user_attrs["constraint"]) if study.user_attrs.get("constraint") else None
     constrained = given is not None and given.name == cost  # a constraint on another cost: not this axis
     limit = given.limit if constrained else base.values[1] / 2 if base else None
-    feasible = [t for t in points if all(v <= 0 for v in t.constraints.values())]  # the study's constraint, if any
-    under = [t for t in feasible if limit is not None and t.values[1] <= limit and t is not base]
-    pick = max(under, key=lambda t: (t.values[0], -t.number), default=None)
-    worst = worst_corner(trials)
+    under = [p for p in points if p.feasible and limit is not None and p.values[1] <= limit and not p.baseline]
+    pick = max(under, key=lambda p: (p.values[0], -p.number, -p.tta), default=None)
     the_knee = knee(points)
     return {"study": study.study_name, "objectives": names, "cost": cost, "unit": OBJECTIVES.get(cost).unit,
-            "complete": sum(t.state == TrialState.COMPLETE for t in trials),
-            "front": [row(t, names) for t in points], "baseline": row(base, names) if base else None,
-            "baseline_on_front": bool(base and base in points),
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials), "models": len(every),
+            "front": [row(p, names) for p in points], "front_trials": len({p.number for p in points}),
+            "baseline": row(base, names) if base else None, "baseline_on_front": bool(base and base in points),
             "knee": row(the_knee, names) if the_knee else None,
             "limit": limit, "limit_from": "the study's --constraint" if constrained else "half the baseline's",
             "pick_under_limit": row(pick, names) if pick else None,
-            "hypervolume": hypervolume([(t.values[0], t.values[1]) for t in points], worst),
-            "cost_span": points[-1].values[1] / points[0].values[1] if points and points[0].values[1] else None}
+            "hypervolume": hypervolume([(p.values[0], p.values[1]) for p in points], worst_corner(every)),
+            "cost_span": points[-1].values[1] / points[0].values[1] if points and points[0].values[1] else None,
+            "latency_machine": next((m for t in trials if (m := t.user_attrs.get(COSTS_ATTR, {}).get(
+                "latency_detail", {}).get("machine"))), None)}
 
 
 def pareto_markdown(s: dict[str, Any]) -> str:
     cost, unit = s["cost"], s["unit"]
 
     def line(r: dict | None, what: str) -> str:
-        return (f"- {what}: trial {r['trial']}, val_acc {100 * r['val_acc']:.2f}%, {cost} {r[cost]:.4g} {unit}"
-                if r else f"- {what}: none")
-    rows = [f"| trial | val_acc | {cost} ({unit}) | latency p90 (ms) | FLOPs | params |", "|---|---|---|---|---|---|"]
-    rows += [f"| {r['trial']}{' (baseline)' if r['baseline'] else ''} | {100 * r['val_acc']:.2f}% | {r[cost]:.4g} | "
+        return (f"- {what}: trial {r['trial']} at TTA level {r['tta']}, val_acc {100 * r['val_acc']:.2f}%, {cost} "
+                f"{r[cost]:.4g} {unit}" if r else f"- {what}: none")
+    rows = [f"| trial | val_acc | TTA | {cost} ({unit}) | latency p90 (ms) | FLOPs | params |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {r['trial']}{' (baseline)' if r['baseline'] else ''} | {100 * r['val_acc']:.2f}% | "
+             f"{r['tta']}{'' if r['own_level'] else ' (variant)'} | {r[cost]:.4g} | "
              f"{r['latency_p90_ms'] if r['latency_p90_ms'] is not None else ''} | {r['flops']} | {r['params']} |"
              for r in s["front"]]
     limit = f"{s['limit']:.4g} {unit}" if s["limit"] is not None else "none"
     return "\n".join([
         f"# Accuracy against {cost}: study {s['study']}", "",
-        f"{len(s['front'])} of {s['complete']} complete trials are on the front (validation accuracy at the target; "
-        f"{cost} measured before training); it spans {s['cost_span'] or float('nan'):.1f}x in {cost}; hypervolume "
-        f"{s['hypervolume']:.4g}. The baseline is {'on' if s['baseline_on_front'] else 'off'} the front.", "",
+        f"{len(s['front'])} of {s['models']} deployable models ({s['front_trials']} of {s['complete']} complete "
+        "trials, each at its own TTA level and, where measured, the others: variants, the same weights) are on "
+        f"the front (validation accuracy at the target; {cost} measured before training); it spans "
+        f"{s['cost_span'] or float('nan'):.1f}x in {cost}; hypervolume "
+        f"{s['hypervolume']:.4g}. The baseline is {'on' if s['baseline_on_front'] else 'off'} the front." + (
+            f" Latency: ONNX Runtime {m['onnxruntime']} on {m['cpu']} ({m['cpus']} CPUs, {m['node']})."
+            if (m := s.get("latency_machine")) else ""), "",
         *rows, "",
         line(s["baseline"], "baseline"), line(s["knee"], "knee"),
         line(s["pick_under_limit"], f"most accurate within {limit} ({s['limit_from']})"), "",
         "Chosen on validation only. The pick within the limit against the baseline, retrained over fresh seeds "
         "and compared on the test set by the verdict's procedure:", "",
-        s["comparison"]["text"] if s.get("comparison") else
+        s["comparison"]["text"] + "\n\n" + seeds_table(s) if s.get("comparison") else
         "No trial other than the baseline is on the front within the limit: nothing to compare, the baseline "
         "stays the choice at this limit." if not s["pick_under_limit"] else
         "Not compared yet: the pick's runs are training (the same command continues a stopped report)."])
+
+
+def seeds_table(s: dict[str, Any]) -> str:
+    """The compared pair: test accuracy over the comparison's seeds (mean and spread), beside what each costs."""
+    import statistics
+
+    v = s["comparison"]["verdict"]
+    rows = ["| model | trial | TTA | test accuracy (mean ± sd over seeds) | seeds | latency median (ms) | "
+            "latency p90 (ms) | FLOPs | params |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r, accs in (("baseline", s["baseline"], v["baseline"]), ("pick", s["pick_under_limit"], v["tuned"])):
+        rows.append(f"| {name} | {r['trial']} | {r['tta']} | {100 * statistics.mean(accs):.2f}% ± "
+                    f"{100 * statistics.stdev(accs) if len(accs) > 1 else float('nan'):.2f} | {len(accs)} | "
+                    f"{r.get('latency', float('nan')):.4g} | {r['latency_p90_ms']} | {r['flops']} | {r['params']} |")
+    return "\n".join(rows)
 
 
 def compare_pick(study: optuna.Study, summary: dict[str, Any], args, runs_root: Path, out: Path) -> dict | None:
@@ -157,21 +216,29 @@ def compare_pick(study: optuna.Study, summary: dict[str, Any], args, runs_root: 
     baseline, candidates, data, _, plan = select_sealed(study, args, runs_root, chosen)
     if "first_test_read" not in study.user_attrs:
         study.set_user_attr("first_test_read", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    verdict, dirs, reads = run_comparison(baseline.config, candidates[0].config, plan, runs_root, data)
-    exported = export_main([str(dirs["tuned"][0]), "--out", str(out / "pick.onnx")]) == 0  # it says why where not
+    # Each as it predicts: the test accuracy at its TTA level (the race above ranks them plain, on validation).
+    levels = {"baseline": base.get("tta", 0), "tuned": pick.get("tta", 0)}
+    verdict, dirs, reads = run_comparison(baseline.config, candidates[0].config, plan, runs_root, data, levels)
+    exported = export_main([str(dirs["tuned"][0]), "--out", str(out / "pick.onnx"),
+                            "--tta", str(levels["tuned"])]) == 0  # it says why where not
     return {"verdict": verdict.to_dict(), "test_reads": reads, "pick_onnx": exported and str(out / "pick.onnx"),
-            "text": verdict_text(verdict, f"trial {pick['trial']} (the pick, {summary['cost']} "
-                                          f"{pick[summary['cost']]:.4g} against {base[summary['cost']]:.4g})")}
+            "tta": levels, "text": verdict_text(verdict, f"trial {pick['trial']} (the pick, {summary['cost']} "
+                                                         f"{pick[summary['cost']]:.4g} against "
+                                                         f"{base[summary['cost']]:.4g}, TTA level {levels['tuned']})")}
 
 
-def hypervolume_history(trials: list[FrozenTrial]) -> list[tuple[int, float]]:
-    """(trial number, the hypervolume of the front of the complete trials up to it), up to the study's
-    worst corner, in completion order: what the search gained trial by trial."""
+def hypervolume_history(trials: list[FrozenTrial], study: optuna.Study | None = None) -> list[tuple[int, float]]:
+    """(trial number, the hypervolume of the front of the complete trials up to it: of their deployable
+    models where ``study`` is given), up to the study's worst corner, in completion order: what the search
+    gained trial by trial."""
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
     if not done:
         return []
-    worst = worst_corner(done)
-    return [(t.number, hypervolume([(u.values[0], u.values[1]) for u in front(done[:i + 1])], worst))
+
+    def models(upto: list[FrozenTrial]) -> list:
+        return points_of(study, upto) if study is not None else upto
+    worst = worst_corner(models(done))
+    return [(t.number, hypervolume([(u.values[0], u.values[1]) for u in front(models(done[:i + 1]))], worst))
             for i, t in enumerate(done)]
 
 
@@ -181,7 +248,7 @@ def to_dashboard(study: optuna.Study, text: str) -> None:
     import optuna_dashboard
     import plotly.graph_objects as go
 
-    history = hypervolume_history(study.get_trials(deepcopy=False))
+    history = hypervolume_history(study.get_trials(deepcopy=False), study)
     figure = go.Figure(go.Scatter(x=list(range(1, len(history) + 1)), y=[h for _, h in history], mode="lines+markers",
                                   text=[f"trial {n}" for n, _ in history]))
     figure.update_layout(title="Hypervolume of the front by completed trial", xaxis_title="complete trials",
@@ -193,6 +260,15 @@ def to_dashboard(study: optuna.Study, text: str) -> None:
 def write_pareto(study: optuna.Study, args, out_root: Path, runs_root: Path) -> Path:
     """pareto.json and pareto.md under ``out_root``/<study>: the front first (so a comparison stopped
     part-way leaves it written), then again with the pick's verdict; the Markdown is printed too."""
+    from cifar.config import TrainConfig
+    from cifar.data import prepare_data
+    from cifar.seal import sealed
+
+    base = TrainConfig.from_dict(study.user_attrs["base_config"])
+    with sealed("the Pareto report measures its trials' TTA variants on validation"):
+        added = add_variants(study, base, lambda: prepare_data(base.data))
+    if added:
+        print(f"TTA variants measured on validation for {added} trial(s) that ran before trials recorded them")
     summary, out = pareto_summary(study), out_root / study.study_name
     out.mkdir(parents=True, exist_ok=True)
     summary["comparison"] = None

@@ -63,11 +63,27 @@ def val_acc(run_dir: Path) -> float:
     return RunDir(run_dir).read_results().best_val_acc
 
 
-def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData) -> list[dict]:
-    """Evaluate the named configs' runs on the test set (where not done yet); what was read, and when."""
+def tested_at(run_dir: Path, tta: int) -> bool:
+    """Whether the run's test metrics are there, with TTA of level ``tta`` measured (any level for 0)."""
+    run = RunDir(run_dir)
+    return run.predictions.is_file() and run.test_metrics.is_file() and (
+        tta == 0 or run.read_test_metrics().tta_level == tta)
+
+
+def test_acc_at(run_dir: Path, tta: int) -> float:
+    """A tested run's test accuracy as it predicts at TTA level ``tta``."""
+    metrics = RunDir(run_dir).read_test_metrics()
+    return metrics.test_acc_tta if tta else metrics.test_acc
+
+
+def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData,
+                  tta: dict[str, int] | None = None) -> list[dict]:
+    """Evaluate the named configs' runs on the test set (where not done yet), plain and with TTA (of
+    the level in ``tta``, by name; else 2, beside plain); what was read, and when."""
     reads = []
     for name in names:
-        todo = [p for p in dirs[name] if not (RunDir(p).predictions.is_file() and RunDir(p).test_metrics.is_file())]
+        level = (tta or {}).get(name, 0)
+        todo = [p for p in dirs[name] if not tested_at(p, level)]
         retrained = [p for p in todo if not RunDir(p).best.is_file()]
         for p in todo:
             if p in retrained:
@@ -75,7 +91,7 @@ def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData
                 # weights did not. The same config and seed again; the test needs weights.
                 print(f"{name}: {p} has no checkpoint here; training it again to test it", flush=True)
                 train(RunDir(p).read_config(), data, p, quiet=True)
-            evaluate_run(p, data=data)
+            evaluate_run(p, data=data, tta=level or 2)
         reads.append({"config": name, "runs": [str(p) for p in dirs[name]], "evaluated_now": len(todo),
                       "retrained_for_test": len(retrained), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return reads
@@ -91,9 +107,10 @@ def run_race(configs: dict[str, TrainConfig], plan: RacePlan, runs_root: Path, d
     return race(list(configs), train_round, plan)
 
 
-def run_comparison(baseline: TrainConfig, tuned: TrainConfig, plan: Plan, runs_root: Path,
-                   data: CifarData) -> tuple[Verdict, dict[str, list[Path]], list[dict]]:
-    """The test comparison of ``plan``: seeds in rounds up to each look until one decides. Returns the
+def run_comparison(baseline: TrainConfig, tuned: TrainConfig, plan: Plan, runs_root: Path, data: CifarData,
+                   tta: dict[str, int] | None = None) -> tuple[Verdict, dict[str, list[Path]], list[dict]]:
+    """The test comparison of ``plan``: seeds in rounds up to each look until one decides, each arm's
+    accuracy as it predicts (``tta``: its TTA level, by arm name; none by default). Returns the
     verdict, the runs of both arms (seed order) and the test reads (what was read, and when)."""
     configs = {"baseline": baseline, "tuned": tuned}
     dirs: dict[str, list[Path]] = {"baseline": [], "tuned": []}
@@ -101,9 +118,9 @@ def run_comparison(baseline: TrainConfig, tuned: TrainConfig, plan: Plan, runs_r
 
     def train_pair(seed: int) -> tuple[float, float]:
         got = ensure_trained(configs, [seed], runs_root, data)
-        reads.extend(ensure_tested(got, ["baseline", "tuned"], data))
+        reads.extend(ensure_tested(got, ["baseline", "tuned"], data, tta))
         for name in configs:
             dirs[name] += got[name]
-        return tuple(RunDir(got[name][0]).read_test_metrics().test_acc for name in configs)
+        return tuple(test_acc_at(got[name][0], (tta or {}).get(name, 0)) for name in configs)
 
     return compare(plan, train_pair), dirs, reads

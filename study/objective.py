@@ -28,22 +28,23 @@ from optuna.trial import TrialState  # noqa: E402
 
 from cifar.config import TrainConfig  # noqa: E402
 from cifar.data import CifarData  # noqa: E402
-from cifar.evaluate import plot_curves  # noqa: E402
+from cifar.evaluate import plot_curves, val_accuracy  # noqa: E402
 from cifar.model import model_cost  # noqa: E402
 from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
-from study.objectives import COSTS_ATTR, Constraint, measure_costs, values  # noqa: E402
+from study.objectives import COSTS_ATTR, VARIANTS_ATTR, Constraint, measure_costs, tta_variants, values  # noqa: E402
 from study.pruning import CURVE_ATTR, ParetoHalving, PruningCallback  # noqa: E402
-from study.search_space import CONFIG_ATTR, suggest_config  # noqa: E402
+from study.search_space import CONFIG_ATTR, inference_tta, suggest_config  # noqa: E402
 
 
 class Objective:
     def __init__(self, base: TrainConfig, data: CifarData, runs_root: Path, artifact_store=None,
                  space: str = "default", verbose: bool = False, objectives: tuple[str, ...] = ("val_acc",),
-                 constraint: Constraint | None = None, pruner: str = "none"):
+                 constraint: Constraint | None = None, pruner: str = "none", latency_cache: Path | None = None):
         self.base, self.data, self.runs_root = base, data, Path(runs_root)
         self.artifact_store, self.space, self.verbose = artifact_store, space, verbose
         self.objectives, self.constraint, self.pruner = objectives, constraint, pruner
+        self.latency_cache = latency_cache  # an architecture's latency measured once (cifar.latency.cached_cost)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
@@ -66,7 +67,8 @@ class Objective:
         trial.set_user_attr("params", params)
         trial.set_user_attr("flops", flops)
         several = len(self.objectives) > 1  # costs measured before training, as the sampler's constraint reads them
-        costs = measure_costs(cfg, self.objectives) if several else {}
+        tta = inference_tta(trial.params)  # the TTA level it predicts with (cost space), which its costs count
+        costs = measure_costs(cfg, self.objectives, tta, self.latency_cache) if several else {}
         if several:
             trial.set_user_attr(COSTS_ATTR, costs)
         if self.constraint:
@@ -98,7 +100,16 @@ class Objective:
         if result.status == "diverged":
             # A diverged trial says something about its region of the space: keep it, pruned.
             raise optuna.TrialPruned(result.message)
-        return values(result.best_val_acc, costs, self.objectives) if several else result.best_val_acc
+        if not several:
+            return result.best_val_acc
+        score = result.best_val_acc
+        if tta:  # scored as it will predict: its best checkpoint on validation at its TTA level
+            score = val_accuracy(run_dir.path, self.data, tta, cfg.device)
+            trial.set_user_attr("val_acc_plain", result.best_val_acc)
+        if "tta" in trial.params:  # the same weights at the other TTA levels too: deployable models for free
+            trial.set_user_attr(VARIANTS_ATTR, tta_variants(run_dir.path, self.data, cfg, self.objectives,
+                                                            {0: result.best_val_acc, tta: score}, self.latency_cache))
+        return values(score, costs, self.objectives)
 
     def _take_over(self, trial: optuna.trial.BaseTrial, cfg: TrainConfig, run_dir: RunDir,
                    pruning: PruningCallback) -> bool:

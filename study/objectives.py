@@ -22,7 +22,9 @@ Usage:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -30,8 +32,10 @@ import optuna
 from cifar.config import TrainConfig
 from cifar.model import model_cost
 from cifar.registry import Registry
+from cifar.tta import tta_passes
 
 COSTS_ATTR = "costs"  # the user attribute holding a trial's measured costs (and the latency's detail)
+VARIANTS_ATTR = "variants"  # a complete trial's model at every TTA level: val_acc and costs (``tta_variants``)
 
 
 @dataclass(frozen=True)
@@ -118,16 +122,62 @@ def study_objectives(objectives: str | None, constraint: str | None, existing: A
     return names, limit
 
 
-def measure_costs(cfg: TrainConfig, names: tuple[str, ...] = ("latency", "flops", "params")) -> dict[str, Any]:
-    """Every cost of ``cfg``'s model (the latency only where asked: it takes seconds), and the latency's detail."""
+def measure_costs(cfg: TrainConfig, names: tuple[str, ...] = ("latency", "flops", "params"), tta: int = 0,
+                  cache_dir: Path | None = None) -> dict[str, Any]:
+    """Every cost of ``cfg``'s model predicting at TTA level ``tta`` (FLOPs per image counting every pass;
+    the latency only where asked, it takes seconds: once per architecture where ``cache_dir`` is given)."""
     params, flops = model_cost(cfg.model)
-    costs: dict[str, Any] = {"flops": flops, "params": params}
+    costs: dict[str, Any] = {"flops": flops * tta_passes(tta), "params": params, "tta": tta}
     if "latency" in names:
-        from cifar.latency import inference_cost
+        from cifar.latency import cached_cost, inference_cost
 
-        detail = inference_cost(cfg)
+        detail = cached_cost(cfg, tta, cache_dir) if cache_dir else inference_cost(cfg, tta)
         costs.update(latency=detail["batch_1"]["median_ms"], latency_detail=detail)
     return costs
+
+
+def tta_variants(run_dir: Path, data: Any, cfg: TrainConfig, names: tuple[str, ...], scored: dict[int, float],
+                 cache_dir: Path | None) -> list[dict[str, Any]]:
+    """A trained model predicting at every TTA level: validation accuracy (``scored``: the levels known
+    already) and the costs at that level. Test-time augmentation needs no training, so one trained
+    model is several deployable ones; the Pareto report's front is over them (reports.pareto.points_of)."""
+    from cifar.evaluate import val_accuracy
+    from cifar.tta import TTA_LEVELS
+
+    out = []
+    for level in TTA_LEVELS:
+        acc = scored[level] if level in scored else val_accuracy(run_dir, data, level, cfg.device)
+        costs = measure_costs(cfg, names, level, cache_dir)
+        out.append({"tta": level, "val_acc": acc, **{n: costs[n] for n in ("flops", "params", "latency") if n in costs},
+                    "latency_p90_ms": costs.get("latency_detail", {}).get("batch_1", {}).get("p90_ms")})
+    return out
+
+
+def variants_of(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[dict[str, Any]] | None:
+    """A complete trial's TTA variants: recorded by the trial, else added to the study after it (``add_variants``)."""
+    return trial.user_attrs.get(VARIANTS_ATTR) or study.user_attrs.get(f"{VARIANTS_ATTR}:{trial.number}")
+
+
+def add_variants(study: optuna.Study, base: TrainConfig, load_data: Callable[[], Any]) -> int:
+    """The TTA variants of the complete cost-space trials that ran before trials recorded them (a finished
+    trial cannot take a user attribute: the study holds them, one key per trial); validation only, the
+    latency from the study's cache (<runs-dir>/latency). Trials whose best.pt is not here are left as they
+    are. ``load_data``: the data, loaded where needed. Returns how many trials got variants."""
+    from cifar.rundir import RunDir
+    from study.search_space import trial_config
+
+    names, added, data = tuple(study.user_attrs.get("objectives", ("val_acc",))), 0, None
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        run_dir = Path(t.user_attrs.get("run_dir", "-"))
+        if "tta" not in t.params or variants_of(study, t) or not RunDir(run_dir).best.is_file():
+            continue
+        data = data or load_data()
+        own = {0: t.user_attrs.get("val_acc_plain", t.values[0]), int(t.params["tta"]): t.values[0]}
+        cfg = trial_config(t, base, study.user_attrs.get("space", "cost"))
+        study.set_user_attr(f"{VARIANTS_ATTR}:{t.number}",
+                            tta_variants(run_dir, data, cfg, names, own, run_dir.parents[1] / "latency"))
+        added += 1
+    return added
 
 
 def values(val_acc: float, costs: dict[str, Any], names: tuple[str, ...]) -> tuple[float, ...]:

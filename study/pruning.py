@@ -95,12 +95,26 @@ def halving_share(epochs: int, first: int, reduction: int = REDUCTION_FACTOR) ->
     return min(1.0, spent / epochs)
 
 
+# ParetoHalving's first rung: a quarter of the target (one epoch of four), as MOASHA's grace period
+# is one epoch. Not the fidelity measurement's rung: that one asks whether rung accuracy ranks
+# configs of one architecture; here a trial competes only with trials that cost no more, and what
+# the early rung costs the front is measured directly (bench/pareto_pruning.py: hypervolume against
+# the unpruned study on the same sampler seed).
+PARETO_FIRST_RUNG_SHARE = 0.25
+
+
+def pareto_first_rung(epochs: int) -> int:
+    return max(1, min(epochs, round(PARETO_FIRST_RUNG_SHARE * epochs)))
+
+
 def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
     """The share of the target's epochs a trial runs on average under ``pruner``, from its rungs
     (``halving_share``): Hyperband averages its brackets, weighted as Optuna allocates trials to
     them; the median pruner and no pruner count whole runs (the most a trial can cost)."""
+    if pruner == "pareto":
+        return halving_share(epochs, pareto_first_rung(epochs))
     first = first_rung(epochs)
-    if pruner in ("halving", "pareto"):
+    if pruner == "halving":
         return halving_share(epochs, first)
     if pruner != "hyperband" or first >= epochs:
         return 1.0
@@ -134,7 +148,7 @@ class ParetoHalving:
     reduction: int = REDUCTION_FACTOR
 
     def rungs(self) -> list[int]:
-        return rungs_below(self.max_epochs, first_rung(self.max_epochs), self.reduction)
+        return rungs_below(self.max_epochs, pareto_first_rung(self.max_epochs), self.reduction)
 
     def keeps(self, val_acc: float, costs: dict[str, float], peers: list[tuple[float, dict[str, float]]]) -> bool:
         """Whether a trial of ``val_acc`` and ``costs`` at a rung goes on, against ``peers`` (val_acc, costs) there."""

@@ -1,11 +1,10 @@
 """``python -m study run``: validate the command line, create or resume the study, run it, summarise.
 
-Everything is checked before the study is created or changed (a bad flag is
-one line and exit status 2, the database untouched). A new study gets its
-target (the preset's, or ``--target-epochs``): every trial is a run of that many
-epochs on the whole train split that the pruner may stop early. Where the preset
-says so, the number of trials is sized to the machine. The baseline is the
-enqueued trial 0; a resumed study keeps what it was created with.
+Everything is checked before the study is created or changed (a bad flag is one line and exit
+status 2, the database untouched). A new study gets its target (the preset's, or ``--target-epochs``):
+every trial is a run of that many epochs on the whole train split that the pruner may stop early.
+Where the preset says so, the number of trials is sized to the machine. The baseline is the enqueued
+trial 0; a resumed study keeps what it was created with.
 
 Usage:
     python -m study run [--preset auto|smoke|cpu|gpu] [--target-epochs 4] [--n-trials 30] [--workers 2]
@@ -32,7 +31,7 @@ from cifar.sources import RawCifar
 from study.dashboard import browse_command
 from study.objectives import directions, study_objectives
 from study.presets import PRESETS, pick_preset, target_budget
-from study.pruning import PRUNERS, default_pruner, first_rung, measured_first_rung
+from study.pruning import PRUNERS, ParetoHalving, default_pruner, first_rung, measured_first_rung
 from study.retry import recover_running
 from study.search_space import SAMPLERS, SPACES, params_of
 from study.storage import (
@@ -155,6 +154,8 @@ def prepare(argv: Sequence[str]) -> Prepared:
     base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
     pruner = pruner or default_pruner(base.epochs)
     rung, why = measured_first_rung(base.epochs)
+    if pruner == "pareto":
+        rung, why = ParetoHalving(base.epochs, ()).rungs()[0], "ParetoHalving: a quarter of the target, then x3"
     print(f"pruning: {pruner}" + (f", from epoch {rung} of {base.epochs} ({why})" if pruner != "none" and rung else
                                   f" ({why})" if pruner == "none" else
                                   f", from epoch {first_rung(base.epochs)} of {base.epochs}, a rung no "
@@ -177,7 +178,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
     else:
         for line in recover_running(study, args.grace_period):
             print(line, flush=True)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)  # the CPUs this process may use (taskset)
     job = Job(storage=args.storage, study_name=study_name, base=base, space=args.space,
               sampler=args.sampler, pruner=pruner, seed=args.seed, n_trials=n_trials,
               timeout=preset.timeout if args.timeout is None else args.timeout, threads=threads,
@@ -285,8 +286,7 @@ def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
     if "best_value" in summary:
         params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
         lines[:0] = [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}"]
-        storage = (f" --storage {job.storage}" if not has_password(job.storage) else
-                   f" (the storage from ${STORAGE_ENV})")
+        storage = f" (the storage from ${STORAGE_ENV})" if has_password(job.storage) else f" --storage {job.storage}"
         lines += [f"report:  python -m reports build{storage} --study-name {job.study_name}"
                   "   (make study runs it next)",
                   f"what to train: the report's winner, results/reports/{job.study_name}/winner_config.json, "

@@ -15,7 +15,9 @@ so the baseline is enqueued as trial 0) and ``space_table`` (the README's table,
 checked by a test). ``space="default"`` searches learning rate, batch size,
 optimizer and dropout; ``space="extended"`` adds weight decay, label smoothing,
 the weight average's decay, widths, cutout, translate and the warm-up share; ``space="cost"``, for
-a study of accuracy against inference cost, adds the architecture: widths, depth and block.
+a study of accuracy against inference cost, adds the architecture (stage widths, depth, block) and the
+test-time augmentation level, a parameter of inference, not of training (``inference=True``: it sets no
+config field; the objective scores the trained model at that level, its latency measured at it).
 
 Usage:
     cfg = suggest_config(optuna.trial.FixedTrial({...}), base)
@@ -59,11 +61,13 @@ class Param:
     log: bool = False                          # float: sample on a log scale
     scales: str | None = None                  # a multiplier of this field's reference value
     encode: Callable[[Any], Any] = field(default=lambda v: v, compare=False)  # config value -> trial value
+    sets_field: str | None = None              # the config field it sets, where not its name
+    inference: bool = False                    # sets no config field: how the trained model predicts
 
     @property
     def sets(self) -> str:
         """The config field the parameter sets."""
-        return self.scales or self.name
+        return self.scales or self.sets_field or self.name
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         if self.choices:
@@ -97,12 +101,16 @@ EXTENDED = DEFAULT + (
     Param("crop_padding", choices=(0, 2, 4)),
     Param("warmup_fraction", low=0.1, high=0.4),
 )
-# For accuracy against inference cost (study/objectives.py): the default space and the architecture,
-# whose widths span about 10x in FLOPs (a study's latency objective measures what that costs here).
+# For accuracy against inference cost (study/objectives.py): the default space, the architecture, whose
+# stage widths span about 40x in FLOPs, and the TTA level (1 and 2: 2 and 6 forward passes per image);
+# a study's latency objective measures what each costs on its machine. The widths are their own
+# parameter, not WIDTHS with a cheaper choice: a stored study refuses a categorical whose choices changed.
 COST = DEFAULT + (
-    WIDTHS,
+    Param("stage_widths", choices=("32,64,64", "48,96,96", "64,128,128", "96,192,192", "64,256,256"),
+          encode=WIDTHS.encode, sets_field="widths"),
     Param("depth", choices=(1, 2)),
     Param("block", choices=("plain", "residual")),
+    Param("tta", choices=(0, 1, 2), inference=True),
 )
 SPACES: Registry[tuple[Param, ...]] = Registry("search space", {"default": DEFAULT, "extended": EXTENDED,
                                                                 "cost": COST})
@@ -115,8 +123,14 @@ def overrides_of(values: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = dict(ref)  # a new optimizer brings its reference values; the loop sets the rest
     for name, value in values.items():
         p = PARAMS[name]
-        out[p.sets] = ref[p.scales] * value if p.scales else value
+        if not p.inference:
+            out[p.sets] = ref[p.scales] * value if p.scales else value
     return out
+
+
+def inference_tta(params: dict[str, Any]) -> int:
+    """The TTA level a trial's model predicts with (0 outside the cost space)."""
+    return int(params.get("tta", 0))
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, base: TrainConfig, space: str = "default") -> TrainConfig:
@@ -140,12 +154,13 @@ def trial_config(trial: optuna.trial.FrozenTrial, base: TrainConfig, space: str 
 
 def params_of(cfg: TrainConfig, space: str = "default") -> dict[str, Any]:
     """The trial parameters that reproduce ``cfg`` as a base config (to enqueue the baseline as a trial):
-    its own optimizer, so multipliers of 1.
+    its own optimizer, so multipliers of 1, and an inference parameter's first choice (no TTA).
 
     Raises ValueError naming every parameter whose value lies outside the space.
     """
     fields = flatten(cfg)
-    params = {p.name: 1.0 if p.scales else p.encode(fields[p.name]) for p in SPACES.get(space)}
+    params = {p.name: 1.0 if p.scales else p.choices[0] if p.inference else p.encode(fields[p.sets])
+              for p in SPACES.get(space)}
     bad = [p.name for p in SPACES.get(space) if not p.contains(params[p.name])]
     if bad:
         raise ValueError(f"base config is outside the {space} search space in {', '.join(bad)} "
@@ -162,7 +177,8 @@ def space_table() -> str:
             values, scale = ", ".join(f"`{c}`" for c in p.choices), "categorical"
         else:
             values, scale = f"{p.low:g} to {p.high:g}", "log" if p.log else "linear"
-        sets = (f"`{p.scales}` = reference x value" if p.scales else f"`{p.sets}`")
+        sets = (f"`{p.scales}` = reference x value" if p.scales else
+                "inference only (TTA level)" if p.inference else f"`{p.sets}`")
         rows.append(f"| `{p.name}` | {values} | {scale} | {sets} | "
                     f"{', '.join(n for n in SPACES if p in SPACES.get(n))} |")
     return "\n".join(rows)

@@ -160,7 +160,7 @@ def make_objective(job: Job, uploads: bool = True, raw: RawCifar | None = None) 
         Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(job.artifact_dir)
     return Objective(base, prepare_data(base.data, raw=raw), Path(job.runs_root), store, job.space, job.verbose,
-                     job.objectives, job.constraint, job.pruner)
+                     job.objectives, job.constraint, job.pruner, Path(job.runs_root).parent / "latency")
 
 
 def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:

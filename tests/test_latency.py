@@ -30,7 +30,7 @@ def test_the_cost_has_each_batch_size_with_its_spread():
     """What is stored (no timing is asserted: a test on a shared machine cannot promise one)."""
     cfg = tiny_config(model=ModelConfig(widths=(32, 64), depth=1, stem_width=0, num_classes=10))
     cost = inference_cost(cfg, tta=2, repeats=15)
-    assert set(cost) == {"tta", "onnx_bytes", "batch_1", "batch_64"} and cost["onnx_bytes"] > 0
+    assert set(cost) == {"tta", "onnx_bytes", "machine", "batch_1", "batch_64"} and cost["onnx_bytes"] > 0
     for b in ("batch_1", "batch_64"):
         c = cost[b]
         assert 0 < c["median_ms"] <= c["p90_ms"] and c["iqr_ms"] >= 0 and c["repeats"] == 15
@@ -46,3 +46,20 @@ def test_batch_sizes_are_timed_interleaved():
 
     timed = time_session(Session(), batches=(1, 8), repeats=3, warmup=1)
     assert calls == [1, 8] * 4 and set(timed) == {"batch_1", "batch_8"}
+
+
+def test_an_architecture_is_timed_once_per_machine(tmp_path, monkeypatch):
+    """The cache's key is what the graph depends on: the architecture, the TTA level and the machine, not
+    dropout or other training-only fields."""
+    import cifar.latency as latency
+
+    calls = []
+    monkeypatch.setattr(latency, "inference_cost", lambda cfg, tta, **kw: calls.append(tta) or {"tta": tta})
+    cfg = tiny_config()
+    assert latency.cached_cost(cfg, 1, tmp_path)["cached"] is False
+    assert latency.cached_cost(tiny_config(dropout=0.3, bn_momentum=0.4), 1, tmp_path)["cached"] is True
+    assert latency.cached_cost(cfg, 2, tmp_path)["cached"] is False  # another TTA level: another graph
+    assert latency.cached_cost(tiny_config(depth=2), 1, tmp_path)["cached"] is False
+    monkeypatch.setattr(latency, "machine", lambda: {"node": "elsewhere"})
+    assert latency.cached_cost(cfg, 1, tmp_path)["cached"] is False  # another machine times it again
+    assert calls == [1, 2, 1, 1] and len(list(tmp_path.glob("*.json"))) == 4

@@ -7,8 +7,9 @@ import json
 import optuna
 import pytest
 
+from cifar.config import TrainConfig
 from study.objectives import Constraint, parse_constraint, parse_objectives, study_objectives
-from study.pruning import ParetoHalving, first_rung
+from study.pruning import ParetoHalving
 from study.run import main
 from tests.test_study import load, study_env  # noqa: F401  (fixture)
 
@@ -92,7 +93,8 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
 
 def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
     rule = ParetoHalving(max_epochs=9, costs=("latency",))
-    assert rule.rungs() == [first_rung(9), *([3 * first_rung(9)] if 3 * first_rung(9) < 9 else [])]
+    assert rule.rungs() == [2, 6]  # a quarter of the target, then x3 (MOASHA's grace period, one epoch of four)
+    assert ParetoHalving(4, ("latency",)).rungs() == [1, 3] and ParetoHalving(2, ("latency",)).rungs() == [1]
     expensive = [(0.9, {"latency": 10.0})] * 5
     assert rule.keeps(0.5, {"latency": 1.0}, expensive)  # better models, all dearer: no rival
     cheap_rivals = [(0.8, {"latency": 1.0}), (0.7, {"latency": 0.5}), (0.6, {"latency": 1.0})]
@@ -202,3 +204,99 @@ def test_pareto_halving_leaves_out_a_failed_trial_whose_retry_stands_for_it():
         trial.set_user_attr("costs", {"latency": 1.0})
         study.tell(trial, [0.8, 1.0] if state == optuna.trial.TrialState.COMPLETE else None, state=state)
     assert ParetoHalving(9, ("latency",)).peers(study, 1, number=99) == [(0.8, {"latency": 1.0})]
+
+
+def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env):  # noqa: F811
+    """The TTA level is searched: a trial's val_acc is its best checkpoint's at that level, its FLOPs count
+    every pass, its latency is its graph's with TTA inside; one architecture is timed once per machine."""
+    from cifar.data import prepare_data
+    from cifar.evaluate import val_accuracy
+    from cifar.rundir import RunDir
+    from cifar.tta import tta_passes
+    from study.search_space import trial_config
+
+    args = study_env["args"] + ["--study-name", "tta", "--objectives", "val_acc,latency,flops", "--space", "cost",
+                                "--target-epochs", "1", "--set", "widths=32,64,64", "--set", "depth=1"]
+    assert main(args + ["--n-trials", "1"]) == 0  # the baseline: no TTA
+    study = load(study_env, "tta")
+    base = study.trials[0]
+    assert base.params["tta"] == 0 and base.user_attrs["costs"]["latency_detail"]["cached"] is False
+    for tta in (2, 0):  # the baseline's architecture and training, predicting with TTA, then without
+        study.enqueue_trial({**base.params, "tta": tta})
+    assert main(args + ["--n-trials", "3"]) == 0
+    study = load(study_env, "tta")
+    t0, t2, again = study.trials[:3]
+    assert t2.params["tta"] == 2 and t2.user_attrs["costs"]["tta"] == 2
+    assert t2.values[2] == t0.values[2] * tta_passes(2)  # FLOPs per image: six passes
+    assert t2.values[1] > t0.values[1] and t2.user_attrs["costs"]["latency_detail"]["tta"] == 2
+    assert again.values[1] == t0.values[1] and again.user_attrs["costs"]["latency_detail"]["cached"] is True
+    cfg = trial_config(t2, TrainConfig.from_dict(study.user_attrs["base_config"]), "cost")
+    data = prepare_data(cfg.data)
+    assert t2.values[0] == val_accuracy(t2.user_attrs["run_dir"], data, 2, "cpu")
+    history = RunDir(t2.user_attrs["run_dir"]).read_history()
+    assert t2.user_attrs["val_acc_plain"] == max(h["val_acc"] for h in history)
+    # One trained model is three deployable ones: every complete trial measured at each TTA level.
+    for t in (t0, t2, again):
+        variants = {v["tta"]: v for v in t.user_attrs["variants"]}
+        assert sorted(variants) == [0, 1, 2] and variants[t.params["tta"]]["val_acc"] == t.values[0]
+        assert variants[0]["latency"] == t0.values[1] and variants[2]["latency"] == t2.values[1]
+        assert variants[1]["flops"] == 2 * variants[0]["flops"] and variants[0]["val_acc"] == max(
+            h["val_acc"] for h in RunDir(t.user_attrs["run_dir"]).read_history())
+    from reports.pareto import pareto_summary, points_of
+
+    points = points_of(study)
+    assert len(points) == 9 and sum(p.own for p in points) == 3
+    summary = pareto_summary(study)
+    assert summary["models"] == 9 and all(r["trial"] in (0, 1, 2) for r in summary["front"])
+    assert summary["pick_under_limit"] is None  # nothing but the baseline's weights costs half its latency
+
+
+def test_trials_that_ran_before_variants_get_them_from_the_report(study_env):  # noqa: F811
+    """A finished trial cannot take a user attribute: the variants of older trials go into the study, once,
+    for trials whose checkpoint is here (validation only)."""
+    from cifar.data import prepare_data
+    from study.objectives import VARIANTS_ATTR, add_variants, variants_of
+
+    args = study_env["args"] + ["--study-name", "old", "--objectives", "val_acc,latency", "--space", "cost",
+                                "--target-epochs", "1", "--set", "widths=32,64,64", "--set", "depth=1"]
+    assert main(args + ["--n-trials", "2"]) == 0
+    ran = load(study_env, "old")
+    older = optuna.create_study(directions=["maximize", "minimize"], study_name="older", storage=study_env["url"])
+    for key, value in ran.user_attrs.items():
+        older.set_user_attr(key, value)
+    for i, t in enumerate(ran.trials):  # as a study made before trials recorded variants; trial 1's weights gone
+        attrs = {k: v for k, v in t.user_attrs.items() if k != VARIANTS_ATTR}
+        if i == 1:
+            attrs["run_dir"] = str(study_env["tmp"] / "elsewhere")
+        older.add_trial(optuna.trial.create_trial(values=t.values, params=t.params, distributions=t.distributions,
+                                                  user_attrs=attrs))
+    base = TrainConfig.from_dict(older.user_attrs["base_config"])
+    loads = []
+    assert add_variants(older, base, lambda: loads.append(1) or prepare_data(base.data)) == 1 and loads == [1]
+    first = older.trials[0]
+    assert variants_of(older, first) == variants_of(ran, ran.trials[0])  # the same figures as the trial's own
+    assert variants_of(older, older.trials[1]) is None
+    assert add_variants(older, base, lambda: loads.append(1)) == 0 and loads == [1]  # done once, no data loaded
+
+
+def test_a_variant_can_be_the_pick_within_the_limit():
+    from optuna.distributions import CategoricalDistribution
+
+    from reports.pareto import pareto_summary
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["val_acc", "latency"])
+    study.set_user_attr("constraint", "latency<=1.5")
+    dist = {"tta": CategoricalDistribution((0, 1, 2))}
+
+    def variants(acc, latency):
+        return [{"tta": k, "val_acc": acc + 0.01 * k, "latency": latency * p, "flops": 1, "params": 1,
+                 "latency_p90_ms": None} for k, p in ((0, 1), (1, 2), (2, 6))]
+    for acc, latency, attrs in [(0.8, 2.0, {"baseline": True}), (0.7, 0.5, {})]:
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, latency], params={"tta": 0}, distributions=dist, user_attrs={**attrs, "variants": variants(
+                acc, latency)}, system_attrs={"constraints:latency": latency - 1.5}))
+    summary = pareto_summary(study)
+    front = [(r["trial"], r["tta"]) for r in summary["front"]]
+    assert front == [(1, 0), (1, 1), (0, 0), (0, 1), (0, 2)] and summary["limit"] == 1.5  # (1, 2): 0.72 at 3 ms
+    assert (summary["pick_under_limit"]["trial"], summary["pick_under_limit"]["tta"]) == (1, 1)  # 0.71 at 1 ms
