@@ -18,6 +18,9 @@
 # STUDY_ARGS, REPORT_ARGS (appended to the study's and the report's command lines: a dry run of
 # the script on a CPU uses them to shrink the job, e.g. STUDY_ARGS="--preset smoke --workers 2");
 # STUDY_ONLY=1: the study alone, stopped by its timeout, for its pace and per-trial overhead.
+# Accuracy against latency with the gpu preset: STUDY_ARGS="--objectives val_acc,latency --space cost
+# --pruner pareto" (latency is timed with ONNX Runtime on this machine's CPU, once per architecture;
+# the report is then the Pareto report, its pick compared with the baseline on fresh seeds).
 set -u
 out=$(realpath -m "${1:?usage: bench/gpu.sh OUT_DIR [SECONDS]}")
 budget=${2:-540}

@@ -11,8 +11,10 @@ Recorded (results/bench/pareto_pruning.json): the trial-epochs each study spent 
 unpruned), each front's hypervolume up to one common reference corner (the lowest val_acc and the highest
 latency of both studies' complete trials) and their ratio, the non-dominated trials of each and the
 latency span of each front, the minutes each took, and the machine (its processor, and the training
-images/s its trials measured). The two studies diverge after the pruned one's first pruned trial (the
-sampler learns from complete trials only): the comparison is of two searches, as a user would run them.
+images/s its trials measured). The comparison is paired: both samplers start from one seed, and TPE puts a
+pruned trial among its worse trials (as it would a complete one that ends dominated), so the two searches
+draw the same points for as long as pruning removes only trials that would end dominated; where it prunes
+one that would not, they part.
 
 Resumable: the same command continues both studies (their trials are in their storages) and rewrites the
 result. ``--continue-from NAME --name LONGER --n-trials N``: a longer measurement that starts from copies of

@@ -108,6 +108,8 @@ def cached_cost(cfg: TrainConfig, tta: int, cache_dir: Path, **timing: Any) -> d
         stored = json.loads(path.read_text())
         return {**stored["cost"], "machine": stored["machine"], "cached": True}
     cost = inference_cost(cfg, tta, **timing)
+    if path.exists():  # a worker beside this one measured it meanwhile: its figure, so that twins cost the same
+        return cached_cost(cfg, tta, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({**key, "cost": cost, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))

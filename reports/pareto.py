@@ -214,6 +214,12 @@ def compare_pick(study: optuna.Study, summary: dict[str, Any], args, runs_root: 
         return Candidate(name, number, t.values[0], trial_config(t, config, study.user_attrs.get("space", "default")))
     chosen = (candidate("baseline", base["trial"]), [candidate("candidate 1", pick["trial"])])
     baseline, candidates, data, _, plan = select_sealed(study, args, runs_root, chosen)
+    recorded = study.user_attrs.get("pick_tta")  # the selection names the trial; its TTA level is part of the pick
+    if recorded is not None and recorded != pick["tta"]:
+        raise UsageError(f"study {study.study_name!r} read its test set for trial {pick['trial']} at TTA level "
+                         f"{recorded}; this build picks level {pick['tta']}: a new pick after a test read needs a "
+                         "new study")
+    study.set_user_attr("pick_tta", pick["tta"])
     if "first_test_read" not in study.user_attrs:
         study.set_user_attr("first_test_read", time.strftime("%Y-%m-%dT%H:%M:%S"))
     # Each as it predicts: the test accuracy at its TTA level (the race above ranks them plain, on validation).

@@ -33,7 +33,7 @@ from cifar.model import model_cost  # noqa: E402
 from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
 from study.objectives import COSTS_ATTR, VARIANTS_ATTR, Constraint, measure_costs, tta_variants, values  # noqa: E402
-from study.pruning import CURVE_ATTR, ParetoHalving, PruningCallback  # noqa: E402
+from study.pruning import CURVE_ATTR, RUNG_COSTS_ATTR, ParetoHalving, PruningCallback  # noqa: E402
 from study.search_space import CONFIG_ATTR, inference_tta, suggest_config  # noqa: E402
 
 
@@ -74,7 +74,11 @@ class Objective:
         if self.constraint:
             trial.set_constraint(self.constraint.name, self.constraint.violation(costs))
         pareto = ParetoHalving(cfg.epochs, self.objectives[1:]) if several and self.pruner == "pareto" else None
-        pruning = PruningCallback(trial, last_epoch=cfg.epochs, reports=not several, pareto=pareto, costs=costs)
+        if several:  # a rung judges the weights being trained: by their plain accuracy, so at their plain cost
+            plain = measure_costs(cfg, self.objectives, 0, self.latency_cache) if tta else costs
+            trial.set_user_attr(RUNG_COSTS_ATTR, {n: plain[n] for n in self.objectives[1:]})
+        pruning = PruningCallback(trial, last_epoch=cfg.epochs, reports=not several, pareto=pareto,
+                                  costs=plain if several else None)
         resume = self._take_over(trial, cfg, run_dir, pruning)
         start = time.perf_counter()
         try:

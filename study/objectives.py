@@ -94,7 +94,7 @@ def directions(names: tuple[str, ...]) -> list[str]:
 
 
 def study_objectives(objectives: str | None, constraint: str | None, existing: Any, pruner: str | None,
-                     distributed: bool = False) -> tuple[tuple[str, ...], Constraint | None]:
+                     distributed: bool = False, space: str = "default") -> tuple[tuple[str, ...], Constraint | None]:
     """The objectives and the constraint of a new study, or of ``existing`` (its StudySummary) resumed:
     given, else its own, else val_acc alone. Raises ValueError naming what does not fit."""
     attrs = existing.user_attrs if existing else {}
@@ -117,6 +117,9 @@ def study_objectives(objectives: str | None, constraint: str | None, existing: A
                          "there): use --pruner pareto (by cost) or none, the default for such a study")
     if len(names) == 1 and pruner == "pareto":
         raise ValueError("--pruner pareto ranks trials among those that cost no more: it needs cost --objectives")
+    if len(names) == 1 and space == "cost":
+        raise ValueError("--space cost searches the TTA level, which only a study with cost --objectives scores "
+                         "(e.g. --objectives val_acc,latency)")
     if len(names) > 1 and distributed:
         raise ValueError("a study of several objectives does not run under torchrun; run it with --workers")
     return names, limit

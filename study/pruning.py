@@ -131,6 +131,9 @@ def hyperband_budgets(epochs: int, first: int, reduction: int = REDUCTION_FACTOR
 
 
 CURVE_ATTR = "val_acc_curve"  # {epoch: val_acc}: a multi-objective trial's curve (Trial.report raises there)
+# A trial's costs at TTA level 0, which its rungs rank it by: its curve is of plain accuracy, and a trial whose
+# TTA level makes it dearer trains the same weights as the plain one (trials before it: their "costs").
+RUNG_COSTS_ATTR = "rung_costs"
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ class ParetoHalving:
         retry, which inherited its curve, counts instead)."""
         out = []
         for t in study.get_trials(deepcopy=False):
-            curve, costs = t.user_attrs.get(CURVE_ATTR, {}), t.user_attrs.get("costs")
+            curve = t.user_attrs.get(CURVE_ATTR, {})
+            costs = t.user_attrs.get(RUNG_COSTS_ATTR, t.user_attrs.get("costs"))
             if t.number != number and costs and str(epoch) in curve and t.state != optuna.trial.TrialState.FAIL:
                 out.append((curve[str(epoch)], costs))
         return out

@@ -125,7 +125,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
         base = apply_overrides(TrainConfig.from_json(args.config), sets)
         baseline_params = params_of(base, args.space)
         if args.objectives:  # before anything is created (a resume that names none is checked below, on its own)
-            study_objectives(args.objectives, args.constraint, None, args.pruner, launched_by_torchrun())
+            study_objectives(args.objectives, args.constraint, None, args.pruner, launched_by_torchrun(), args.space)
     except ValueError as e:
         raise UsageError(str(e)) from None
     check_storage_url(args.storage)
@@ -138,7 +138,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
     study_name = args.study_name or default_study_name(existing, f"cifar-{preset_name}", args.storage)
     try:
         objectives, constraint = study_objectives(args.objectives, args.constraint, existing.get(study_name),
-                                                  args.pruner, launched_by_torchrun())
+                                                  args.pruner, launched_by_torchrun(), args.space)
     except ValueError as e:
         raise UsageError(str(e)) from None
     stored = existing[study_name].user_attrs.get("budget") if study_name in existing else None
@@ -155,7 +155,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
     pruner = pruner or default_pruner(base.epochs)
     rung, why = measured_first_rung(base.epochs)
     if pruner == "pareto":
-        rung, why = ParetoHalving(base.epochs, ()).rungs()[0], "ParetoHalving: a quarter of the target, then x3"
+        rung, why = (ParetoHalving(base.epochs, ()).rungs() or [base.epochs])[0], "ParetoHalving: a quarter, x3"
     print(f"pruning: {pruner}" + (f", from epoch {rung} of {base.epochs} ({why})" if pruner != "none" and rung else
                                   f" ({why})" if pruner == "none" else
                                   f", from epoch {first_rung(base.epochs)} of {base.epochs}, a rung no "

@@ -78,6 +78,8 @@ CASES = [
      "a constraint on no objective"),
     ("study run", "--objectives val_acc,latency --constraint latency<3", "NAME<=LIMIT", "malformed constraint"),
     ("study run", "--objectives val_acc,latency --constraint latency<=nan", "NAME<=LIMIT", "NaN constraint"),
+    ("study run", "--space cost --objectives val_acc --set widths=32,64,64", "only a study with cost --objectives",
+     "the cost space's TTA level without a cost objective"),
     ("study run", "--set lr", "--set takes KEY=VALUE, got 'lr'", "override without a value"),
     ("study run", "--set lr=-1", "lr must be > 0", "bad base override"),
     ("study run", "--set lr=nan", "config key 'lr': 'nan' is not a number in", "NaN base override"),

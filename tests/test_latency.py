@@ -63,3 +63,16 @@ def test_an_architecture_is_timed_once_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(latency, "machine", lambda: {"node": "elsewhere"})
     assert latency.cached_cost(cfg, 1, tmp_path)["cached"] is False  # another machine times it again
     assert calls == [1, 2, 1, 1] and len(list(tmp_path.glob("*.json"))) == 4
+
+
+def test_a_latency_measured_twice_at_once_is_the_first_one_written(tmp_path, monkeypatch):
+    """Two workers missing one architecture at once: both measure, both keep the figure written first."""
+    import cifar.latency as latency
+
+    def measured_while_another_wrote(cfg, tta, **kw):
+        monkeypatch.setattr(latency, "inference_cost", lambda cfg, tta, **kw: {"by": "the other"})
+        latency.cached_cost(cfg, tta, tmp_path)  # the other worker, finishing first
+        return {"by": "this one"}
+    monkeypatch.setattr(latency, "inference_cost", measured_while_another_wrote)
+    got = latency.cached_cost(tiny_config(), 0, tmp_path)
+    assert got["by"] == "the other" and got["cached"] is True

@@ -89,6 +89,9 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
     assert "hypervolume_history" in get_plotly_graph_objects(shown._storage.get_study_system_attrs(shown._study_id))
     text = (out / "mo" / "pareto.md").read_text()
     assert f"trial {pick} (the pick, latency" in text and "pick.onnx" in capsys.readouterr().out
+    study.set_user_attr("pick_tta", 2)  # as if the test set had been read for this trial at another TTA level
+    assert report_main(argv) == 2
+    assert "a new pick after a test read needs a new study" in capsys.readouterr().err
 
 
 def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
@@ -216,7 +219,8 @@ def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env):  # 
     from study.search_space import trial_config
 
     args = study_env["args"] + ["--study-name", "tta", "--objectives", "val_acc,latency,flops", "--space", "cost",
-                                "--target-epochs", "1", "--set", "widths=32,64,64", "--set", "depth=1"]
+                                "--target-epochs", "1", "--set", "widths=32,64,64", "--set", "depth=1",
+                                "--pruner", "pareto"]  # a 1-epoch target: no rung, nothing pruned
     assert main(args + ["--n-trials", "1"]) == 0  # the baseline: no TTA
     study = load(study_env, "tta")
     base = study.trials[0]
@@ -230,6 +234,8 @@ def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env):  # 
     assert t2.values[2] == t0.values[2] * tta_passes(2)  # FLOPs per image: six passes
     assert t2.values[1] > t0.values[1] and t2.user_attrs["costs"]["latency_detail"]["tta"] == 2
     assert again.values[1] == t0.values[1] and again.user_attrs["costs"]["latency_detail"]["cached"] is True
+    # Its rungs rank the weights it trains by their plain accuracy, so at their plain cost.
+    assert t2.user_attrs["rung_costs"] == {"latency": t0.values[1], "flops": t0.values[2]}
     cfg = trial_config(t2, TrainConfig.from_dict(study.user_attrs["base_config"]), "cost")
     data = prepare_data(cfg.data)
     assert t2.values[0] == val_accuracy(t2.user_attrs["run_dir"], data, 2, "cpu")
