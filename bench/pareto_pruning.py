@@ -140,7 +140,10 @@ def measurement_text(d: dict) -> str:
         rows.append(f"| {arm} | {a['trials']} ({a['complete']} / {a['pruned']}) | {a['trial_epochs']} | "
                     f"{a['non_dominated']} ({a['front_trials']}) | {a['latency_span']:.1f}x | {a['hypervolume']:.4f} |")
     return "\n".join([
-        f"{st['n_trials']} trials each over the cost space, sampler seed {st['sampler_seed']}, a {st['target_epochs']}-"
+        f"{st['n_trials']} trials each over the cost space" + (f" (copies of {st['continues']}'s studies run on: "
+                                                              "their first trials are the ones above)"
+                                                              if st.get("continues") else "") +
+        f", sampler seed {st['sampler_seed']}, a {st['target_epochs']}-"
         f"epoch target on {st['train_fraction']:.0%} of the train split, side by side on a {m['cpus']}-CPU "
         f"{m['cpu']} (one CPU each; {m['train_images_per_s_pruned_study']:.0f} training images/s per trial "
         f"there): pruning by cost saved **{d['epochs_saved']:.0%} of the trial-epochs** (target 40%), its front's "
