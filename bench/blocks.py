@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 # The modules that own blocks, each with its ``BLOCKS``: the benchmarks, the training side's runs, the report.
 OWNERS = ("bench.allocator", "bench.amp", "bench.fidelity", "bench.inference", "bench.load", "bench.memory",
-          "bench.pareto_pruning", "bench.pipeline", "bench.serve", "bench.step_profile", "bench.storage_cost",
-          "bench.study", "bench.time_to_accuracy_blocks", "bench.training_runs", "bench.trial_phases",
-          "bench.verdict_calibration", "reports.verdict")
+          "bench.pareto_pruning", "bench.pareto_replay", "bench.pipeline", "bench.serve", "bench.step_profile",
+          "bench.storage_cost", "bench.study", "bench.time_to_accuracy_blocks", "bench.training_runs",
+          "bench.trial_phases", "bench.verdict_calibration", "reports.verdict")
 BLOCK = re.compile(r"(<!-- results:(\w+) -->)(.*?)(<!-- /results:\2 -->)", re.S)
 MARKER = re.compile(r"<!-- /?results:(\w+) -->")  # either end: a name whose pair is broken shows up here
 

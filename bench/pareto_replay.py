@@ -1,0 +1,106 @@
+"""Rules for pruning by cost, replayed on the recorded curves of an unpruned study: which would save what.
+
+The unpruned study of bench/pareto_pruning.py ran every trial to its target and recorded its validation
+curve (user attribute ``val_acc_curve``), its costs and its TTA variants. Replaying a rule walks its trials
+in their order: at each rung a trial is judged against the earlier trials that reached that rung in the
+replay (as one worker meets them), and a pruned trial spends the epochs up to its rung. Recorded: the
+trial-epochs each rule spends, the front of the trials it completes (their deployable models) and its
+hypervolume against running every trial, up to the unpruned study's corner.
+
+The replay assumes the sampler drew the same trials whatever was pruned. That held in the measured pairs
+(results/bench/pareto_pruning*.json: the same draws in both arms), and the replay of the rule the pruned
+arm ran is checked against it: the same trials pruned, the same trial-epochs. Where a rule prunes a trial
+that would have ended on the front, a real sampler's later draws would differ; the replay shows the loss,
+not what the search would have found instead. Validation only; nothing is trained.
+
+``BLOCKS``: the docs' sentence of the result.
+
+Usage:
+    python bench/pareto_replay.py       # results/bench/pareto_replay.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, ROOT, read_result, write_result  # noqa: E402
+from reports.pareto import front, hypervolume, points_of, worst_corner  # noqa: E402
+from study.objectives import variants_of  # noqa: E402
+from study.pruning import ParetoHalving  # noqa: E402
+
+STUDIES = ROOT / "results" / "reference" / "studies"
+
+
+def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
+    """``rule`` over the study's trials in order; ``rung_costs``: "own" (each trial's own TTA level) or "plain"."""
+    done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                  key=lambda t: t.number)
+    reached: dict[int, list[tuple[float, dict]]] = {r: [] for r in rule.rungs()}
+    kept, spent, pruned = [], 0, []
+    for t in done:
+        curve = {int(e): v for e, v in t.user_attrs["val_acc_curve"].items()}
+        if rung_costs == "plain":
+            costs = {"latency": next(v["latency"] for v in variants_of(study, t) if v["tta"] == 0)}
+        else:
+            costs = {"latency": t.user_attrs["costs"]["latency"]}
+        stop = next((r for r in rule.rungs() if not rule.keeps(curve[r], costs, reached[r])), None)
+        for r in rule.rungs():
+            if stop is None or r <= stop:
+                reached[r].append((curve[r], costs))
+        spent += stop or rule.max_epochs
+        if stop is None:
+            kept.append(t)
+        else:
+            pruned.append(t.number)
+    everyone, corner = points_of(study, done), worst_corner(points_of(study, done))
+    shown = front(points_of(study, kept))
+    return {"rung_costs": rung_costs, "reduction": rule.reduction, "rungs": rule.rungs(), "pruned": pruned,
+            "trial_epochs": spent, "epochs_saved": 1 - spent / (len(done) * rule.max_epochs),
+            "hypervolume_ratio": hypervolume([(p.values[0], p.values[1]) for p in shown], corner)
+            / hypervolume([(p.values[0], p.values[1]) for p in front(everyone)], corner),
+            "front": [(p.number, p.tta) for p in shown]}
+
+
+def pareto_replay_line() -> str:
+    d = read_result("pareto_replay")
+    rules = "; ".join(f"{r['rung_costs']} costs, top 1/{r['reduction']} (rungs {', '.join(map(str, r['rungs']))}): "
+                      f"{r['epochs_saved']:.0%} saved, hypervolume {r['hypervolume_ratio']:.1%}" for r in d["rules"])
+    check = "reproduces" if d["replay_matches_the_measured_arm"] else "does NOT reproduce"
+    return (f"Replayed on the {d['trials']} recorded curves of {d['studies']}-unpruned (`bench/pareto_replay.py`; "
+            f"the replay of the rule the pruned arm ran {check} it: the same {len(d['measured_pruned_arm']['pruned'])} "
+            f"trials pruned, {d['measured_pruned_arm']['trial_epochs']} trial-epochs): {rules}.")
+
+
+BLOCKS = {"pareto_replay_line": pareto_replay_line}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", default="cifar-cpu-pareto4x32", help="the measurement whose studies to read")
+    p.add_argument("--out", default=str(RESULTS / "pareto_replay.json"))
+    args = p.parse_args(argv)
+    load = {arm: optuna.load_study(study_name=f"{args.name}-{arm}", storage=f"sqlite:///{STUDIES / args.name}-{arm}.db")
+            for arm in ("pruned", "unpruned")}
+    study, epochs = load["unpruned"], load["unpruned"].trials[0].user_attrs["epochs_run"]
+    ran = load["pruned"].get_trials(deepcopy=False)
+    measured = {"pruned": sorted(t.number for t in ran if t.state == optuna.trial.TrialState.PRUNED),
+                "trial_epochs": sum(t.user_attrs.get("epochs_run", 0) for t in ran)}
+    rules = [replay(study, ParetoHalving(epochs, ("latency",), reduction), costs)
+             for costs in ("own", "plain") for reduction in (3, 4, 6)]
+    check = rules[0]
+    result = {"what": __doc__.split("\n\n")[0], "studies": args.name, "target_epochs": epochs,
+              "trials": len(study.trials), "measured_pruned_arm": measured,
+              "replay_matches_the_measured_arm": check["pruned"] == measured["pruned"]
+              and check["trial_epochs"] == measured["trial_epochs"], "rules": rules}
+    write_result(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
