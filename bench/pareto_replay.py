@@ -22,19 +22,31 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, ROOT, read_result, write_result  # noqa: E402
+from bench.common import RESULTS, ROOT, write_result  # noqa: E402
 from reports.pareto import front, hypervolume, points_of, worst_corner  # noqa: E402
 from study.objectives import variants_of  # noqa: E402
 from study.pruning import ParetoHalving  # noqa: E402
 
 STUDIES = ROOT / "results" / "reference" / "studies"
+
+
+@dataclass(frozen=True)
+class Dominated(ParetoHalving):
+    """A bolder rule, replayed only (not a pruner of the project's): at a rung a trial goes on unless
+    ``beaten`` trials that cost no more were more accurate there (1: only the rung's own front goes on)."""
+    beaten: int = 1
+
+    def keeps(self, val_acc: float, costs: dict[str, float], peers: list[tuple[float, dict[str, float]]]) -> bool:
+        return sum(v > val_acc and all(c[k] <= costs[k] for k in self.costs) for v, c in peers) < self.beaten
 
 
 def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
@@ -60,7 +72,8 @@ def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
             pruned.append(t.number)
     everyone, corner = points_of(study, done), worst_corner(points_of(study, done))
     shown = front(points_of(study, kept))
-    return {"rung_costs": rung_costs, "reduction": rule.reduction, "rungs": rule.rungs(), "pruned": pruned,
+    return {"rung_costs": rung_costs, "rule": f"beaten by {rule.beaten} cheaper" if isinstance(rule, Dominated) else
+            f"top 1/{rule.reduction}", "reduction": rule.reduction, "rungs": rule.rungs(), "pruned": pruned,
             "trial_epochs": spent, "epochs_saved": 1 - spent / (len(done) * rule.max_epochs),
             "hypervolume_ratio": hypervolume([(p.values[0], p.values[1]) for p in shown], corner)
             / hypervolume([(p.values[0], p.values[1]) for p in front(everyone)], corner),
@@ -68,13 +81,18 @@ def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
 
 
 def pareto_replay_line() -> str:
-    d = read_result("pareto_replay")
-    rules = "; ".join(f"{r['rung_costs']} costs, top 1/{r['reduction']} (rungs {', '.join(map(str, r['rungs']))}): "
+    """A sentence per replay (results/bench/pareto_replay*.json), fewest trials first."""
+    found = sorted((json.loads(f.read_text()) for f in RESULTS.glob("pareto_replay*.json")), key=lambda d: d["trials"])
+    return " ".join(replay_sentence(d) for d in found)
+
+
+def replay_sentence(d: dict) -> str:
+    rules = "; ".join(f"{r['rung_costs']} costs, {r['rule']} (rungs {', '.join(map(str, r['rungs']))}): "
                       f"{r['epochs_saved']:.0%} saved, hypervolume {r['hypervolume_ratio']:.1%}" for r in d["rules"])
     check = "reproduces" if d["replay_matches_the_measured_arm"] else "does NOT reproduce"
-    return (f"Replayed on the {d['trials']} recorded curves of {d['studies']}-unpruned (`bench/pareto_replay.py`; "
-            f"the replay of the rule the pruned arm ran {check} it: the same {len(d['measured_pruned_arm']['pruned'])} "
-            f"trials pruned, {d['measured_pruned_arm']['trial_epochs']} trial-epochs): {rules}.")
+    return (f"Replayed on the {d['trials']} recorded curves of {d['studies']}-unpruned (the replay of the rule its "
+            f"pruned arm ran {check} it: the same {len(d['measured_pruned_arm']['pruned'])} trials pruned, "
+            f"{d['measured_pruned_arm']['trial_epochs']} trial-epochs): {rules}.")
 
 
 BLOCKS = {"pareto_replay_line": pareto_replay_line}
@@ -93,6 +111,8 @@ def main(argv=None) -> int:
                 "trial_epochs": sum(t.user_attrs.get("epochs_run", 0) for t in ran)}
     rules = [replay(study, ParetoHalving(epochs, ("latency",), reduction), costs)
              for costs in ("own", "plain") for reduction in (3, 4, 6)]
+    rules += [replay(study, Dominated(epochs, ("latency",), beaten=k), costs)
+              for costs in ("own", "plain") for k in (1, 2)]
     check = rules[0]
     result = {"what": __doc__.split("\n\n")[0], "studies": args.name, "target_epochs": epochs,
               "trials": len(study.trials), "measured_pruned_arm": measured,
