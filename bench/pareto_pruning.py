@@ -50,7 +50,7 @@ from reports.pareto import front, hypervolume, points_of  # noqa: E402
 from study.objectives import add_variants  # noqa: E402
 from study.search_space import SPACES  # noqa: E402
 
-ARMS = {"pareto": "pruned", "none": "unpruned"}  # --pruner -> the study's name suffix
+ARMS = ("pruned", "unpruned")  # the studies' name suffixes
 ARCHITECTURE = ("stage_widths", "depth", "block", "tta")
 
 
@@ -69,10 +69,10 @@ def premeasure(base: TrainConfig, cache: Path) -> dict[str, float]:
 REPORT_ATTRS = ("selection", "verdict_plan", "first_test_read", "sessions")  # a report's, not the search's
 
 
-def continue_from(source: str, name: str, storage_dir: Path) -> None:
+def continue_from(source: str, name: str, storage_dir: Path, arms: tuple[str, ...] = ARMS) -> None:
     """Each arm's study ``name`` made, where missing, as a copy of the search of arm ``source`` (its trials and
     the study's settings, not a report's records): a longer measurement that continues a shorter one."""
-    for arm in ARMS.values():
+    for arm in arms:
         to = f"sqlite:///{storage_dir / name}-{arm}.db"
         if f"{name}-{arm}" in optuna.get_all_study_names(to):
             continue
@@ -88,7 +88,7 @@ def continue_from(source: str, name: str, storage_dir: Path) -> None:
 def run_arms(args, storage_dir: Path, runs: Path) -> dict[str, float]:
     """Both studies side by side, study i on CPU i; their minutes (of this invocation)."""
     procs, began = {}, time.perf_counter()
-    for cpu, (pruner, arm) in enumerate(ARMS.items()):
+    for cpu, (pruner, arm) in enumerate(zip((args.pruner, "none"), ARMS)):
         name = f"{args.name}-{arm}"
         cmd = ["taskset", "-c", str(cpu % (os.cpu_count() or 1)), sys.executable, "-m", "study", "run",
                "--preset", "smoke", "--study-name", name, "--storage", f"sqlite:///{storage_dir / name}.db",
@@ -146,7 +146,9 @@ def measurement_text(d: dict) -> str:
         f", sampler seed {st['sampler_seed']}, a {st['target_epochs']}-"
         f"epoch target on {st['train_fraction']:.0%} of the train split, side by side on a {m['cpus']}-CPU "
         f"{m['cpu']} (one CPU each; {m['train_images_per_s_pruned_study']:.0f} training images/s per trial "
-        f"there): pruning by cost saved **{d['epochs_saved']:.0%} of the trial-epochs** (target 40%), its front's "
+        f"there): pruning by cost (`--pruner {st.get('pruner', 'pareto')}`"
+        + (f"; the unpruned arm {st['unpruned_from']}'s" if st.get("unpruned_from") else "") +
+        f") saved **{d['epochs_saved']:.0%} of the trial-epochs** (target 40%), its front's "
         f"hypervolume **{d['hypervolume_ratio']:.1%} of the unpruned one's** (target 98% at least), both up to "
         f"the corner (val_acc {d['reference_corner']['val_acc']:.4f}, {d['reference_corner']['latency_ms']:.3g} "
         "ms).", "", *rows])
@@ -166,18 +168,23 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default=str(ROOT / "results" / "reference" / "runs" / "studies"))
     p.add_argument("--continue-from", default=None, metavar="NAME",
                    help="make the studies, where missing, as copies of NAME's (its trials), then run them on")
+    p.add_argument("--pruner", default="pareto", choices=("pareto", "pareto-front"), help="the pruned arm's rule")
+    p.add_argument("--reuse-unpruned", default=None, metavar="NAME",
+                   help="the unpruned arm: a copy of NAME's (the same seed draws the same trials unpruned)")
     p.add_argument("--out", default=str(RESULTS / "pareto_pruning.json"))
     args = p.parse_args(argv)
     storage_dir, runs = Path(args.studies), Path(args.runs_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
     if args.continue_from:
         continue_from(args.continue_from, args.name, storage_dir)
+    if args.reuse_unpruned:
+        continue_from(args.reuse_unpruned, args.name, storage_dir, ("unpruned",))
     base = TrainConfig.from_dict(json.loads((ROOT / "configs" / "fast.json").read_text()))
     latency = premeasure(base, runs / "latency")
     print(f"latency: {latency}", flush=True)
     minutes = run_arms(args, storage_dir, runs)
     studies = {arm: optuna.load_study(study_name=f"{args.name}-{arm}",
-                                      storage=f"sqlite:///{storage_dir / args.name}-{arm}.db") for arm in ARMS.values()}
+                                      storage=f"sqlite:///{storage_dir / args.name}-{arm}.db") for arm in ARMS}
     for s in studies.values():  # trials that ran before trials recorded their TTA variants: measured now
         cfg = TrainConfig.from_dict(s.user_attrs["base_config"])
         add_variants(s, cfg, lambda cfg=cfg: prepare_data(cfg.data))
@@ -193,7 +200,8 @@ def main(argv=None) -> int:
         "machine": {**machine(), "train_images_per_s_pruned_study": pruned["train_images_per_s"]},
         "setting": {"n_trials": args.n_trials, "target_epochs": args.target_epochs,
                     "train_fraction": args.train_fraction, "sampler_seed": args.seed, "space": "cost",
-                    "studies": [f"{args.name}-{a}" for a in ARMS.values()], "continues": args.continue_from},
+                    "studies": [f"{args.name}-{a}" for a in ARMS], "continues": args.continue_from,
+                    "pruner": args.pruner, "unpruned_from": args.reuse_unpruned},
         "latency_cache": latency, "reference_corner": {"val_acc": corner[0], "latency_ms": corner[1]},
         "epochs_saved": 1 - pruned["trial_epochs"] / unpruned["trial_epochs"],
         "hypervolume_ratio": pruned["hypervolume"] / unpruned["hypervolume"],

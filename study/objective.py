@@ -73,7 +73,8 @@ class Objective:
             trial.set_user_attr(COSTS_ATTR, costs)
         if self.constraint:
             trial.set_constraint(self.constraint.name, self.constraint.violation(costs))
-        pareto = ParetoHalving(cfg.epochs, self.objectives[1:]) if several and self.pruner == "pareto" else None
+        pareto = ParetoHalving(cfg.epochs, self.objectives[1:], beaten=1 if self.pruner == "pareto-front" else None) \
+            if several and self.pruner in ("pareto", "pareto-front") else None
         if several:  # a rung judges the weights being trained: by their plain accuracy, so at their plain cost
             plain = measure_costs(cfg, self.objectives, 0, self.latency_cache) if tta else costs
             trial.set_user_attr(RUNG_COSTS_ATTR, {n: plain[n] for n in self.objectives[1:]})

@@ -112,10 +112,10 @@ def study_objectives(objectives: str | None, constraint: str | None, existing: A
     limit = parse_constraint(text) if text else None
     if limit and limit.name not in names:
         raise ValueError(f"--constraint on {limit.name} needs it among --objectives (e.g. val_acc,{limit.name})")
-    if len(names) > 1 and pruner not in (None, "none", "pareto"):
+    if len(names) > 1 and pruner not in (None, "none", "pareto", "pareto-front"):
         raise ValueError("Optuna's pruners cannot prune a study of several objectives (Trial.report raises "
                          "there): use --pruner pareto (by cost) or none, the default for such a study")
-    if len(names) == 1 and pruner == "pareto":
+    if len(names) == 1 and pruner in ("pareto", "pareto-front"):
         raise ValueError("--pruner pareto ranks trials among those that cost no more: it needs cost --objectives")
     if len(names) == 1 and space == "cost":
         raise ValueError("--space cost searches the TTA level, which only a study with cost --objectives scores "

@@ -70,6 +70,7 @@ PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner
     "none": lambda max_epochs: optuna.pruners.NopPruner(),
     # a study of several objectives: Optuna's pruners cannot judge it; ParetoHalving does, in the callback
     "pareto": lambda max_epochs: optuna.pruners.NopPruner(),
+    "pareto-front": lambda max_epochs: optuna.pruners.NopPruner(),  # ParetoHalving(beaten=1)
 })
 
 
@@ -111,7 +112,7 @@ def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
     """The share of the target's epochs a trial runs on average under ``pruner``, from its rungs
     (``halving_share``): Hyperband averages its brackets, weighted as Optuna allocates trials to
     them; the median pruner and no pruner count whole runs (the most a trial can cost)."""
-    if pruner == "pareto":
+    if pruner in ("pareto", "pareto-front"):
         return halving_share(epochs, pareto_first_rung(epochs))
     first = first_rung(epochs)
     if pruner == "halving":
@@ -149,6 +150,9 @@ class ParetoHalving:
     max_epochs: int
     costs: tuple[str, ...]
     reduction: int = REDUCTION_FACTOR
+    # ``--pruner pareto-front``: a trial goes on unless this many trials that cost no more were more accurate
+    # at the rung (1: only the rung's own front goes on); None: the top 1/reduction of them.
+    beaten: int | None = None
 
     def rungs(self) -> list[int]:
         return rungs_below(self.max_epochs, pareto_first_rung(self.max_epochs), self.reduction)
@@ -156,6 +160,8 @@ class ParetoHalving:
     def keeps(self, val_acc: float, costs: dict[str, float], peers: list[tuple[float, dict[str, float]]]) -> bool:
         """Whether a trial of ``val_acc`` and ``costs`` at a rung goes on, against ``peers`` (val_acc, costs) there."""
         rivals = [v for v, c in peers if all(c[k] <= costs[k] for k in self.costs)]
+        if self.beaten is not None:
+            return sum(v > val_acc for v in rivals) < self.beaten
         n = len(rivals) + 1
         return n < self.reduction or 1 + sum(v > val_acc for v in rivals) <= n // self.reduction
 

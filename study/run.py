@@ -154,7 +154,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
     base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
     pruner = pruner or default_pruner(base.epochs)
     rung, why = measured_first_rung(base.epochs)
-    if pruner == "pareto":
+    if pruner in ("pareto", "pareto-front"):
         rung, why = (ParetoHalving(base.epochs, ()).rungs() or [base.epochs])[0], "ParetoHalving: a quarter, x3"
     print(f"pruning: {pruner}" + (f", from epoch {rung} of {base.epochs} ({why})" if pruner != "none" and rung else
                                   f" ({why})" if pruner == "none" else

@@ -104,6 +104,9 @@ def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
     assert not rule.keeps(0.5, {"latency": 1.0}, cheap_rivals)  # last of 4 that cost no more
     assert rule.keeps(0.9, {"latency": 1.0}, cheap_rivals)  # first of 4: in the top quarter
     assert rule.keeps(0.1, {"latency": 1.0}, cheap_rivals[:1])  # 2 compete: fewer than 3, both go on
+    front_only = ParetoHalving(max_epochs=9, costs=("latency",), beaten=1)  # --pruner pareto-front
+    assert front_only.keeps(0.85, {"latency": 1.0}, cheap_rivals) and front_only.keeps(0.5, {"latency": 1.0}, expensive)
+    assert not front_only.keeps(0.75, {"latency": 1.0}, cheap_rivals)  # one cheaper trial was more accurate
 
 
 def test_pareto_halving_on_synthetic_curves_saves_epochs_and_keeps_the_front():
