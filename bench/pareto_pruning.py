@@ -48,6 +48,7 @@ from cifar.data import prepare_data  # noqa: E402
 from cifar.latency import cached_cost, machine  # noqa: E402
 from reports.pareto import front, hypervolume, points_of  # noqa: E402
 from study.objectives import add_variants  # noqa: E402
+from study.pruning import COST_PRUNERS  # noqa: E402
 from study.search_space import SPACES  # noqa: E402
 
 ARMS = ("pruned", "unpruned")  # the studies' name suffixes
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs-dir", default=str(ROOT / "results" / "reference" / "runs" / "studies"))
     p.add_argument("--continue-from", default=None, metavar="NAME",
                    help="make the studies, where missing, as copies of NAME's (its trials), then run them on")
-    p.add_argument("--pruner", default="pareto", choices=("pareto", "pareto-front"), help="the pruned arm's rule")
+    p.add_argument("--pruner", default="pareto", choices=tuple(COST_PRUNERS), help="the pruned arm's rule")
     p.add_argument("--reuse-unpruned", default=None, metavar="NAME",
                    help="the unpruned arm: a copy of NAME's (the same seed draws the same trials unpruned)")
     p.add_argument("--out", default=str(RESULTS / "pareto_pruning.json"))

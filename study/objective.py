@@ -33,7 +33,7 @@ from cifar.model import model_cost  # noqa: E402
 from cifar.rundir import RunDir, load_checkpoint  # noqa: E402
 from cifar.train import train  # noqa: E402
 from study.objectives import COSTS_ATTR, VARIANTS_ATTR, Constraint, measure_costs, tta_variants, values  # noqa: E402
-from study.pruning import CURVE_ATTR, RUNG_COSTS_ATTR, ParetoHalving, PruningCallback  # noqa: E402
+from study.pruning import CURVE_ATTR, RUNG_COSTS_ATTR, PruningCallback, cost_rule  # noqa: E402
 from study.search_space import CONFIG_ATTR, inference_tta, suggest_config  # noqa: E402
 
 
@@ -73,8 +73,7 @@ class Objective:
             trial.set_user_attr(COSTS_ATTR, costs)
         if self.constraint:
             trial.set_constraint(self.constraint.name, self.constraint.violation(costs))
-        pareto = ParetoHalving(cfg.epochs, self.objectives[1:], beaten=1 if self.pruner == "pareto-front" else None) \
-            if several and self.pruner in ("pareto", "pareto-front") else None
+        pareto = cost_rule(self.pruner, cfg.epochs, self.objectives[1:]) if several else None
         if several:  # a rung judges the weights being trained: by their plain accuracy, so at their plain cost
             plain = measure_costs(cfg, self.objectives, 0, self.latency_cache) if tta else costs
             trial.set_user_attr(RUNG_COSTS_ATTR, {n: plain[n] for n in self.objectives[1:]})

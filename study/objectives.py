@@ -33,6 +33,7 @@ from cifar.config import TrainConfig
 from cifar.model import model_cost
 from cifar.registry import Registry
 from cifar.tta import tta_passes
+from study.pruning import COST_PRUNERS
 
 COSTS_ATTR = "costs"  # the user attribute holding a trial's measured costs (and the latency's detail)
 VARIANTS_ATTR = "variants"  # a complete trial's model at every TTA level: val_acc and costs (``tta_variants``)
@@ -112,10 +113,10 @@ def study_objectives(objectives: str | None, constraint: str | None, existing: A
     limit = parse_constraint(text) if text else None
     if limit and limit.name not in names:
         raise ValueError(f"--constraint on {limit.name} needs it among --objectives (e.g. val_acc,{limit.name})")
-    if len(names) > 1 and pruner not in (None, "none", "pareto", "pareto-front"):
+    if len(names) > 1 and pruner not in (None, "none", *COST_PRUNERS):
         raise ValueError("Optuna's pruners cannot prune a study of several objectives (Trial.report raises "
                          "there): use --pruner pareto (by cost) or none, the default for such a study")
-    if len(names) == 1 and pruner in ("pareto", "pareto-front"):
+    if len(names) == 1 and pruner in COST_PRUNERS:
         raise ValueError("--pruner pareto ranks trials among those that cost no more: it needs cost --objectives")
     if len(names) == 1 and space == "cost":
         raise ValueError("--space cost searches the TTA level, which only a study with cost --objectives scores "
@@ -137,6 +138,11 @@ def measure_costs(cfg: TrainConfig, names: tuple[str, ...] = ("latency", "flops"
         detail = cached_cost(cfg, tta, cache_dir) if cache_dir else inference_cost(cfg, tta)
         costs.update(latency=detail["batch_1"]["median_ms"], latency_detail=detail)
     return costs
+
+
+def latency_cache(runs_root: Path) -> Path:
+    """Where a study's trials keep their architectures' latency: beside the studies' run directories."""
+    return Path(runs_root).parent / "latency"
 
 
 def tta_variants(run_dir: Path, data: Any, cfg: TrainConfig, names: tuple[str, ...], scored: dict[int, float],
@@ -178,7 +184,7 @@ def add_variants(study: optuna.Study, base: TrainConfig, load_data: Callable[[],
         own = {0: t.user_attrs.get("val_acc_plain", t.values[0]), int(t.params["tta"]): t.values[0]}
         cfg = trial_config(t, base, study.user_attrs.get("space", "cost"))
         study.set_user_attr(f"{VARIANTS_ATTR}:{t.number}",
-                            tta_variants(run_dir, data, cfg, names, own, run_dir.parents[1] / "latency"))
+                            tta_variants(run_dir, data, cfg, names, own, latency_cache(run_dir.parent)))
         added += 1
     return added
 

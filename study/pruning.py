@@ -104,6 +104,15 @@ def halving_share(epochs: int, first: int, reduction: int = REDUCTION_FACTOR) ->
 PARETO_FIRST_RUNG_SHARE = 0.25
 
 
+# The pruners by cost, each a ParetoHalving rule (beaten: None for the top 1/reduction, 1 for the rung's front).
+COST_PRUNERS = {"pareto": None, "pareto-front": 1}
+
+
+def cost_rule(pruner: str, epochs: int, costs: tuple[str, ...]) -> ParetoHalving | None:
+    """The ParetoHalving rule of a pruner by cost (None for any other pruner)."""
+    return ParetoHalving(epochs, costs, beaten=COST_PRUNERS[pruner]) if pruner in COST_PRUNERS else None
+
+
 def pareto_first_rung(epochs: int) -> int:
     return max(1, min(epochs, round(PARETO_FIRST_RUNG_SHARE * epochs)))
 
@@ -112,7 +121,7 @@ def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
     """The share of the target's epochs a trial runs on average under ``pruner``, from its rungs
     (``halving_share``): Hyperband averages its brackets, weighted as Optuna allocates trials to
     them; the median pruner and no pruner count whole runs (the most a trial can cost)."""
-    if pruner in ("pareto", "pareto-front"):
+    if pruner in COST_PRUNERS:
         return halving_share(epochs, pareto_first_rung(epochs))
     first = first_rung(epochs)
     if pruner == "halving":

@@ -30,7 +30,7 @@ from cifar.data import prepare_data
 from cifar.runtime import Dist
 from cifar.sources import RawCifar
 from study.objective import Objective
-from study.objectives import Constraint, best_of
+from study.objectives import Constraint, best_of, latency_cache
 from study.pruning import epoch_share, make_pruner
 from study.search_space import make_sampler
 from study.storage import PATIENCE_S, lost_connection, make_storage
@@ -160,7 +160,7 @@ def make_objective(job: Job, uploads: bool = True, raw: RawCifar | None = None) 
         Path(job.artifact_dir).mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(job.artifact_dir)
     return Objective(base, prepare_data(base.data, raw=raw), Path(job.runs_root), store, job.space, job.verbose,
-                     job.objectives, job.constraint, job.pruner, Path(job.runs_root).parent / "latency")
+                     job.objectives, job.constraint, job.pruner, latency_cache(job.runs_root))
 
 
 def worker(job: Job, index: int, raw: RawCifar | None = None) -> None:
