@@ -31,7 +31,7 @@ from cifar.loop import predict  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
 from cifar.rundir import Predictions, RunDir, TestMetrics, load_checkpoint, model_from_checkpoint  # noqa: E402
 from cifar.runtime import memory_format, resolve_device  # noqa: E402
-from cifar.tta import TTA  # noqa: E402
+from cifar.tta import REPORTED, TTA  # noqa: E402
 
 
 def compute_test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> TestMetrics:
@@ -116,7 +116,7 @@ def val_accuracy(run_dir: str | Path, data: CifarData, tta: int, device: str = "
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-                 data: CifarData | None = None, tta: int = 2) -> TestMetrics:
+                 data: CifarData | None = None, tta: int = REPORTED) -> TestMetrics:
     """Evaluate best.pt of a run on the test set and write metrics and figures into the run.
 
     Accuracy and loss are measured plain and, beside them, with test-time augmentation
@@ -136,11 +136,17 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     logits, labels = predict(model, batches)
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])
     metrics.checkpoint_epoch, metrics.val_acc = ckpt["epoch"], ckpt["metrics"][-1]["val_acc"]
+    if run.test_metrics.is_file():  # the levels measured before on this checkpoint stay on record
+        before = run.read_test_metrics()
+        if (before.checkpoint_epoch, before.val_acc) == (metrics.checkpoint_epoch, metrics.val_acc):
+            metrics.test_acc_by_tta = {**before.test_acc_by_tta, **(
+                {str(before.tta_level): before.test_acc_tta} if before.tta_level else {})}
     if tta:
         tta_logits, _ = predict(TTA(model, tta), batches)
         metrics.tta_level = tta
         metrics.test_acc_tta = (tta_logits.argmax(1) == labels).double().mean().item()
         metrics.test_loss_tta = F.cross_entropy(tta_logits, labels).item()
+        metrics.test_acc_by_tta[str(tta)] = metrics.test_acc_tta
     run.write_test_metrics(metrics)
     probs = logits.softmax(1)
     # Per-image predictions, for comparisons between runs (which images a change fixed or broke).

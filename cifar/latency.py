@@ -7,9 +7,9 @@ this machine: for each batch size, ``repeats`` timed calls after ``warmup`` unti
 sizes interleaved call by call so that a machine's drift falls on all of them alike. Each batch size
 gets its median, p90 and interquartile spread in milliseconds per call, and the throughput batch
 its images per second. A study measures each architecture once (``cached_cost``): a file per model
-config, TTA level and machine under the cache directory, so that trials of one architecture cost the
-same (measured anew, the same graph differed by up to 7% between trials of one study here) and a
-study's later trials spend no time on it.
+config, TTA level, machine and version of the graph's code (``graph_code``) under the cache directory,
+so that trials of one architecture cost the same (measured anew, the same graph differed by up to 7%
+between trials of one study here) and a study's later trials spend no time on it.
 
 Usage:
     cost = inference_cost(cfg, tta=2)     # {"batch_1": {...}, "batch_64": {...}, "onnx_bytes": ...}
@@ -98,11 +98,20 @@ def machine() -> dict[str, Any]:
     return {"node": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
 
 
+def graph_code() -> dict[str, str]:
+    """What the exported graph is made by: torch's version and a digest of the code that builds and exports
+    it, so that a cached latency is measured again when either changes."""
+    import torch
+
+    code = b"".join(Path(__file__).with_name(name).read_bytes() for name in ("model.py", "export.py"))
+    return {"torch": torch.__version__, "code": hashlib.sha256(code).hexdigest()[:12]}
+
+
 def cached_cost(cfg: TrainConfig, tta: int, cache_dir: Path, **timing: Any) -> dict[str, Any]:
     """``inference_cost``, measured once per model config, TTA level and machine: read from ``cache_dir``
     where measured before (``"cached": true``), else measured and written there."""
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in TRAINING_ONLY}
-    key = {"model": model, "tta": tta, "machine": machine()}
+    key = {"model": model, "tta": tta, "machine": machine(), "graph": graph_code()}
     path = Path(cache_dir) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
     if path.exists():
         stored = json.loads(path.read_text())

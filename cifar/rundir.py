@@ -32,7 +32,7 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,18 @@ class TestMetrics:
     tta_level: int = 0                # test-time augmentation of the two fields below (0: none measured)
     test_acc_tta: float = math.nan
     test_loss_tta: float = math.nan
+    test_acc_by_tta: dict[str, float] = field(default_factory=dict)  # every level measured on this checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def acc_at(self, tta: int) -> float:
+        """Test accuracy predicting at TTA level ``tta`` (NaN where that level was not measured)."""
+        if tta == 0:
+            return self.test_acc
+        if str(tta) in self.test_acc_by_tta:
+            return self.test_acc_by_tta[str(tta)]
+        return self.test_acc_tta if self.tta_level == tta else math.nan  # written before the record by level
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch import nn
 
 TTA_LEVELS = {0: "none", 1: "mirror", 2: "mirror + 1-pixel translate"}
 PASSES = {0: 1, 1: 2, 2: 6}  # forward passes per image at each level
+REPORTED = 2  # the level a test read measures beside plain where none is asked
 
 
 def tta_passes(level: int) -> int:

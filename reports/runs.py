@@ -20,6 +20,7 @@ so the runs can be trained on one machine, for instance one with a GPU
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from cifar.data import CifarData
 from cifar.evaluate import evaluate_run
 from cifar.rundir import RunDir, finished, run_dir_for
 from cifar.train import train
+from cifar.tta import REPORTED
 from reports.race import RacePlan, RaceResult, race
 from reports.verdict import Plan, Verdict, compare
 
@@ -67,19 +69,18 @@ def tested_at(run_dir: Path, tta: int) -> bool:
     """Whether the run's test metrics are there, with TTA of level ``tta`` measured (any level for 0)."""
     run = RunDir(run_dir)
     return run.predictions.is_file() and run.test_metrics.is_file() and (
-        tta == 0 or run.read_test_metrics().tta_level == tta)
+        tta == 0 or not math.isnan(run.read_test_metrics().acc_at(tta)))
 
 
 def test_acc_at(run_dir: Path, tta: int) -> float:
     """A tested run's test accuracy as it predicts at TTA level ``tta``."""
-    metrics = RunDir(run_dir).read_test_metrics()
-    return metrics.test_acc_tta if tta else metrics.test_acc
+    return RunDir(run_dir).read_test_metrics().acc_at(tta)
 
 
 def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData,
                   tta: dict[str, int] | None = None) -> list[dict]:
     """Evaluate the named configs' runs on the test set (where not done yet), plain and with TTA (of
-    the level in ``tta``, by name; else 2, beside plain); what was read, and when."""
+    the level in ``tta``, by name; else ``REPORTED``, beside plain); what was read, and when."""
     reads = []
     for name in names:
         level = (tta or {}).get(name, 0)
@@ -91,7 +92,7 @@ def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData
                 # weights did not. The same config and seed again; the test needs weights.
                 print(f"{name}: {p} has no checkpoint here; training it again to test it", flush=True)
                 train(RunDir(p).read_config(), data, p, quiet=True)
-            evaluate_run(p, data=data, tta=level or 2)
+            evaluate_run(p, data=data, tta=level or REPORTED)
         reads.append({"config": name, "runs": [str(p) for p in dirs[name]], "evaluated_now": len(todo),
                       "retrained_for_test": len(retrained), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return reads

@@ -28,7 +28,6 @@ from cifar.config import TrainConfig, apply_overrides
 from cifar.data import DataError, check_data
 from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
-from study.dashboard import browse_command
 from study.objectives import directions, study_objectives
 from study.presets import PRESETS, pick_preset, target_budget
 from study.pruning import COST_PRUNERS, PRUNERS, cost_rule, default_pruner, first_rung, measured_first_rung
@@ -38,15 +37,14 @@ from study.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
     artifact_dir_for,
-    check_storage_url,
     crowding_warning,
     default_storage,
-    has_password,
+    holds_no_study,
     make_storage,
     redact,
 )
-from study.trials import record_session, session_clock, summarise
-from study.workers import FailingInARow, Job, StorageLost, distributed_worker, run_workers, short
+from study.trials import next_steps, record_session, session_clock, summarise
+from study.workers import FailingInARow, Job, StorageLost, distributed_worker, run_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,14 +119,14 @@ def prepare(argv: Sequence[str]) -> Prepared:
     sets = dict(split_set(kv) for kv in args.set)
     if "epochs" in sets:
         raise UsageError("a study trains at its target: set the epochs with --target-epochs, not --set epochs")
+    new = holds_no_study(args.storage)  # a new SQLite file: nothing there to resume
     try:
         base = apply_overrides(TrainConfig.from_json(args.config), sets)
         baseline_params = params_of(base, args.space)
-        if args.objectives:  # before anything is created (a resume that names none is checked below, on its own)
+        if args.objectives or new:  # before anything is created (a resume naming none is checked below)
             study_objectives(args.objectives, args.constraint, None, args.pruner, launched_by_torchrun(), args.space)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    check_storage_url(args.storage)
     try:  # the data before anything is created; a single worker reuses what this loads
         raw = check_data(base.data)
     except (DataError, ValueError) as e:
@@ -282,16 +280,7 @@ def finish(prepared: Prepared, started: float, interrupted: bool) -> int:
     if interrupted:
         print("run the same command again to resume the study", file=sys.stderr)
         return 130
-    lines = [f"results: {out}/ (summary.json, trials.csv)", f"browse:  {browse_command(job.storage, job.artifact_dir)}"]
-    if "best_value" in summary:
-        params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
-        lines[:0] = [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}"]
-        storage = f" (the storage from ${STORAGE_ENV})" if has_password(job.storage) else f" --storage {job.storage}"
-        lines += [f"report:  python -m reports build{storage} --study-name {job.study_name}"
-                  "   (make study runs it next)",
-                  f"what to train: the report's winner, results/reports/{job.study_name}/winner_config.json, "
-                  "chosen among the top trials on fresh seeds (the study's best single trial, one seed that may "
-                  f"be luck: {out}/best_trial_config.json)"]
+    lines = next_steps(summary, out, job.storage, job.study_name, job.artifact_dir, len(job.objectives) > 1)
     print("\n".join(lines), flush=True)
     return 0
 

@@ -80,6 +80,14 @@ def check_storage_url(url: str, create: bool = True):
     return parsed
 
 
+def holds_no_study(url: str) -> bool:
+    """Whether ``url`` (checked as ``check_storage_url`` does) is a SQLite database that does not exist yet:
+    a study there is new, so what a new study needs can be checked before the file is created."""
+    parsed = check_storage_url(url)
+    db = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (db in ("", ":memory:") or not Path(db).exists())
+
+
 PATIENCE_S = 120.0  # how long a call waits out an unreachable database server before it gives up
 
 

@@ -29,10 +29,17 @@ from optuna.trial import TrialState
 
 from cifar.config import TrainConfig
 from cifar.runtime import describe_machine
+from study.dashboard import browse_command
 from study.objectives import best_of
 from study.search_space import trial_config
+from study.storage import STORAGE_ENV, has_password
 
 BEST_TRIAL_CONFIG = "best_trial_config.json"  # the best single trial; not the recommendation
+
+
+def short(v: Any) -> str:
+    """A parameter value as a trial line prints it (floats to 3 significant digits)."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -125,3 +132,23 @@ def summarise(study: optuna.Study, base: TrainConfig, space: str, out_dir: Path)
         summary.update(best_trial=best.number, best_value=best.values[0], best_params=best.params)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def next_steps(summary: dict[str, Any], out: Path, storage: str, study_name: str, artifact_dir: str,
+               several: bool) -> list[str]:
+    """A finished study's closing lines: where its results are, how to browse it, and, once a trial is
+    complete, its best trial, the report's command and what the report hands over (a multi-objective
+    study's report (``several``) picks a model to deploy; a single objective's, a config to train)."""
+    lines = [f"results: {out}/ (summary.json, trials.csv)", f"browse:  {browse_command(storage, artifact_dir)}"]
+    if "best_value" not in summary:
+        return lines
+    params = " ".join(f"{k}={short(v)}" for k, v in summary["best_params"].items())
+    given = f" (the storage from ${STORAGE_ENV})" if has_password(storage) else f" --storage {storage}"
+    folder = f"results/reports/{study_name}/"  # under the report's --out
+    return [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}", *lines,
+            f"report:  python -m reports build{given} --study-name {study_name}   (make study runs it next)",
+            f"what to deploy: the report's pick within the constraint, {folder}pick.onnx (under the report's "
+            "--out), compared with the baseline on fresh seeds" if several else
+            f"what to train: the report's winner, {folder}winner_config.json (under the report's --out), chosen "
+            f"among the top trials on fresh seeds (the study's best single trial, one seed that may be luck: "
+            f"{out}/best_trial_config.json)"]

@@ -18,7 +18,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -34,6 +33,7 @@ from study.objectives import Constraint, best_of, latency_cache
 from study.pruning import epoch_share, make_pruner
 from study.search_space import make_sampler
 from study.storage import PATIENCE_S, lost_connection, make_storage
+from study.trials import short
 
 
 class Progress:
@@ -56,7 +56,7 @@ class Progress:
         return left * self.max_epochs * self.share * seconds / epochs / self.workers / 60
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        done = counted(study.get_trials(deepcopy=False))  # a killed trial's retry counts, not the trial
         eta = self.eta_minutes(done)
         costs = "".join(f" {n} {short(v)}" for n, v in zip(self.objectives[1:], (trial.values or [])[1:]))
         value = (f"({fail_reason(trial)[:120]})" if trial.state == TrialState.FAIL else
@@ -113,11 +113,6 @@ class StopOnFailures:
     @property
     def stopped(self) -> bool:
         return self.in_a_row >= self.limit
-
-
-def short(v: Any) -> str:
-    """A parameter value as a trial line prints it (floats to 3 significant digits)."""
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 @dataclass(frozen=True)
@@ -181,10 +176,14 @@ def reached(study: optuna.Study, n_trials: int) -> bool:
     trials count, except a failed trial that the heartbeat retried: its retry counts instead. So a study
     does not stop with a retry left waiting (Optuna's MaxTrialsCallback would: the killed trial lost)."""
     trials = study.get_trials(deepcopy=False)
+    return len(counted(trials)) >= n_trials and not any(t.state == TrialState.WAITING for t in trials)
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials that count towards ``n_trials``: all but a failed trial that a retry replaced."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
-    return done >= n_trials and not any(t.state == TrialState.WAITING for t in trials)
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and t.number not in retried)]
 
 
 def until_reached(n_trials: int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -49,8 +51,8 @@ def test_batch_sizes_are_timed_interleaved():
 
 
 def test_an_architecture_is_timed_once_per_machine(tmp_path, monkeypatch):
-    """The cache's key is what the graph depends on: the architecture, the TTA level and the machine, not
-    dropout or other training-only fields."""
+    """The cache's key is what the graph depends on: the architecture, the TTA level, the machine and the
+    code that builds it, not dropout or other training-only fields."""
     import cifar.latency as latency
 
     calls = []
@@ -62,7 +64,27 @@ def test_an_architecture_is_timed_once_per_machine(tmp_path, monkeypatch):
     assert latency.cached_cost(tiny_config(depth=2), 1, tmp_path)["cached"] is False
     monkeypatch.setattr(latency, "machine", lambda: {"node": "elsewhere"})
     assert latency.cached_cost(cfg, 1, tmp_path)["cached"] is False  # another machine times it again
-    assert calls == [1, 2, 1, 1] and len(list(tmp_path.glob("*.json"))) == 4
+    assert latency.cached_cost(cfg, 1, tmp_path)["cached"] is True
+    monkeypatch.setattr(latency, "graph_code", lambda: {"torch": "another", "code": "another"})
+    assert latency.cached_cost(cfg, 1, tmp_path)["cached"] is False  # another torch or export: another graph
+    assert calls == [1, 2, 1, 1, 1] and len(list(tmp_path.glob("*.json"))) == 5
+
+
+def test_the_graph_code_changes_with_the_model_or_export_code(tmp_path, monkeypatch):
+    """The digest reads the files that build and export the graph, as they are on disk."""
+    import cifar.latency as latency
+
+    first = latency.graph_code()
+    names = ("model.py", "export.py")
+    originals = {name: Path(latency.__file__).with_name(name).read_text() for name in names}
+    monkeypatch.setattr(latency, "__file__", str(tmp_path / "latency.py"))
+    for changed in names:
+        for name in names:
+            (tmp_path / name).write_text(originals[name] + ("# changed\n" if name == changed else ""))
+        assert latency.graph_code()["code"] != first["code"], changed
+    for name in names:
+        (tmp_path / name).write_text(originals[name])
+    assert latency.graph_code() == first  # the same code, the same digest
 
 
 def test_a_latency_measured_twice_at_once_is_the_first_one_written(tmp_path, monkeypatch):

@@ -78,3 +78,24 @@ def test_a_retry_measures_its_constraint_again():
     RetryKilledTrial()(study, study.trials[0])
     retry = study.trials[1]
     assert retry.system_attrs["retry_history"] == [0] and not retry.constraints
+
+
+def test_a_retried_trial_counts_once_towards_the_study_and_its_progress(tmp_path, capsys):
+    """A killed trial and its retry are one trial of ``n_trials``: the study's stop (``reached``) and each
+    progress line ("N/M done", the ETA) count the retry, not the failed trial it replaced."""
+    from study.retry import recover_running
+    from study.storage import make_storage
+    from study.workers import Progress, reached
+
+    storage = make_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=60, grace_period=180)
+    study = optuna.create_study(storage=storage, direction="maximize")
+    killed = study.ask({"lr": FloatDistribution(0.01, 1.0)})
+    killed.set_user_attr("worker", f"{platform.node()}:{_dead_pid()}")
+    recover_running(study, grace_period=180)
+    retry = study.ask()
+    retry.set_user_attr("epochs_run", 2)
+    study.tell(retry, 0.5)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert reached(study, 1) and not reached(study, 2)
+    Progress(3, 1, 2)(study, study.trials[-1])
+    assert "1/3 done" in capsys.readouterr().out
