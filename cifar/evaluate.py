@@ -11,6 +11,7 @@ Usage:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from collections.abc import Sequence
@@ -115,6 +116,14 @@ def val_accuracy(run_dir: str | Path, data: CifarData, tta: int, device: str = "
     return (logits.argmax(1) == labels).double().mean().item()
 
 
+def earlier_read(run: RunDir) -> TestMetrics | None:
+    """The run's test metrics as an earlier read wrote them; None where none is or it cannot be read."""
+    try:
+        return run.read_test_metrics() if run.test_metrics.is_file() else None
+    except (ValueError, TypeError):
+        return None
+
+
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
                  data: CifarData | None = None, tta: int = REPORTED) -> TestMetrics:
     """Evaluate best.pt of a run on the test set and write metrics and figures into the run.
@@ -136,11 +145,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     logits, labels = predict(model, batches)
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])
     metrics.checkpoint_epoch, metrics.val_acc = ckpt["epoch"], ckpt["metrics"][-1]["val_acc"]
-    if run.test_metrics.is_file():  # the levels measured before on this checkpoint stay on record
-        before = run.read_test_metrics()
-        if (before.checkpoint_epoch, before.val_acc) == (metrics.checkpoint_epoch, metrics.val_acc):
-            metrics.test_acc_by_tta = {**before.test_acc_by_tta, **(
-                {str(before.tta_level): before.test_acc_tta} if before.tta_level else {})}
+    metrics.read_of = ":".join(hashlib.sha256(b).hexdigest()[:16] for b in (run.best.read_bytes(),
+                                                                            labels.cpu().numpy().tobytes()))
+    before = earlier_read(run)
+    if before and before.read_of == metrics.read_of:  # the levels read before, of this checkpoint and test set
+        metrics.test_acc_by_tta = {**before.test_acc_by_tta, str(before.tta_level): before.test_acc_tta}
+        metrics.test_acc_by_tta.pop("0", None)
     if tta:
         tta_logits, _ = predict(TTA(model, tta), batches)
         metrics.tta_level = tta

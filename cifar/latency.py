@@ -19,6 +19,7 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -98,13 +99,27 @@ def machine() -> dict[str, Any]:
     return {"node": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
 
 
+GRAPH_FILES = ("model.py", "pool.py", "recompute.py", "pipeline.py", "tta.py", "export.py", "latency.py")
+
+
+@functools.cache
 def graph_code() -> dict[str, str]:
-    """What the exported graph is made by: torch's version and a digest of the code that builds and exports
-    it, so that a cached latency is measured again when either changes."""
+    """What the timed graph is made by: the exporter's packages and a digest of the code that builds,
+    exports and times it (``GRAPH_FILES``, as this process read them first), so that a cached latency is
+    measured again when one of them changes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "none"
+
     import torch
 
-    code = b"".join(Path(__file__).with_name(name).read_bytes() for name in ("model.py", "export.py"))
-    return {"torch": torch.__version__, "code": hashlib.sha256(code).hexdigest()[:12]}
+    code = b"".join(Path(__file__).with_name(name).read_bytes() for name in GRAPH_FILES)
+    return {"torch": torch.__version__, **{name: installed(name) for name in ("onnx", "onnxscript")},
+            "code": hashlib.sha256(code).hexdigest()[:12]}
 
 
 def cached_cost(cfg: TrainConfig, tta: int, cache_dir: Path, **timing: Any) -> dict[str, Any]:

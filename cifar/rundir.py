@@ -70,7 +70,8 @@ class TestMetrics:
     tta_level: int = 0                # test-time augmentation of the two fields below (0: none measured)
     test_acc_tta: float = math.nan
     test_loss_tta: float = math.nan
-    test_acc_by_tta: dict[str, float] = field(default_factory=dict)  # every level measured on this checkpoint
+    test_acc_by_tta: dict[str, float] = field(default_factory=dict)  # every level read of this checkpoint
+    read_of: str = ""                 # what was read: digests of the checkpoint file and the test labels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

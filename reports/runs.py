@@ -84,7 +84,7 @@ def ensure_tested(dirs: dict[str, list[Path]], names: list[str], data: CifarData
     reads = []
     for name in names:
         level = (tta or {}).get(name, 0)
-        todo = [p for p in dirs[name] if not tested_at(p, level)]
+        todo = [p for p in dirs[name] if not tested_at(p, level or REPORTED)]
         retrained = [p for p in todo if not RunDir(p).best.is_file()]
         for p in todo:
             if p in retrained:

@@ -119,11 +119,11 @@ def prepare(argv: Sequence[str]) -> Prepared:
     sets = dict(split_set(kv) for kv in args.set)
     if "epochs" in sets:
         raise UsageError("a study trains at its target: set the epochs with --target-epochs, not --set epochs")
-    new = holds_no_study(args.storage)  # a new SQLite file: nothing there to resume
     try:
         base = apply_overrides(TrainConfig.from_json(args.config), sets)
         baseline_params = params_of(base, args.space)
-        if args.objectives or new:  # before anything is created (a resume naming none is checked below)
+        # before anything is created: a new SQLite file has nothing to resume (a resume naming none: below)
+        if args.objectives or holds_no_study(args.storage):
             study_objectives(args.objectives, args.constraint, None, args.pruner, launched_by_torchrun(), args.space)
     except ValueError as e:
         raise UsageError(str(e)) from None

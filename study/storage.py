@@ -34,7 +34,7 @@ from study.retry import RetryKilledTrial
 
 __all__ = ["DEFAULT_STORAGE", "STORAGE_ENV", "default_storage", "redact", "has_password", "check_storage_url",
            "make_storage", "PatientStorage", "PATIENCE_S", "lost_connection", "resolve_study_name", "artifact_dir_for",
-           "crowding_warning"]
+           "crowding_warning", "holds_no_study"]
 
 DEFAULT_STORAGE = "sqlite:///results/study.db"
 STORAGE_ENV = "CIFAR_STORAGE"  # a storage URL from the environment: off the command line and shell history

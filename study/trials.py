@@ -147,8 +147,9 @@ def next_steps(summary: dict[str, Any], out: Path, storage: str, study_name: str
     folder = f"results/reports/{study_name}/"  # under the report's --out
     return [f"best val_acc {summary['best_value']:.4f} (trial {summary['best_trial']}): {params}", *lines,
             f"report:  python -m reports build{given} --study-name {study_name}   (make study runs it next)",
-            f"what to deploy: the report's pick within the constraint, {folder}pick.onnx (under the report's "
-            "--out), compared with the baseline on fresh seeds" if several else
+            f"what to deploy: the report's pick within its cost limit (the --constraint, else half the baseline's), "
+            f"{folder}pick.onnx where one is (under the report's --out), compared with the baseline on fresh seeds"
+            if several else
             f"what to train: the report's winner, {folder}winner_config.json (under the report's --out), chosen "
             f"among the top trials on fresh seeds (the study's best single trial, one seed that may be luck: "
             f"{out}/best_trial_config.json)"]

@@ -51,28 +51,34 @@ def test_cli_writes_metrics_and_plots(image_folder, tmp_path, capsys):
 
 
 def test_every_tta_level_measured_stays_on_record(image_folder, tmp_path):
-    """A test read at another TTA level (a Pareto pick's) keeps the levels read before on the same checkpoint,
-    so a run shared by two reports answers each at its own level; another checkpoint starts a new record."""
+    """A test read at another TTA level (a Pareto pick's) keeps the levels read before of the same checkpoint
+    and test set, so a run shared by two reports answers each at its own level, whichever reads first;
+    another checkpoint, or a file that cannot be read, starts a new record."""
     from cifar.data import prepare_data
     from cifar.evaluate import evaluate_run
     from cifar.rundir import RunDir
-    from reports.runs import test_acc_at, tested_at
+    from reports.runs import ensure_tested, test_acc_at, tested_at
 
     cfg = tiny_config(data_dir=str(image_folder), cache_dir=str(tmp_path / "cache"))
     run, data = tmp_path / "run", prepare_data(cfg.data)
     train(cfg, data, run)
-    at_2 = evaluate_run(run, data=data, tta=2).test_acc_tta
-    at_1 = evaluate_run(run, data=data, tta=1).test_acc_tta
+    at_1 = evaluate_run(run, data=data, tta=1).test_acc_tta  # the Pareto report's pick, at level 1, first
+    assert tested_at(run, 1) and not tested_at(run, 2)
+    reads = ensure_tested({"tuned": [run]}, ["tuned"], data)  # then the verdict report, at its level
     metrics = RunDir(run).read_test_metrics()
-    assert metrics.test_acc_by_tta == {"2": at_2, "1": at_1} and metrics.tta_level == 1
-    assert (test_acc_at(run, 2), test_acc_at(run, 1), test_acc_at(run, 0)) == (at_2, at_1, metrics.test_acc)
-    assert tested_at(run, 2) and tested_at(run, 1)
+    assert reads[0]["evaluated_now"] == 1 and metrics.tta_level == 2
+    assert metrics.test_acc_by_tta == {"1": at_1, "2": metrics.test_acc_tta}
+    assert (test_acc_at(run, 1), test_acc_at(run, 2), test_acc_at(run, 0)) == (
+        at_1, metrics.test_acc_tta, metrics.test_acc)
+    assert ensure_tested({"tuned": [run]}, ["tuned"], data)[0]["evaluated_now"] == 0  # read once
 
     stored = json.loads(RunDir(run).test_metrics.read_text())
-    RunDir(run).test_metrics.write_text(json.dumps({**stored, "checkpoint_epoch": 99}))  # another best.pt
+    RunDir(run).test_metrics.write_text(json.dumps({**stored, "read_of": "another best.pt:"}))
     evaluate_run(run, data=data, tta=1)
     assert RunDir(run).read_test_metrics().test_acc_by_tta == {"1": at_1} and not tested_at(run, 2)
+    RunDir(run).test_metrics.write_text('{"test_acc": 0.5, "trunc')  # cut short
+    assert evaluate_run(run, data=data, tta=1).test_acc_by_tta == {"1": at_1}
 
-    legacy = {k: v for k, v in stored.items() if k != "test_acc_by_tta"}  # written before the record by level
+    legacy = {k: v for k, v in stored.items() if k not in ("test_acc_by_tta", "read_of")}  # before the record
     RunDir(run).test_metrics.write_text(json.dumps(legacy))
-    assert test_acc_at(run, 1) == at_1 and not tested_at(run, 2)
+    assert test_acc_at(run, 2) == stored["test_acc_tta"] and not tested_at(run, 1)

@@ -70,21 +70,26 @@ def test_an_architecture_is_timed_once_per_machine(tmp_path, monkeypatch):
     assert calls == [1, 2, 1, 1, 1] and len(list(tmp_path.glob("*.json"))) == 5
 
 
-def test_the_graph_code_changes_with_the_model_or_export_code(tmp_path, monkeypatch):
-    """The digest reads the files that build and export the graph, as they are on disk."""
+def test_the_graph_code_changes_with_any_file_the_graph_comes_from(tmp_path, monkeypatch):
+    """The digest reads every file that builds, exports or times the graph (the model's layers, the
+    normalisation, TTA, the export), as this process first read them; and the exporter's packages."""
     import cifar.latency as latency
 
     first = latency.graph_code()
-    names = ("model.py", "export.py")
+    assert {"torch", "onnx", "onnxscript"} < set(first) and first["torch"] == torch.__version__
+    names = latency.GRAPH_FILES
     originals = {name: Path(latency.__file__).with_name(name).read_text() for name in names}
     monkeypatch.setattr(latency, "__file__", str(tmp_path / "latency.py"))
     for changed in names:
         for name in names:
             (tmp_path / name).write_text(originals[name] + ("# changed\n" if name == changed else ""))
+        latency.graph_code.cache_clear()
         assert latency.graph_code()["code"] != first["code"], changed
     for name in names:
         (tmp_path / name).write_text(originals[name])
+    latency.graph_code.cache_clear()
     assert latency.graph_code() == first  # the same code, the same digest
+    latency.graph_code.cache_clear()
 
 
 def test_a_latency_measured_twice_at_once_is_the_first_one_written(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsy
         assert not t.intermediate_values  # Optuna cannot take reports in such a study: the curve is ours
         assert sorted(t.user_attrs["val_acc_curve"]) == ["1", "2", "3"]
     assert "latency" in out and "best val_acc" in out
-    assert "what to deploy: the report's pick within the constraint" in out and "winner_config" not in out
+    assert "what to deploy: the report's pick within its cost limit" in out and "winner_config" not in out
     # Resumed without the options, it keeps its own; with other objectives it is refused.
     assert main(study_env["args"] + ["--study-name", "mo", "--n-trials", "3", "--target-epochs", "3"]) == 0
     assert main(study_env["args"] + ["--study-name", "mo", "--objectives", "val_acc"]) == 2
