@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -34,19 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, ROOT, write_result  # noqa: E402
 from reports.pareto import front, hypervolume, points_of, worst_corner  # noqa: E402
 from study.objectives import variants_of  # noqa: E402
-from study.pruning import ParetoHalving  # noqa: E402
+from study.pruning import RUNG_COSTS_ATTR, ParetoHalving  # noqa: E402
 
 STUDIES = ROOT / "results" / "reference" / "studies"
-
-
-@dataclass(frozen=True)
-class Dominated(ParetoHalving):
-    """A bolder rule, replayed only (not a pruner of the project's): at a rung a trial goes on unless
-    ``beaten`` trials that cost no more were more accurate there (1: only the rung's own front goes on)."""
-    beaten: int = 1
-
-    def keeps(self, val_acc: float, costs: dict[str, float], peers: list[tuple[float, dict[str, float]]]) -> bool:
-        return sum(v > val_acc and all(c[k] <= costs[k] for k in self.costs) for v, c in peers) < self.beaten
 
 
 def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
@@ -72,12 +61,21 @@ def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
             pruned.append(t.number)
     everyone, corner = points_of(study, done), worst_corner(points_of(study, done))
     shown = front(points_of(study, kept))
-    return {"rung_costs": rung_costs, "rule": f"beaten by {rule.beaten} cheaper" if isinstance(rule, Dominated) else
+    return {"rung_costs": rung_costs, "rule": f"beaten by {rule.beaten} cheaper" if rule.beaten else
             f"top 1/{rule.reduction}", "reduction": rule.reduction, "rungs": rule.rungs(), "pruned": pruned,
             "trial_epochs": spent, "epochs_saved": 1 - spent / (len(done) * rule.max_epochs),
             "hypervolume_ratio": hypervolume([(p.values[0], p.values[1]) for p in shown], corner)
             / hypervolume([(p.values[0], p.values[1]) for p in front(everyone)], corner),
             "front": [(p.number, p.tta) for p in shown]}
+
+
+def rule_ran(pruned: optuna.Study) -> tuple[str, str]:
+    """The (rung costs, rule) the pruned arm ran: ``--pruner pareto-front`` beaten by 1, ``pareto`` the top
+    third; plain (TTA-0) costs where its trials recorded them (``rung_costs``), else each trial's own (the
+    earlier form of the rule)."""
+    plain = any(RUNG_COSTS_ATTR in t.user_attrs for t in pruned.get_trials(deepcopy=False))
+    rule = {"pareto": "top 1/3", "pareto-front": "beaten by 1 cheaper"}[pruned.user_attrs["pruner"]]
+    return ("plain" if plain else "own"), rule
 
 
 def pareto_replay_line() -> str:
@@ -90,8 +88,9 @@ def replay_sentence(d: dict) -> str:
     rules = "; ".join(f"{r['rung_costs']} costs, {r['rule']} (rungs {', '.join(map(str, r['rungs']))}): "
                       f"{r['epochs_saved']:.0%} saved, hypervolume {r['hypervolume_ratio']:.1%}" for r in d["rules"])
     check = "reproduces" if d["replay_matches_the_measured_arm"] else "does NOT reproduce"
+    ran = f" ({d['rule_ran'][0]} costs, {d['rule_ran'][1]})" if "rule_ran" in d else ""
     return (f"Replayed on the {d['trials']} recorded curves of {d['studies']}-unpruned (the replay of the rule its "
-            f"pruned arm ran {check} it: the same {len(d['measured_pruned_arm']['pruned'])} trials pruned, "
+            f"pruned arm ran{ran} {check} it: the same {len(d['measured_pruned_arm']['pruned'])} trials pruned, "
             f"{d['measured_pruned_arm']['trial_epochs']} trial-epochs): {rules}.")
 
 
@@ -111,11 +110,12 @@ def main(argv=None) -> int:
                 "trial_epochs": sum(t.user_attrs.get("epochs_run", 0) for t in ran)}
     rules = [replay(study, ParetoHalving(epochs, ("latency",), reduction), costs)
              for costs in ("own", "plain") for reduction in (3, 4, 6)]
-    rules += [replay(study, Dominated(epochs, ("latency",), beaten=k), costs)
+    rules += [replay(study, ParetoHalving(epochs, ("latency",), beaten=k), costs)
               for costs in ("own", "plain") for k in (1, 2)]
-    check = rules[0]
+    check = next(r for r in rules if (r["rung_costs"], r["rule"]) == rule_ran(load["pruned"]))
     result = {"what": __doc__.split("\n\n")[0], "studies": args.name, "target_epochs": epochs,
               "trials": len(study.trials), "measured_pruned_arm": measured,
+              "rule_ran": rule_ran(load["pruned"]),
               "replay_matches_the_measured_arm": check["pruned"] == measured["pruned"]
               and check["trial_epochs"] == measured["trial_epochs"], "rules": rules}
     write_result(result, args.out)
