@@ -46,7 +46,7 @@ from bench.common import RESULTS, ROOT, write_result  # noqa: E402
 from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import prepare_data  # noqa: E402
 from cifar.latency import cached_cost, machine  # noqa: E402
-from reports.pareto import front, hypervolume, points_of  # noqa: E402
+from reports.pareto import front, hypervolume, points_of, worst_corner  # noqa: E402
 from study.objectives import add_variants  # noqa: E402
 from study.pruning import COST_PRUNERS  # noqa: E402
 from study.search_space import SPACES  # noqa: E402
@@ -59,12 +59,12 @@ def premeasure(base: TrainConfig, cache: Path) -> dict[str, float]:
     """Every architecture of the cost space timed into ``cache`` (those already there are read back)."""
     params = {p.name: p for p in SPACES.get("cost") if p.name in ARCHITECTURE}
     seconds, measured = time.perf_counter(), 0
-    for values in itertools.product(*(params[n].choices for n in ARCHITECTURE)):
+    every = list(itertools.product(*(params[n].choices for n in ARCHITECTURE)))
+    for values in every:
         v = dict(zip(ARCHITECTURE, values))
         cfg = apply_overrides(base, {"widths": v["stage_widths"], "depth": v["depth"], "block": v["block"]})
         measured += not cached_cost(cfg, v["tta"], cache)["cached"]
-    return {"architectures": len(list(itertools.product(*(params[n].choices for n in ARCHITECTURE)))),
-            "measured_now": measured, "seconds": round(time.perf_counter() - seconds, 1)}
+    return {"architectures": len(every), "measured_now": measured, "seconds": round(time.perf_counter() - seconds, 1)}
 
 
 REPORT_ATTRS = ("selection", "verdict_plan", "first_test_read", "sessions")  # a report's, not the search's
@@ -190,8 +190,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig.from_dict(s.user_attrs["base_config"])
         add_variants(s, cfg, lambda cfg=cfg: prepare_data(cfg.data))
     arms = {arm: summary(s) for arm, s in studies.items()}
-    valued = [p.values for s in studies.values() for p in points_of(s)]
-    corner = (min(v[0] for v in valued), max(v[1] for v in valued))
+    corner = worst_corner([p for s in studies.values() for p in points_of(s)])
     for arm in studies:
         arms[arm]["hypervolume"] = hypervolume([(f["val_acc"], f["latency_ms"]) for f in arms[arm]["front"]], corner)
         arms[arm]["minutes_this_invocation"] = minutes[arm]

@@ -15,7 +15,9 @@ import hashlib
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from cifar import seal  # noqa: E402
 from cifar.cli import ArgParser, UsageError, add_tta_option, fail  # noqa: E402
-from cifar.config import apply_overrides  # noqa: E402
+from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import CifarData, prepare_data  # noqa: E402
 from cifar.loop import predict  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
@@ -104,15 +106,35 @@ def plot_confusion(confusion: list[list[int]], classes: list[str]) -> plt.Figure
     return fig
 
 
+@dataclass
+class BestModel:
+    """A run's best.pt ready to predict: the model on ``device``, its config and its checkpoint."""
+    model: torch.nn.Module
+    cfg: TrainConfig
+    ckpt: dict[str, Any]
+    device: torch.device
+
+    @classmethod
+    def load(cls, run: RunDir, device: str = "auto", data_dir: str | None = None) -> BestModel:
+        """``data_dir``: where its data is now, where not where it was trained."""
+        ckpt = load_checkpoint(run.best)
+        model, cfg = model_from_checkpoint(ckpt)
+        if data_dir is not None:
+            cfg = apply_overrides(cfg, {"data_dir": data_dir})
+        dev = resolve_device(device)
+        return cls(model.to(dev, memory_format=memory_format(cfg)), cfg, ckpt, dev)
+
+    def batches(self, split) -> Pipeline:
+        """``split`` in evaluation batches, normalised as in training, whatever the data looks like now."""
+        stats = self.ckpt["data_stats"]
+        return Pipeline(split, self.cfg, stats["mean"], stats["std"], self.device, train=False)
+
+
 def val_accuracy(run_dir: str | Path, data: CifarData, tta: int, device: str = "auto") -> float:
     """Validation accuracy of a run's best.pt predicting at TTA level ``tta``: a study's score for a
     trial whose TTA level is searched (the test set is not read)."""
-    ckpt = load_checkpoint(RunDir(run_dir).best)
-    model, cfg = model_from_checkpoint(ckpt)
-    dev = resolve_device(device)
-    model = model.to(dev, memory_format=memory_format(cfg))
-    stats = ckpt["data_stats"]
-    logits, labels = predict(TTA(model, tta), Pipeline(data.val, cfg, stats["mean"], stats["std"], dev, train=False))
+    best = BestModel.load(RunDir(run_dir), device)
+    logits, labels = predict(TTA(best.model, tta), best.batches(data.val))
     return (logits.argmax(1) == labels).double().mean().item()
 
 
@@ -133,15 +155,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     """
     seal.check_open(f"evaluate_run({run_dir})")
     run = RunDir(run_dir)
-    ckpt = load_checkpoint(run.best)
-    model, cfg = model_from_checkpoint(ckpt)
-    if data_dir is not None:
-        cfg = apply_overrides(cfg, {"data_dir": data_dir})
-    dev = resolve_device(device)
-    model = model.to(dev, memory_format=memory_format(cfg))
-    data = data or prepare_data(cfg.data)
-    stats = ckpt["data_stats"]  # normalise as in training, whatever the data looks like now
-    batches = Pipeline(data.test, cfg, stats["mean"], stats["std"], dev, train=False)
+    best = BestModel.load(run, device, data_dir)
+    model, ckpt, data = best.model, best.ckpt, data or prepare_data(best.cfg.data)
+    batches = best.batches(data.test)
     logits, labels = predict(model, batches)
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])
     metrics.checkpoint_epoch, metrics.val_acc = ckpt["epoch"], ckpt["metrics"][-1]["val_acc"]
@@ -149,8 +165,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
                                                                             labels.cpu().numpy().tobytes()))
     before = earlier_read(run)
     if before and before.read_of == metrics.read_of:  # the levels read before, of this checkpoint and test set
-        metrics.test_acc_by_tta = {**before.test_acc_by_tta, str(before.tta_level): before.test_acc_tta}
-        metrics.test_acc_by_tta.pop("0", None)
+        metrics.test_acc_by_tta = dict(before.test_acc_by_tta)
     if tta:
         tta_logits, _ = predict(TTA(model, tta), batches)
         metrics.tta_level = tta
@@ -179,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="run directory holding best.pt and metrics.csv")
     parser.add_argument("--data-dir", default=None, help="data location (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    add_tta_option(parser, 2, "test-time augmentation measured beside plain")
+    add_tta_option(parser, REPORTED, "test-time augmentation measured beside plain")
     try:
         args = parser.parse_args(argv)
     except UsageError as e:

@@ -109,13 +109,13 @@ def graph_code() -> dict[str, str]:
     measured again when one of them changes."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import torch
+
     def installed(name: str) -> str:
         try:
             return version(name)
         except PackageNotFoundError:
             return "none"
-
-    import torch
 
     code = b"".join(Path(__file__).with_name(name).read_bytes() for name in GRAPH_FILES)
     return {"torch": torch.__version__, **{name: installed(name) for name in ("onnx", "onnxscript")},

@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from cifar.cli import UsageError
-from study.objectives import COSTS_ATTR, OBJECTIVES, add_variants, parse_constraint, variants_of
+from study.objectives import COSTS_ATTR, OBJECTIVES, Constraint, add_variants, p90_ms, parse_constraint, variants_of
 
 
 def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -54,10 +54,16 @@ class Point:
     state = TrialState.COMPLETE  # front() takes points and trials alike
 
 
+def constraint_of(study: optuna.Study) -> Constraint | None:
+    """The study's ``--constraint``, if it was made with one."""
+    text = study.user_attrs.get("constraint")
+    return parse_constraint(text) if text else None
+
+
 def points_of(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[Point]:
     """Every deployable model of the complete trials: each TTA variant where measured, else the trial itself."""
     names = list(study.metric_names or study.user_attrs.get("objectives", []))
-    limit = parse_constraint(study.user_attrs["constraint"]) if study.user_attrs.get("constraint") else None
+    limit = constraint_of(study)
     out = []
     for t in trials if trials is not None else study.get_trials(deepcopy=False):
         if t.state != TrialState.COMPLETE:
@@ -65,7 +71,7 @@ def points_of(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> l
         costs, own = t.user_attrs.get(COSTS_ATTR, {}), int(t.params.get("tta", 0))
         base = dict(baseline=bool(t.user_attrs.get("baseline")), trial_params=t.params)
         out.append(Point(t.number, own, tuple(t.values), feasible=all(v <= 0 for v in t.constraints.values()),
-                         own=True, latency_p90_ms=costs.get("latency_detail", {}).get("batch_1", {}).get("p90_ms"),
+                         own=True, latency_p90_ms=p90_ms(costs),
                          flops=costs.get("flops"), params=costs.get("params"), **base))
         for v in variants_of(study, t) or []:
             if v["tta"] != own:
@@ -126,7 +132,7 @@ def pareto_summary(study: optuna.Study) -> dict[str, Any]:
     if not points:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet: run more trials first")
     base = next((p for p in every if p.baseline and p.own), None)  # the baseline as it is deployed: plain
-    given = parse_constraint(study.user_attrs["constraint"]) if study.user_attrs.get("constraint") else None
+    given = constraint_of(study)
     constrained = given is not None and given.name == cost  # a constraint on another cost: not this axis
     limit = given.limit if constrained else base.values[1] / 2 if base else None
     under = [p for p in points if p.feasible and limit is not None and p.values[1] <= limit and not p.baseline]

@@ -140,6 +140,11 @@ def measure_costs(cfg: TrainConfig, names: tuple[str, ...] = ("latency", "flops"
     return costs
 
 
+def p90_ms(costs: dict[str, Any]) -> float | None:
+    """The p90 of one image's latency in a trial's costs (None where the latency was not measured)."""
+    return costs.get("latency_detail", {}).get("batch_1", {}).get("p90_ms")
+
+
 def latency_cache(runs_root: Path) -> Path:
     """Where a study's trials keep their architectures' latency: beside the studies' run directories."""
     return Path(runs_root).parent / "latency"
@@ -158,7 +163,7 @@ def tta_variants(run_dir: Path, data: Any, cfg: TrainConfig, names: tuple[str, .
         acc = scored[level] if level in scored else val_accuracy(run_dir, data, level, cfg.device)
         costs = measure_costs(cfg, names, level, cache_dir)
         out.append({"tta": level, "val_acc": acc, **{n: costs[n] for n in ("flops", "params", "latency") if n in costs},
-                    "latency_p90_ms": costs.get("latency_detail", {}).get("batch_1", {}).get("p90_ms")})
+                    "latency_p90_ms": p90_ms(costs)})
     return out
 
 

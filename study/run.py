@@ -30,7 +30,7 @@ from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
 from study.objectives import directions, study_objectives
 from study.presets import PRESETS, pick_preset, target_budget
-from study.pruning import COST_PRUNERS, PRUNERS, cost_rule, default_pruner, first_rung, measured_first_rung
+from study.pruning import COST_PRUNERS, PRUNERS, default_pruner, first_rung, measured_first_rung, pareto_first_rung
 from study.retry import recover_running
 from study.search_space import SAMPLERS, SPACES, params_of
 from study.storage import (
@@ -151,9 +151,8 @@ def prepare(argv: Sequence[str]) -> Prepared:
         "none" if len(objectives) > 1 else None)
     base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
     pruner = pruner or default_pruner(base.epochs)
-    rung, why = measured_first_rung(base.epochs)
-    if pruner in COST_PRUNERS:
-        rung, why = (cost_rule(pruner, base.epochs, ()).rungs() or [base.epochs])[0], "ParetoHalving: a quarter, x3"
+    rung, why = ((pareto_first_rung(base.epochs), "ParetoHalving: a quarter, x3") if pruner in COST_PRUNERS
+                 else measured_first_rung(base.epochs))
     print(f"pruning: {pruner}" + (f", from epoch {rung} of {base.epochs} ({why})" if pruner != "none" and rung else
                                   f" ({why})" if pruner == "none" else
                                   f", from epoch {first_rung(base.epochs)} of {base.epochs}, a rung no "
