@@ -196,7 +196,7 @@ def main(argv=None) -> int:
         arms[arm]["minutes_this_invocation"] = minutes[arm]
     pruned, unpruned = arms["pruned"], arms["unpruned"]
     result = {
-        "what": __doc__.split("\n\n")[0].replace("\n", " "),
+        "what": __doc__.split("\n\n")[0].replace("\n", " ").replace("--pruner pareto`", f"--pruner {args.pruner}`"),
         "machine": {**machine(), "train_images_per_s_pruned_study": pruned["train_images_per_s"]},
         "setting": {"n_trials": args.n_trials, "target_epochs": args.target_epochs,
                     "train_fraction": args.train_fraction, "sampler_seed": args.seed, "space": "cost",

@@ -157,6 +157,31 @@ class PatientStorage(RDBStorage):
     patience = PATIENCE_S
     _lock, _down_since = threading.Lock(), None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._silent_since: dict[int, float] = {}  # RUNNING trials without a heartbeat: when first seen so
+        super().__init__(*args, **kwargs)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, and the RUNNING trials with no heartbeat at all that this process has
+        seen so for longer than the grace period. Those are a patient retry's leftovers: a trial whose
+        creation, or whose taking from the queue, committed before its answer was lost, so the retry
+        created or took another, and no worker beats for the first. Optuna's check skips trials without
+        a heartbeat row, so such a trial would stay RUNNING for ever (an enqueued one never ran). Seen
+        twice by this process's clock, not by comparing machines' clocks; a live trial beats at once."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        stale = RDBStorage._get_stale_trial_ids(self, study_id)
+        with _create_scoped_session(self.scoped_session) as session:
+            silent = {row[0] for row in session.query(models.TrialModel.trial_id)
+                      .outerjoin(models.TrialHeartbeatModel)
+                      .filter(models.TrialModel.study_id == study_id,
+                              models.TrialModel.state == optuna.trial.TrialState.RUNNING,
+                              models.TrialHeartbeatModel.trial_heartbeat_id.is_(None)).all()}
+        now, grace = time.monotonic(), 2 * self.heartbeat_interval if self.grace_period is None else self.grace_period
+        self._silent_since = {t: self._silent_since.get(t, now) for t in silent}
+        return stale + sorted(t for t, since in self._silent_since.items() if now - since > grace)
+
     def _outage(self, why: str | None) -> None:
         """``why``: the server is gone (said once per outage); None: it answered again."""
         with PatientStorage._lock:
@@ -179,7 +204,7 @@ for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_st
               "get_trial", "get_all_trials", "get_n_trials", "get_best_trial", "record_heartbeat",
               "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id"):
     # (the private ones: what Optuna's _CachedStorage, which every Study wraps around an RDB storage, calls)
-    setattr(PatientStorage, _name, _patient(getattr(RDBStorage, _name), _name))
+    setattr(PatientStorage, _name, _patient(PatientStorage.__dict__.get(_name, getattr(RDBStorage, _name)), _name))
 
 
 def make_storage(url: str, heartbeat_interval: int | None = 60, grace_period: int | None = 180,

@@ -258,3 +258,58 @@ def test_the_lost_connection_check_ends_on_a_cycle_and_respects_from_none():
             raise sqlalchemy.exc.PendingRollbackError("rolled back")  # noqa: B904 (what Optuna's fallback query does)
     except sqlalchemy.exc.PendingRollbackError as e:
         assert lost_connection(e)
+
+
+@pytest.mark.skipif(PG_BIN is None, reason="needs PostgreSQL's initdb and pg_ctl (/usr/lib/postgresql/*/bin)")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_left_running_by_a_lost_answer_is_failed_and_retried():
+    """Taking an enqueued trial, and creating one, commit and then lose their answer: the patient retry
+    takes or creates another, and the first stays RUNNING with no heartbeat, which Optuna's stale check
+    skips. Ours fails it once seen so for longer than the grace period, and the retry re-enqueues it
+    with its parameters; the trials that beat are left alone."""
+    import sqlalchemy
+
+    from study.storage import make_storage
+
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        storage = make_storage(server.url, heartbeat_interval=1, grace_period=1)
+        study = optuna.create_study(storage=storage, study_name="lost-answer")
+        study_id, lose, wrote = storage.get_study_id_from_name("lost-answer"), [], []
+        sqlalchemy.event.listen(storage.scoped_session, "after_flush", lambda *_: wrote.append(1))
+
+        def lose_the_answer(session):  # a write committed, then the connection drops before its answer
+            if lose and wrote:
+                lose.clear()
+                raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+            wrote.clear()
+
+        sqlalchemy.event.listen(storage.scoped_session, "after_commit", lose_the_answer)
+        space = {"x": optuna.distributions.IntDistribution(0, 9)}
+        study.enqueue_trial({"x": 7})
+        lose.append(1)
+        taken = study.ask(space)  # its first try took trial 0; the retry found it taken
+        lose.append(1)
+        created = study.ask(space)  # its first try created a trial; the retry created another
+        live = [taken._trial_id, created._trial_id]
+        ghosts = [t._trial_id for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                  if t._trial_id not in live]
+        for trial_id in live:
+            storage.record_heartbeat(trial_id)
+        first_look = storage._get_stale_trial_ids(study_id)
+        time.sleep(1.5)
+        for trial_id in live:
+            storage.record_heartbeat(trial_id)
+        second_look = storage._get_stale_trial_ids(study_id)
+        optuna.storages.fail_stale_trials(study)
+        retries = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+        states = {t._trial_id: t.state for t in study.get_trials()}
+    finally:
+        server.close()
+    assert len(ghosts) == 2 and taken.number == 1 and created.number == 3, (ghosts, taken.number, created.number)
+    assert first_look == [] and second_look == sorted(ghosts), (first_look, second_look, ghosts)
+    assert [states[g] for g in ghosts] == [optuna.trial.TrialState.FAIL] * 2
+    assert [states[t] for t in live] == [optuna.trial.TrialState.RUNNING] * 2
+    assert sorted(t.system_attrs["failed_trial"] for t in retries) == [0, 2]
+    assert [t.system_attrs.get("fixed_params") for t in retries] == [{"x": 7}, None]  # the enqueued point kept
