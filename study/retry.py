@@ -84,5 +84,6 @@ def recover_running(study: optuna.Study, grace_period: int) -> list[str]:
     if waiting:
         lines.append(f"resuming: trial(s) {', '.join(str(t.number) for t in waiting)} are running elsewhere or were "
                      f"left by a worker that cannot be checked from here: if it is gone, its heartbeat goes stale "
-                     f"and the trial is failed and retried {grace_period} s after its last beat")
+                     f"and the trial is failed and retried {grace_period} s after its last beat (one that never beat: "
+                     f"{grace_period} s after a worker first sees it so)")
     return lines

@@ -40,7 +40,8 @@ def test_a_retry_just_taken_by_a_worker_is_not_failed_by_a_worker_starting_besid
         else:
             assert lines == [f"resuming: trial(s) {taken.number} are running elsewhere or were left by a worker "
                              "that cannot be checked from here: if it is gone, its heartbeat goes stale and the "
-                             "trial is failed and retried 180 s after its last beat"], lines
+                             "trial is failed and retried 180 s after its last beat (one that never beat: 180 s "
+                             "after a worker first sees it so)"], lines
     retry = study.trials[taken.number]
     assert retry.state == TrialState.RUNNING and retry.system_attrs["retry_history"] == [0]
     assert retry.params == killed.params and retry.intermediate_values == {1: 0.4}  # the trial, resumable

@@ -292,10 +292,11 @@ def test_a_trial_left_running_by_a_lost_answer_is_failed_and_retried():
         taken = study.ask(space)  # its first try took trial 0; the retry found it taken
         lose.append(1)
         created = study.ask(space)  # its first try created a trial; the retry created another
-        live = [taken._trial_id, created._trial_id]
+        late = study.ask(space)  # silent at the first look, beating by the second: alive
+        live = [taken._trial_id, created._trial_id, late._trial_id]
         ghosts = [t._trial_id for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
                   if t._trial_id not in live]
-        for trial_id in live:
+        for trial_id in live[:2]:
             storage.record_heartbeat(trial_id)
         first_look = storage._get_stale_trial_ids(study_id)
         time.sleep(1.5)
@@ -310,6 +311,6 @@ def test_a_trial_left_running_by_a_lost_answer_is_failed_and_retried():
     assert len(ghosts) == 2 and taken.number == 1 and created.number == 3, (ghosts, taken.number, created.number)
     assert first_look == [] and second_look == sorted(ghosts), (first_look, second_look, ghosts)
     assert [states[g] for g in ghosts] == [optuna.trial.TrialState.FAIL] * 2
-    assert [states[t] for t in live] == [optuna.trial.TrialState.RUNNING] * 2
+    assert [states[t] for t in live] == [optuna.trial.TrialState.RUNNING] * 3
     assert sorted(t.system_attrs["failed_trial"] for t in retries) == [0, 2]
     assert [t.system_attrs.get("fixed_params") for t in retries] == [{"x": 7}, None]  # the enqueued point kept
