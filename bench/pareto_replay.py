@@ -87,11 +87,14 @@ def pareto_replay_line() -> str:
 def replay_sentence(d: dict) -> str:
     rules = "; ".join(f"{r['rung_costs']} costs, {r['rule']} (rungs {', '.join(map(str, r['rungs']))}): "
                       f"{r['epochs_saved']:.0%} saved, hypervolume {r['hypervolume_ratio']:.1%}" for r in d["rules"])
-    check = "reproduces" if d["replay_matches_the_measured_arm"] else "does NOT reproduce"
+    arm = d["measured_pruned_arm"]
+    parted = d.get("draws_part_at")
+    check = ("reproduces it: the same" if d["replay_matches_the_measured_arm"] else "does NOT reproduce it" + (
+        f", the arms drawing different trials from trial {parted} on" if parted is not None else "") + ": the arm had")
     ran = f" ({d['rule_ran'][0]} costs, {d['rule_ran'][1]})" if "rule_ran" in d else ""
     return (f"Replayed on the {d['trials']} recorded curves of {d['studies']}-unpruned (the replay of the rule its "
-            f"pruned arm ran{ran} {check} it: the same {len(d['measured_pruned_arm']['pruned'])} trials pruned, "
-            f"{d['measured_pruned_arm']['trial_epochs']} trial-epochs): {rules}.")
+            f"pruned arm ran{ran} {check} {len(arm['pruned'])} trials pruned, {arm['trial_epochs']} trial-epochs): "
+            f"{rules}.")
 
 
 BLOCKS = {"pareto_replay_line": pareto_replay_line}
@@ -117,7 +120,10 @@ def main(argv=None) -> int:
               "trials": len(study.trials), "measured_pruned_arm": measured,
               "rule_ran": rule_ran(load["pruned"]),
               "replay_matches_the_measured_arm": check["pruned"] == measured["pruned"]
-              and check["trial_epochs"] == measured["trial_epochs"], "rules": rules}
+              and check["trial_epochs"] == measured["trial_epochs"],
+              # the first trial the two samplers drew differently (None: all the same); a replay assumes none
+              "draws_part_at": next((u.number for t, u in zip(ran, study.trials) if t.params != u.params), None),
+              "rules": rules}
     write_result(result, args.out)
     return 0
 
