@@ -115,14 +115,15 @@ def main(argv=None) -> int:
              for costs in ("own", "plain") for reduction in (3, 4, 6)]
     rules += [replay(study, ParetoHalving(epochs, ("latency",), beaten=k), costs)
               for costs in ("own", "plain") for k in (1, 2)]
-    check = next(r for r in rules if (r["rung_costs"], r["rule"]) == rule_ran(load["pruned"]))
+    ran_rule = rule_ran(load["pruned"])
+    check = next(r for r in rules if (r["rung_costs"], r["rule"]) == ran_rule)
     result = {"what": __doc__.split("\n\n")[0], "studies": args.name, "target_epochs": epochs,
-              "trials": len(study.trials), "measured_pruned_arm": measured,
-              "rule_ran": rule_ran(load["pruned"]),
+              "trials": len(study.trials), "measured_pruned_arm": measured, "rule_ran": ran_rule,
               "replay_matches_the_measured_arm": check["pruned"] == measured["pruned"]
               and check["trial_epochs"] == measured["trial_epochs"],
               # the first trial the two samplers drew differently (None: all the same); a replay assumes none
-              "draws_part_at": next((u.number for t, u in zip(ran, study.trials) if t.params != u.params), None),
+              "draws_part_at": next((u.number for t, u in zip(ran, study.get_trials(deepcopy=False))
+                                    if t.params != u.params), None),
               "rules": rules}
     write_result(result, args.out)
     return 0
