@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, ROOT, write_result  # noqa: E402
 from reports.pareto import front, hypervolume, points_of, worst_corner  # noqa: E402
 from study.objectives import variants_of  # noqa: E402
-from study.pruning import RUNG_COSTS_ATTR, ParetoHalving  # noqa: E402
+from study.pruning import COST_PRUNERS, RUNG_COSTS_ATTR, ParetoHalving  # noqa: E402
 
 STUDIES = ROOT / "results" / "reference" / "studies"
 
@@ -70,12 +70,12 @@ def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
 
 
 def rule_ran(pruned: optuna.Study) -> tuple[str, str]:
-    """The (rung costs, rule) the pruned arm ran: ``--pruner pareto-front`` beaten by 1, ``pareto`` the top
-    third; plain (TTA-0) costs where its trials recorded them (``rung_costs``), else each trial's own (the
-    earlier form of the rule)."""
-    plain = any(RUNG_COSTS_ATTR in t.user_attrs for t in pruned.get_trials(deepcopy=False))
-    rule = {"pareto": "top 1/3", "pareto-front": "beaten by 1 cheaper"}[pruned.user_attrs["pruner"]]
-    return ("plain" if plain else "own"), rule
+    """The (rung costs, rule) the pruned arm ran (study.pruning.COST_PRUNERS); plain (TTA-0) costs where its
+    rule ranks by them and its trials recorded them (``rung_costs``), else each trial's own (also the earlier
+    form of ``pareto``)."""
+    beaten, ranked_by = COST_PRUNERS[pruned.user_attrs["pruner"]]
+    plain = ranked_by == "plain" and any(RUNG_COSTS_ATTR in t.user_attrs for t in pruned.get_trials(deepcopy=False))
+    return ("plain" if plain else "own"), (f"beaten by {beaten} cheaper" if beaten else "top 1/3")
 
 
 def pareto_replay_line() -> str:

@@ -74,8 +74,9 @@ class Objective:
         if self.constraint:
             trial.set_constraint(self.constraint.name, self.constraint.violation(costs))
         pareto = cost_rule(self.pruner, cfg.epochs, self.objectives[1:]) if several else None
-        if several:  # a rung judges the weights being trained: by their plain accuracy, so at their plain cost
-            plain = measure_costs(cfg, self.objectives, 0, self.latency_cache) if tta else costs
+        if several:  # a rung judges the weights being trained by their plain accuracy: at their plain cost
+            by_own = pareto is not None and pareto.ranked_by == "own"  # (or, where the rule says, their own)
+            plain = measure_costs(cfg, self.objectives, 0, self.latency_cache) if tta and not by_own else costs
             trial.set_user_attr(RUNG_COSTS_ATTR, {n: plain[n] for n in self.objectives[1:]})
         pruning = PruningCallback(trial, last_epoch=cfg.epochs, reports=not several, pareto=pareto,
                                   costs=plain if several else None)

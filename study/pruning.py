@@ -71,6 +71,7 @@ PRUNERS: Registry[Callable[[int], optuna.pruners.BasePruner]] = Registry("pruner
     # a study of several objectives: Optuna's pruners cannot judge it; ParetoHalving does, in the callback
     "pareto": lambda max_epochs: optuna.pruners.NopPruner(),
     "pareto-front": lambda max_epochs: optuna.pruners.NopPruner(),  # ParetoHalving(beaten=1)
+    "pareto-front-own": lambda max_epochs: optuna.pruners.NopPruner(),  # ParetoHalving(beaten=1, ranked_by="own")
 })
 
 
@@ -104,13 +105,17 @@ def halving_share(epochs: int, first: int, reduction: int = REDUCTION_FACTOR) ->
 PARETO_FIRST_RUNG_SHARE = 0.25
 
 
-# The pruners by cost, each a ParetoHalving rule (beaten: None for the top 1/reduction, 1 for the rung's front).
-COST_PRUNERS = {"pareto": None, "pareto-front": 1}
+# The pruners by cost, each a ParetoHalving rule: (beaten: None for the top 1/reduction, 1 for the rung's
+# front; ranked_by: the costs a rung ranks trials by, "plain" at TTA level 0 or each trial's "own").
+COST_PRUNERS = {"pareto": (None, "plain"), "pareto-front": (1, "plain"), "pareto-front-own": (1, "own")}
 
 
 def cost_rule(pruner: str, epochs: int, costs: tuple[str, ...]) -> ParetoHalving | None:
     """The ParetoHalving rule of a pruner by cost (None for any other pruner)."""
-    return ParetoHalving(epochs, costs, beaten=COST_PRUNERS[pruner]) if pruner in COST_PRUNERS else None
+    if pruner not in COST_PRUNERS:
+        return None
+    beaten, ranked_by = COST_PRUNERS[pruner]
+    return ParetoHalving(epochs, costs, beaten=beaten, ranked_by=ranked_by)
 
 
 def pareto_first_rung(epochs: int) -> int:
@@ -162,6 +167,9 @@ class ParetoHalving:
     # ``--pruner pareto-front``: a trial goes on unless this many trials that cost no more were more accurate
     # at the rung (1: only the rung's own front goes on); None: the top 1/reduction of them.
     beaten: int | None = None
+    # the costs a trial is ranked by at a rung (its RUNG_COSTS_ATTR): "plain", at TTA level 0 (the curve is of
+    # plain accuracy), or "own", at the TTA level it predicts with (``--pruner pareto-front-own``)
+    ranked_by: str = "plain"
 
     def rungs(self) -> list[int]:
         return rungs_below(self.max_epochs, pareto_first_rung(self.max_epochs), self.reduction)
@@ -228,5 +236,6 @@ class PruningCallback:
                                                                                    self.trial.number)))
         self.seconds += time.perf_counter() - start
         if prune:
-            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {val_acc:.4f}: not in the top "
-                                     f"1/{self.pareto.reduction} of the trials that cost no more")
+            rule = (f"{self.pareto.beaten} or more trials that cost no more were more accurate" if self.pareto.beaten
+                    else f"not in the top 1/{self.pareto.reduction} of the trials that cost no more")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val_acc {val_acc:.4f}: {rule}")

@@ -258,6 +258,11 @@ def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env):  # 
     assert len(points) == 9 and sum(p.own for p in points) == 3
     summary = pareto_summary(study)
     assert summary["models"] == 9 and all(r["trial"] in (0, 1, 2) for r in summary["front"])
+    # --pruner pareto-front-own ranks a trial at its own TTA level: its rung costs are its costs.
+    study.enqueue_trial({**base.params, "tta": 2})
+    assert main(args[:-1] + ["pareto-front-own", "--n-trials", "4"]) == 0
+    own = load(study_env, "tta").trials[3]
+    assert own.params["tta"] == 2 and own.user_attrs["rung_costs"] == {"latency": t2.values[1], "flops": t2.values[2]}
     assert summary["pick_under_limit"] is None  # nothing but the baseline's weights costs half its latency
 
 
