@@ -32,7 +32,7 @@ from cifar.config import TrainConfig, apply_overrides  # noqa: E402
 from cifar.data import CifarData, prepare_data  # noqa: E402
 from cifar.loop import predict  # noqa: E402
 from cifar.pipeline import Pipeline  # noqa: E402
-from cifar.rundir import Predictions, RunDir, TestMetrics, load_checkpoint, model_from_checkpoint  # noqa: E402
+from cifar.rundir import Predictions, RunDir, TestMetrics, model_from_checkpoint, read_checkpoint  # noqa: E402
 from cifar.runtime import memory_format, resolve_device  # noqa: E402
 from cifar.tta import REPORTED, TTA  # noqa: E402
 
@@ -113,16 +113,18 @@ class BestModel:
     cfg: TrainConfig
     ckpt: dict[str, Any]
     device: torch.device
+    digest: str  # of the bytes it was loaded from (a test read names what it read)
 
     @classmethod
     def load(cls, run: RunDir, device: str = "auto", data_dir: str | None = None) -> BestModel:
         """``data_dir``: where its data is now, where not where it was trained."""
-        ckpt = load_checkpoint(run.best)
+        ckpt, raw = read_checkpoint(run.best)
         model, cfg = model_from_checkpoint(ckpt)
         if data_dir is not None:
             cfg = apply_overrides(cfg, {"data_dir": data_dir})
         dev = resolve_device(device)
-        return cls(model.to(dev, memory_format=memory_format(cfg)), cfg, ckpt, dev)
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        return cls(model.to(dev, memory_format=memory_format(cfg)), cfg, ckpt, dev, digest)
 
     def batches(self, split) -> Pipeline:
         """``split`` in evaluation batches, normalised as in training, whatever the data looks like now."""
@@ -161,8 +163,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     logits, labels = predict(model, batches)
     metrics = compute_test_metrics(logits, labels, ckpt["classes"])
     metrics.checkpoint_epoch, metrics.val_acc = ckpt["epoch"], ckpt["metrics"][-1]["val_acc"]
-    metrics.read_of = ":".join(hashlib.sha256(b).hexdigest()[:16] for b in (run.best.read_bytes(),
-                                                                            labels.cpu().numpy().tobytes()))
+    metrics.read_of = f"{best.digest}:{hashlib.sha256(labels.cpu().numpy().tobytes()).hexdigest()[:16]}"
     before = earlier_read(run)
     if before and before.read_of == metrics.read_of:  # the levels read before, of this checkpoint and test set
         metrics.test_acc_by_tta = dict(before.test_acc_by_tta)

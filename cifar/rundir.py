@@ -187,17 +187,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """The checkpoint at ``path`` and the bytes it was loaded from (read once: a digest of them is of what loaded)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+        ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:
         first_line = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {first_line}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path} is not a version-{CHECKPOINT_VERSION} checkpoint of this project")
-    return ckpt
+    return ckpt, raw
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[SmallCNN, TrainConfig]:

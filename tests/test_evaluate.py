@@ -73,6 +73,9 @@ def test_every_tta_level_measured_stays_on_record(image_folder, tmp_path):
     assert ensure_tested({"tuned": [run]}, ["tuned"], data)[0]["evaluated_now"] == 0  # read once
 
     stored = json.loads(RunDir(run).test_metrics.read_text())
+    import hashlib  # the record names the checkpoint's bytes, as loaded
+
+    assert stored["read_of"].split(":")[0] == hashlib.sha256(RunDir(run).best.read_bytes()).hexdigest()[:16]
     RunDir(run).test_metrics.write_text(json.dumps({**stored, "read_of": "another best.pt:"}))
     evaluate_run(run, data=data, tta=1)
     assert RunDir(run).read_test_metrics().test_acc_by_tta == {"1": at_1} and not tested_at(run, 2)
