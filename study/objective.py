@@ -76,10 +76,10 @@ class Objective:
         pareto = cost_rule(self.pruner, cfg.epochs, self.objectives[1:]) if several else None
         if several:  # a rung judges the weights being trained by their plain accuracy: at their plain cost
             by_own = pareto is not None and pareto.ranked_by == "own"  # (or, where the rule says, their own)
-            plain = measure_costs(cfg, self.objectives, 0, self.latency_cache) if tta and not by_own else costs
-            trial.set_user_attr(RUNG_COSTS_ATTR, {n: plain[n] for n in self.objectives[1:]})
+            rung = measure_costs(cfg, self.objectives, 0, self.latency_cache) if tta and not by_own else costs
+            trial.set_user_attr(RUNG_COSTS_ATTR, {n: rung[n] for n in self.objectives[1:]})
         pruning = PruningCallback(trial, last_epoch=cfg.epochs, reports=not several, pareto=pareto,
-                                  costs=plain if several else None)
+                                  costs=rung if several else None)
         resume = self._take_over(trial, cfg, run_dir, pruning)
         start = time.perf_counter()
         try:

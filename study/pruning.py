@@ -146,8 +146,9 @@ def hyperband_budgets(epochs: int, first: int, reduction: int = REDUCTION_FACTOR
 
 
 CURVE_ATTR = "val_acc_curve"  # {epoch: val_acc}: a multi-objective trial's curve (Trial.report raises there)
-# A trial's costs at TTA level 0, which its rungs rank it by: its curve is of plain accuracy, and a trial whose
-# TTA level makes it dearer trains the same weights as the plain one (trials before it: their "costs").
+# The costs a trial's rungs rank it by: at TTA level 0 (its curve is of plain accuracy, and a trial whose TTA
+# level makes it dearer trains the same weights as the plain one), or, under a rule ranked_by "own", its own
+# costs (trials before the attribute: their "costs").
 RUNG_COSTS_ATTR = "rung_costs"
 
 
@@ -157,9 +158,10 @@ class ParetoHalving:
     that cost no more. A trial's costs are known before it trains (study/objectives.py), so at each rung
     (the first rung, then x ``reduction``) its val_acc is ranked among the trials that reached the rung
     and cost no more in every cost objective; it goes on if it is in their top 1/``reduction`` (or
-    fewer than ``reduction`` compete). So a cheap trial is never stopped by an expensive, more accurate
-    one: the front's cheap end survives (Syne Tune's MOASHA ranks by non-dominated sorting instead;
-    here the cost side of the front is known in advance)."""
+    fewer than ``reduction`` compete), or, with ``beaten``, unless that many of them were more accurate
+    there. Costs are the trial's at TTA level 0 or its own (``ranked_by``). So a cheap trial is never
+    stopped by an expensive, more accurate one: the front's cheap end survives (Syne Tune's MOASHA ranks
+    by non-dominated sorting instead; here the cost side of the front is known in advance)."""
 
     max_epochs: int
     costs: tuple[str, ...]

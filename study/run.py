@@ -146,9 +146,12 @@ def prepare(argv: Sequence[str]) -> Prepared:
     if study_name in existing and not stored:
         raise UsageError(f"study {study_name!r} in {redact(args.storage)} has no target budget (made by an older "
                          "version?): choose another --study-name")
-    # A resumed study keeps its pruner unless another is given.
-    pruner = args.pruner or (existing[study_name].user_attrs.get("pruner") if stored else None) or (
-        "none" if len(objectives) > 1 else None)
+    # A resumed study keeps its pruner unless another is given (one whose rungs rank trials by the same costs).
+    was = existing[study_name].user_attrs.get("pruner") if stored else None
+    pruner = args.pruner or was or ("none" if len(objectives) > 1 else None)
+    if was in COST_PRUNERS and pruner in COST_PRUNERS and COST_PRUNERS[was][1] != COST_PRUNERS[pruner][1]:
+        raise UsageError(f"study {study_name!r} ranked its trials at rungs by {COST_PRUNERS[was][1]} costs "
+                         f"(--pruner {was}); --pruner {pruner} ranks by {COST_PRUNERS[pruner][1]}: a new --study-name")
     base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
     pruner = pruner or default_pruner(base.epochs)
     rung, why = ((pareto_first_rung(base.epochs), "ParetoHalving: a quarter, x3") if pruner in COST_PRUNERS

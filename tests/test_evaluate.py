@@ -50,7 +50,7 @@ def test_cli_writes_metrics_and_plots(image_folder, tmp_path, capsys):
     assert "test_acc" in capsys.readouterr().out
 
 
-def test_every_tta_level_measured_stays_on_record(image_folder, tmp_path):
+def test_every_tta_level_measured_stays_on_record(image_folder, tmp_path, monkeypatch):
     """A test read at another TTA level (a Pareto pick's) keeps the levels read before of the same checkpoint
     and test set, so a run shared by two reports answers each at its own level, whichever reads first;
     another checkpoint, or a file that cannot be read, starts a new record."""
@@ -73,9 +73,24 @@ def test_every_tta_level_measured_stays_on_record(image_folder, tmp_path):
     assert ensure_tested({"tuned": [run]}, ["tuned"], data)[0]["evaluated_now"] == 0  # read once
 
     stored = json.loads(RunDir(run).test_metrics.read_text())
-    import hashlib  # the record names the checkpoint's bytes, as loaded
+    import hashlib
 
-    assert stored["read_of"].split(":")[0] == hashlib.sha256(RunDir(run).best.read_bytes()).hexdigest()[:16]
+    import cifar.rundir
+
+    # The record names the bytes that were loaded, even where best.pt is rewritten as they load.
+    first, load = RunDir(run).best.read_bytes(), cifar.rundir.torch.load
+    assert stored["read_of"].split(":")[0] == hashlib.sha256(first).hexdigest()[:16]
+
+    def load_then_rewrite(*a, **kw):
+        out = load(*a, **kw)
+        RunDir(run).best.write_bytes(first + b"rewritten")
+        return out
+
+    monkeypatch.setattr(cifar.rundir.torch, "load", load_then_rewrite)
+    read_of = evaluate_run(run, data=data, tta=1).read_of
+    monkeypatch.undo()
+    RunDir(run).best.write_bytes(first)
+    assert read_of.split(":")[0] == hashlib.sha256(first).hexdigest()[:16]
     RunDir(run).test_metrics.write_text(json.dumps({**stored, "read_of": "another best.pt:"}))
     evaluate_run(run, data=data, tta=1)
     assert RunDir(run).read_test_metrics().test_acc_by_tta == {"1": at_1} and not tested_at(run, 2)

@@ -108,6 +108,11 @@ def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
     front_only = ParetoHalving(max_epochs=9, costs=("latency",), beaten=1)  # --pruner pareto-front
     assert front_only.keeps(0.85, {"latency": 1.0}, cheap_rivals) and front_only.keeps(0.5, {"latency": 1.0}, expensive)
     assert not front_only.keeps(0.75, {"latency": 1.0}, cheap_rivals)  # one cheaper trial was more accurate
+    from study.pruning import cost_rule
+
+    rules = {name: cost_rule(name, 4, ("latency",)) for name in ("pareto", "pareto-front", "pareto-front-own")}
+    assert [(r.beaten, r.ranked_by) for r in rules.values()] == [(None, "plain"), (1, "plain"), (1, "own")]
+    assert cost_rule("hyperband", 4, ("latency",)) is None
 
 
 def test_pareto_halving_on_synthetic_curves_saves_epochs_and_keeps_the_front():
@@ -213,7 +218,7 @@ def test_pareto_halving_leaves_out_a_failed_trial_whose_retry_stands_for_it():
     assert ParetoHalving(9, ("latency",)).peers(study, 1, number=99) == [(0.8, {"latency": 1.0})]
 
 
-def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env):  # noqa: F811
+def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env, capsys):  # noqa: F811
     """The TTA level is searched: a trial's val_acc is its best checkpoint's at that level, its FLOPs count
     every pass, its latency is its graph's with TTA inside; one architecture is timed once per machine."""
     from cifar.data import prepare_data
@@ -258,10 +263,15 @@ def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env):  # 
     assert len(points) == 9 and sum(p.own for p in points) == 3
     summary = pareto_summary(study)
     assert summary["models"] == 9 and all(r["trial"] in (0, 1, 2) for r in summary["front"])
-    # --pruner pareto-front-own ranks a trial at its own TTA level: its rung costs are its costs.
-    study.enqueue_trial({**base.params, "tta": 2})
-    assert main(args[:-1] + ["pareto-front-own", "--n-trials", "4"]) == 0
-    own = load(study_env, "tta").trials[3]
+    # --pruner pareto-front-own ranks a trial at its own TTA level: its rung costs are its costs; a study
+    # whose rungs ranked by plain costs does not resume under it (its trials would be ranked by both).
+    assert main(args[:-1] + ["pareto-front-own", "--n-trials", "4"]) == 2
+    assert "ranked its trials at rungs by plain costs (--pruner pareto)" in capsys.readouterr().err
+    own_args = [a if a != "tta" else "tta-own" for a in args[:-1]] + ["pareto-front-own"]
+    assert main(own_args + ["--n-trials", "1"]) == 0
+    load(study_env, "tta-own").enqueue_trial({**base.params, "tta": 2})
+    assert main(own_args + ["--n-trials", "2"]) == 0
+    own = load(study_env, "tta-own").trials[1]
     assert own.params["tta"] == 2 and own.user_attrs["rung_costs"] == {"latency": t2.values[1], "flops": t2.values[2]}
     assert summary["pick_under_limit"] is None  # nothing but the baseline's weights costs half its latency
 
