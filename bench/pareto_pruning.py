@@ -17,7 +17,8 @@ draw the same points for as long as pruning removes only trials that would end d
 one that would not, they part.
 
 Resumable: the same command continues both studies (their trials are in their storages) and rewrites the
-result. ``--continue-from NAME --name LONGER --n-trials N``: a longer measurement that starts from copies of
+result. Measured over each study's first ``--n-trials`` trials that count (``upto``): a study that a second
+worker joined may have finished one more. ``--continue-from NAME --name LONGER --n-trials N``: a longer measurement that starts from copies of
 a shorter one's studies (their trials; not its report's records), so the shorter one stays as it was.
 The pruned study is the committed reference study of accuracy against latency too; its Pareto report is
 ``python -m reports build``. ``BLOCKS``: the docs' sentence and table of each measurement.
@@ -50,6 +51,7 @@ from reports.pareto import front, hypervolume, points_of, worst_corner  # noqa: 
 from study.objectives import add_variants  # noqa: E402
 from study.pruning import COST_PRUNERS  # noqa: E402
 from study.search_space import SPACES  # noqa: E402
+from study.workers import counted  # noqa: E402
 
 ARMS = ("pruned", "unpruned")  # the studies' name suffixes
 ARCHITECTURE = ("stage_widths", "depth", "block", "tta")
@@ -108,9 +110,16 @@ def run_arms(args, storage_dir: Path, runs: Path) -> dict[str, float]:
     return minutes
 
 
-def summary(study: optuna.Study) -> dict:
-    """Trials, trial-epochs and the front of the study's deployable models (its trials at every TTA level)."""
+def upto(study: optuna.Study, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials up to its ``n_trials``-th that counts (study.workers.counted, by number): the
+    measurement's, where two workers finished one more."""
     trials = study.get_trials(deepcopy=False)
+    last = sorted(t.number for t in counted(trials))[:n_trials][-1:]
+    return [t for t in trials if not last or t.number <= last[0]]
+
+
+def summary(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict:
+    """Trials, trial-epochs and the front of the study's deployable models (its trials at every TTA level)."""
     states = [t.state.name.lower() for t in trials]
     points = front(points_of(study, trials))
     images = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
@@ -189,8 +198,9 @@ def main(argv=None) -> int:
     for s in studies.values():  # trials that ran before trials recorded their TTA variants: measured now
         cfg = TrainConfig.from_dict(s.user_attrs["base_config"])
         add_variants(s, cfg, lambda cfg=cfg: prepare_data(cfg.data))
-    arms = {arm: summary(s) for arm, s in studies.items()}
-    corner = worst_corner([p for s in studies.values() for p in points_of(s)])
+    trials = {arm: upto(s, args.n_trials) for arm, s in studies.items()}
+    arms = {arm: summary(s, trials[arm]) for arm, s in studies.items()}
+    corner = worst_corner([p for arm, s in studies.items() for p in points_of(s, trials[arm])])
     for arm in studies:
         arms[arm]["hypervolume"] = hypervolume([(f["val_acc"], f["latency_ms"]) for f in arms[arm]["front"]], corner)
         arms[arm]["minutes_this_invocation"] = minutes[arm]
