@@ -18,8 +18,9 @@ one that would not, they part.
 
 Resumable: the same command continues both studies (their trials are in their storages) and rewrites the
 result. Measured over each study's first ``--n-trials`` trials that count (``upto``): a study that a second
-worker joined may have finished one more. ``--continue-from NAME --name LONGER --n-trials N``: a longer measurement that starts from copies of
-a shorter one's studies (their trials; not its report's records), so the shorter one stays as it was.
+worker joined may have finished one more. ``--continue-from NAME --name LONGER --n-trials N``: a longer
+measurement that starts from copies of a shorter one's studies (their trials; not its report's records),
+so the shorter one stays as it was.
 The pruned study is the committed reference study of accuracy against latency too; its Pareto report is
 ``python -m reports build``. ``BLOCKS``: the docs' sentence and table of each measurement.
 
