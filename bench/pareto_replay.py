@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     ran_rule = rule_ran(load["pruned"])
     check = next(r for r in rules if (r["rung_costs"], r["rule"]) == ran_rule)
     result = {"what": __doc__.split("\n\n")[0], "studies": args.name, "target_epochs": epochs,
-              "trials": len(study.trials), "measured_pruned_arm": measured, "rule_ran": ran_rule,
+              "trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+              "measured_pruned_arm": measured, "rule_ran": ran_rule,
               "replay_matches_the_measured_arm": check["pruned"] == measured["pruned"]
               and check["trial_epochs"] == measured["trial_epochs"],
               # the first trial the two samplers drew differently (None: all the same); a replay assumes none
