@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, ROOT, write_result  # noqa: E402
 from reports.pareto import front, hypervolume, points_of, worst_corner  # noqa: E402
 from study.objectives import variants_of  # noqa: E402
-from study.pruning import COST_PRUNERS, RUNG_COSTS_ATTR, ParetoHalving  # noqa: E402
+from study.pruning import RUNG_COSTS_ATTR, ParetoHalving, stored_rule  # noqa: E402
 
 STUDIES = ROOT / "results" / "reference" / "studies"
 
@@ -73,7 +73,7 @@ def rule_ran(pruned: optuna.Study) -> tuple[str, str]:
     """The (rung costs, rule) the pruned arm ran (study.pruning.COST_PRUNERS); plain (TTA-0) costs where its
     rule ranks by them and its trials recorded them (``rung_costs``), else each trial's own (also the earlier
     form of ``pareto``)."""
-    beaten, ranked_by = COST_PRUNERS[pruned.user_attrs["pruner"]]
+    beaten, ranked_by = stored_rule(pruned.user_attrs)
     plain = ranked_by == "plain" and any(RUNG_COSTS_ATTR in t.user_attrs for t in pruned.get_trials(deepcopy=False))
     return ("plain" if plain else "own"), (f"beaten by {beaten} cheaper" if beaten else "top 1/3")
 

@@ -10,8 +10,8 @@ latency<=X`` (or ``flops<=X``, ``params<=X``) tells the sampler which trials are
 which Optuna's TPE and GP samplers read); infeasible trials still run and are stored.
 
 Optuna cannot prune a multi-objective trial (``Trial.report`` raises there): such a study runs every
-trial to its target, or, with ``--pruner pareto``, stops a trial at a rung where it is not among the
-best third of the trials that cost no more (``study.pruning.ParetoHalving``).
+trial to its target, or, with ``--pruner pareto``, stops a trial at a rung where a trial that costs no
+more was more accurate (``study.pruning.ParetoHalving``; the other rules: ``study.pruning.COST_PRUNERS``).
 
 Usage:
     names = parse_objectives("val_acc,latency")          # ("val_acc", "latency")

@@ -30,7 +30,15 @@ from cifar.runtime import init_distributed, launched_by_torchrun
 from cifar.sources import RawCifar
 from study.objectives import directions, study_objectives
 from study.presets import PRESETS, pick_preset, target_budget
-from study.pruning import COST_PRUNERS, PRUNERS, default_pruner, first_rung, measured_first_rung, pareto_first_rung
+from study.pruning import (
+    COST_PRUNERS,
+    PRUNERS,
+    default_pruner,
+    first_rung,
+    measured_first_rung,
+    pareto_first_rung,
+    rule_conflict,
+)
 from study.retry import recover_running
 from study.search_space import SAMPLERS, SPACES, params_of
 from study.storage import (
@@ -147,11 +155,10 @@ def prepare(argv: Sequence[str]) -> Prepared:
         raise UsageError(f"study {study_name!r} in {redact(args.storage)} has no target budget (made by an older "
                          "version?): choose another --study-name")
     # A resumed study keeps its pruner unless another is given (one whose rungs rank trials by the same costs).
-    was = existing[study_name].user_attrs.get("pruner") if stored else None
-    pruner = args.pruner or was or ("none" if len(objectives) > 1 else None)
-    if was in COST_PRUNERS and pruner in COST_PRUNERS and COST_PRUNERS[was][1] != COST_PRUNERS[pruner][1]:
-        raise UsageError(f"study {study_name!r} ranked its trials at rungs by {COST_PRUNERS[was][1]} costs "
-                         f"(--pruner {was}); --pruner {pruner} ranks by {COST_PRUNERS[pruner][1]}: a new --study-name")
+    attrs = existing[study_name].user_attrs if stored else {}
+    pruner = args.pruner or attrs.get("pruner") or ("none" if len(objectives) > 1 else None)
+    if conflict := rule_conflict(attrs, pruner):
+        raise UsageError(f"study {study_name!r} {conflict}")
     base, budget = target_budget(preset, base, stored, args.target_epochs, pruner)
     pruner = pruner or default_pruner(base.epochs)
     rung, why = ((pareto_first_rung(base.epochs), "ParetoHalving: a quarter, x3") if pruner in COST_PRUNERS
@@ -167,6 +174,7 @@ def prepare(argv: Sequence[str]) -> Prepared:
     if study_name not in existing:
         for key, value in {"preset": preset_name, "budget": budget, "space": args.space,
                            "base_config": base.to_dict(), "sampler": args.sampler, "pruner": pruner,
+                           "pruner_rule": COST_PRUNERS.get(pruner),
                            "objectives": list(objectives), "constraint": args.constraint}.items():
             study.set_user_attr(key, value)
         # The baseline is always trial 0, so every study contains it.

@@ -33,12 +33,12 @@ def test_objectives_and_constraints_parse_or_say_why():
 
 def test_a_study_of_val_acc_and_costs_runs_unpruned_and_says_so(study_env, capsys):  # noqa: F811
     args = study_env["args"] + ["--study-name", "mo", "--n-trials", "3", "--objectives", "val_acc,latency,params",
-                                "--constraint", "params<=3000", "--pruner", "pareto", "--target-epochs", "3"]
+                                "--constraint", "params<=3000", "--pruner", "pareto-third", "--target-epochs", "3"]
     assert main(args) == 0
     out = capsys.readouterr().out
     study = load(study_env, "mo")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
-    assert study.metric_names == ["val_acc", "latency", "params"] and study.user_attrs["pruner"] == "pareto"
+    assert study.metric_names == ["val_acc", "latency", "params"] and study.user_attrs["pruner"] == "pareto-third"
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     for t in complete:
@@ -110,9 +110,19 @@ def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
     assert not front_only.keeps(0.75, {"latency": 1.0}, cheap_rivals)  # one cheaper trial was more accurate
     from study.pruning import cost_rule
 
-    rules = {name: cost_rule(name, 4, ("latency",)) for name in ("pareto", "pareto-front", "pareto-front-own")}
-    assert [(r.beaten, r.ranked_by) for r in rules.values()] == [(None, "plain"), (1, "plain"), (1, "own")]
+    names = ("pareto", "pareto-front", "pareto-front-own", "pareto-third")
+    rules = {name: cost_rule(name, 4, ("latency",)) for name in names}
+    assert [(r.beaten, r.ranked_by) for r in rules.values()] == [(1, "own"), (1, "plain"), (1, "own"), (None, "plain")]
     assert cost_rule("hyperband", 4, ("latency",)) is None
+    # A study made before its rule was recorded ran --pruner pareto's earlier rule, the top third at plain costs.
+    from study.pruning import rule_conflict, stored_rule
+
+    before, now = {"pruner": "pareto"}, {"pruner": "pareto", "pruner_rule": [1, "own"]}
+    assert stored_rule(before) == (None, "plain") and stored_rule(now) == (1, "own")
+    assert stored_rule({"pruner": "hyperband", "pruner_rule": None}) is None
+    why = rule_conflict(before, "pareto")
+    assert why and "resume it with one that ranks by plain costs (pareto-front, pareto-third)" in why
+    assert rule_conflict(before, "pareto-third") is None and rule_conflict(now, "pareto-front-own") is None
 
 
 def test_pareto_halving_on_synthetic_curves_saves_epochs_and_keeps_the_front():
@@ -229,7 +239,7 @@ def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env, caps
 
     args = study_env["args"] + ["--study-name", "tta", "--objectives", "val_acc,latency,flops", "--space", "cost",
                                 "--target-epochs", "1", "--set", "widths=32,64,64", "--set", "depth=1",
-                                "--pruner", "pareto"]  # a 1-epoch target: no rung, nothing pruned
+                                "--pruner", "pareto-front"]  # a 1-epoch target: no rung, nothing pruned
     assert main(args + ["--n-trials", "1"]) == 0  # the baseline: no TTA
     study = load(study_env, "tta")
     base = study.trials[0]
@@ -263,15 +273,16 @@ def test_a_cost_space_trial_is_scored_and_timed_at_its_tta_level(study_env, caps
     assert len(points) == 9 and sum(p.own for p in points) == 3
     summary = pareto_summary(study)
     assert summary["models"] == 9 and all(r["trial"] in (0, 1, 2) for r in summary["front"])
-    # --pruner pareto-front-own ranks a trial at its own TTA level: its rung costs are its costs; a study
-    # whose rungs ranked by plain costs does not resume under it (its trials would be ranked by both).
-    assert main(args[:-1] + ["pareto-front-own", "--n-trials", "4"]) == 2
-    assert "ranked its trials at rungs by plain costs (--pruner pareto)" in capsys.readouterr().err
-    own_args = [a if a != "tta" else "tta-own" for a in args[:-1]] + ["pareto-front-own"]
+    # --pruner pareto ranks a trial at its own TTA level: its rung costs are its costs; a study whose rungs
+    # ranked by plain costs does not resume under it (its trials would be ranked by both).
+    assert main(args[:-1] + ["pareto", "--n-trials", "4"]) == 2
+    assert "ranked its trials at rungs by plain costs (its --pruner pareto-front then)" in capsys.readouterr().err
+    own_args = [a if a != "tta" else "tta-own" for a in args[:-1]] + ["pareto"]
     assert main(own_args + ["--n-trials", "1"]) == 0
     load(study_env, "tta-own").enqueue_trial({**base.params, "tta": 2})
     assert main(own_args + ["--n-trials", "2"]) == 0
     own = load(study_env, "tta-own").trials[1]
+    assert load(study_env, "tta-own").user_attrs["pruner_rule"] == [1, "own"]
     assert own.params["tta"] == 2 and own.user_attrs["rung_costs"] == {"latency": t2.values[1], "flops": t2.values[2]}
     assert summary["pick_under_limit"] is None  # nothing but the baseline's weights costs half its latency
 
