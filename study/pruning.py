@@ -150,9 +150,11 @@ def pareto_first_rung(epochs: int) -> int:
 def epoch_share(epochs: int, pruner: str = "hyperband") -> float:
     """The share of the target's epochs a trial runs on average under ``pruner``, from its rungs
     (``halving_share``): Hyperband averages its brackets, weighted as Optuna allocates trials to
-    them; the median pruner and no pruner count whole runs (the most a trial can cost)."""
+    them; the median pruner and no pruner count whole runs (the most a trial can cost), as does a cost rule
+    that keeps each rung's front (``beaten``): how many it stops depends on the draws (53-75% of the target's
+    epochs spent in the measured pairs, results/bench/pareto_pruning*.json)."""
     if pruner in COST_PRUNERS:
-        return halving_share(epochs, pareto_first_rung(epochs))
+        return halving_share(epochs, pareto_first_rung(epochs)) if COST_PRUNERS[pruner][0] is None else 1.0
     first = first_rung(epochs)
     if pruner == "halving":
         return halving_share(epochs, first)

@@ -114,6 +114,12 @@ def test_pareto_halving_ranks_a_trial_only_among_trials_that_cost_no_more():
     rules = {name: cost_rule(name, 4, ("latency",)) for name in names}
     assert [(r.beaten, r.ranked_by) for r in rules.values()] == [(1, "own"), (1, "plain"), (1, "own"), (None, "plain")]
     assert cost_rule("hyperband", 4, ("latency",)) is None
+    # A study's sizing counts whole runs for a rule that keeps the rung's front (what it stops depends on the
+    # draws), the halving schedule's share for the top third.
+    from study.pruning import epoch_share, halving_share
+
+    assert epoch_share(4, "pareto") == epoch_share(4, "pareto-front") == 1.0
+    assert epoch_share(4, "pareto-third") == halving_share(4, 1) < 1
     # A study made before its rule was recorded ran --pruner pareto's earlier rule, the top third at plain costs.
     from study.pruning import rule_conflict, stored_rule
 
