@@ -61,12 +61,16 @@ def replay(study: optuna.Study, rule: ParetoHalving, rung_costs: str) -> dict:
             pruned.append(t.number)
     everyone, corner = points_of(study, done), worst_corner(points_of(study, done))
     shown = front(points_of(study, kept))
-    return {"rung_costs": rung_costs, "rule": f"beaten by {rule.beaten} cheaper" if rule.beaten else
-            f"top 1/{rule.reduction}", "reduction": rule.reduction, "rungs": rule.rungs(), "pruned": pruned,
+    return {"rung_costs": rung_costs, "rule": label(rule), "reduction": rule.reduction, "rungs": rule.rungs(),
+            "pruned": pruned,
             "trial_epochs": spent, "epochs_saved": 1 - spent / (len(done) * rule.max_epochs),
             "hypervolume_ratio": hypervolume([(p.values[0], p.values[1]) for p in shown], corner)
             / hypervolume([(p.values[0], p.values[1]) for p in front(everyone)], corner),
             "front": [(p.number, p.tta) for p in shown]}
+
+
+def label(rule: ParetoHalving) -> str:
+    return f"beaten by {rule.beaten} cheaper" if rule.beaten else f"top 1/{rule.reduction}"
 
 
 def rule_ran(pruned: optuna.Study) -> tuple[str, str]:
@@ -75,7 +79,7 @@ def rule_ran(pruned: optuna.Study) -> tuple[str, str]:
     form of ``pareto``)."""
     beaten, ranked_by = stored_rule(pruned.user_attrs)
     plain = ranked_by == "plain" and any(RUNG_COSTS_ATTR in t.user_attrs for t in pruned.get_trials(deepcopy=False))
-    return ("plain" if plain else "own"), (f"beaten by {beaten} cheaper" if beaten else "top 1/3")
+    return ("plain" if plain else "own"), label(ParetoHalving(1, ("latency",), beaten=beaten))
 
 
 def pareto_replay_line() -> str:

@@ -193,11 +193,11 @@ class ParetoHalving:
     max_epochs: int
     costs: tuple[str, ...]
     reduction: int = REDUCTION_FACTOR
-    # ``--pruner pareto-front``: a trial goes on unless this many trials that cost no more were more accurate
-    # at the rung (1: only the rung's own front goes on); None: the top 1/reduction of them.
+    # ``--pruner pareto``, ``pareto-front``: a trial goes on unless this many trials that cost no more were more
+    # accurate at the rung (1: only the rung's own front goes on); None: the top 1/reduction of them.
     beaten: int | None = None
     # the costs a trial is ranked by at a rung (its RUNG_COSTS_ATTR): "plain", at TTA level 0 (the curve is of
-    # plain accuracy), or "own", at the TTA level it predicts with (``--pruner pareto-front-own``)
+    # plain accuracy), or "own", at the TTA level it predicts with (``--pruner pareto``)
     ranked_by: str = "plain"
 
     def rungs(self) -> list[int]:
